@@ -1,0 +1,1 @@
+"""Session stores, ids and cookies (filled by the sessions issue; the request path already has the hook)."""
