@@ -1,0 +1,36 @@
+# The project's vocabulary: run, test, lint, bench. Each target installs what it needs on a fresh Debian (root).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
+
+.PHONY: run test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	@python3 -c 'import venv, ensurepip' 2>/dev/null || { $(APT_GET) update && $(APT_GET) install python3-venv python3-dev; }
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# nginx fronts the gateway in `make run`, the tests and the benchmarks; it is started privately, never as the
+# system service.
+system-deps:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(APT_GET) update && { $(APT_GET) install nginx-light || $(APT_GET) install nginx; }; }
+
+run: $(STAMP) system-deps
+	$(PY) -m gateway.devstack $(ARGS)
+
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP) system-deps
+	$(PY) -m benchmarks $(ARGS)
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""The framing between the event loop and a worker process, over one unix socket pair per worker.
+
+A frame is a 5-byte header (payload length u32 little-endian, kind u8) and its payload. Requests travel as one
+frame whose payload is the environ serialised with orjson followed by the body (or the name of the temporary file
+holding it); responses travel back as a HEAD frame (status line and header block, already encoded, so the loop
+only prefixes ``Status:`` or ``HTTP/1.1``), BODY frames as the app produces them, and END. A worker runs one
+request at a time, so frames need no request id. This module does no I/O: both sides wrap it with their own.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import orjson
+
+FRAME_HEADER = struct.Struct("<IB")
+_REQUEST_PREFIX = struct.Struct("<I")
+
+#: A frame larger than this means the two sides disagree on the format; fail loudly rather than allocate it.
+MAX_FRAME = 1 << 30
+
+
+class Kind(IntEnum):
+    """Frame kinds. Loop to worker: REQUEST, CANCEL. Worker to loop: the rest."""
+
+    REQUEST = 1
+    CANCEL = 2  # the client went away: stop producing output (checked between chunks)
+    READY = 10  # the app is imported; payload is JSON {"pid": ...}
+    HEAD = 11  # b"200 OK\r\nName: value\r\n\r\n"
+    BODY = 12
+    END = 13  # the response is complete; payload is JSON extras for the loop (empty when none)
+    ABORT = 14  # the app failed after its head was sent: the loop must cut the client's response short
+
+
+class ChannelError(Exception):
+    """The other side sent a frame we cannot understand: a bug or a crash, never client input."""
+
+
+def encode_frame(kind: Kind, payload: bytes = b"") -> bytes:
+    return FRAME_HEADER.pack(len(payload), kind) + payload
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRequest:
+    """What a worker needs to run one request."""
+
+    environ: dict[str, str]
+    body: bytes  # the body itself, unless body_path is set
+    body_path: str | None
+    protocol: str  # "fastcgi" or "uwsgi", for the log only
+
+    def encode(self) -> bytes:
+        meta = orjson.dumps((self.environ, self.body_path, self.protocol))
+        payload_length = _REQUEST_PREFIX.size + len(meta) + len(self.body)
+        return b"".join(
+            (
+                FRAME_HEADER.pack(payload_length, Kind.REQUEST),
+                _REQUEST_PREFIX.pack(len(meta)),
+                meta,
+                self.body,
+            )
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> WorkerRequest:
+        (meta_length,) = _REQUEST_PREFIX.unpack_from(payload)
+        meta_end = _REQUEST_PREFIX.size + meta_length
+        environ, body_path, protocol = orjson.loads(payload[_REQUEST_PREFIX.size : meta_end])
+        return cls(environ, bytes(payload[meta_end:]), body_path, protocol)
+
+
+class FrameDecoder:
+    """Splits a byte stream into (kind, payload) frames."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buffer = self._buffer
+        buffer += data
+        frames: list[tuple[int, bytes]] = []
+        offset = 0
+        available = len(buffer)
+        header_size = FRAME_HEADER.size
+        while available - offset >= header_size:
+            length, kind = FRAME_HEADER.unpack_from(buffer, offset)
+            if length > MAX_FRAME:
+                raise ChannelError(f"frame of {length} bytes exceeds the channel maximum")
+            end = offset + header_size + length
+            if end > available:
+                break
+            frames.append((kind, bytes(buffer[offset + header_size : end])))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+def decode_json(payload: bytes) -> Any:
+    return orjson.loads(payload) if payload else None

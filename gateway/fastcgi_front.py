@@ -1,0 +1,173 @@
+"""The FastCGI listener's connections: the codec's events become requests; responses become STDOUT records.
+
+Requests are multiplexed: each request id on a connection is an independent exchange, buffered, dispatched and
+answered on its own; their output records interleave on the one connection in the order workers produce them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.front import FrontConnection, FrontContext
+from gateway.request import Request, respond_error
+from gateway.spool import RequestBody
+from protocols.errors import RemoteProtocolError
+from protocols.fastcgi import (
+    BodyData,
+    BodyTooLarge,
+    Limits,
+    RequestAborted,
+    RequestComplete,
+    RequestHead,
+    ServerConnection,
+)
+
+log = logging.getLogger("gateway.fastcgi")
+
+_STATUS_PREFIX = b"Status: "
+
+
+class _Exchange:
+    """One request id on a connection; the ResponseSink of its request."""
+
+    __slots__ = ("body", "connection", "gone", "params", "request", "request_id")
+
+    def __init__(self, connection: FastCGIConnection, request_id: int, params: dict[str, str], body: RequestBody):
+        self.connection = connection
+        self.request_id = request_id
+        self.params = params
+        self.body = body
+        self.request: Request | None = None
+        self.gone = False
+
+    @property
+    def client_gone(self) -> bool:
+        return self.gone
+
+    def send_head(self, head: bytes) -> None:
+        connection = self.connection
+        connection.write(connection.codec.send_stdout(self.request_id, _STATUS_PREFIX + head))
+
+    def send_body(self, data: bytes) -> None:
+        connection = self.connection
+        connection.write(connection.codec.send_stdout(self.request_id, data))
+
+    def finish(self) -> None:
+        self.connection.end(self, app_status=0)
+
+    def abort(self) -> None:
+        # FastCGI has no way to say "this response failed" except cutting the connection; with other requests
+        # multiplexed on it we end this one with a non-zero app status instead of killing theirs.
+        connection = self.connection
+        if connection.codec.active_requests > 1:
+            connection.end(self, app_status=1)
+        else:
+            self.gone = True
+            connection.abort_connection()
+
+
+class FastCGIConnection(FrontConnection):
+    protocol_name = "fastcgi"
+
+    def __init__(self, context: FrontContext) -> None:
+        super().__init__(context)
+        config = context.config
+        self.codec = ServerConnection(
+            Limits(
+                max_params_size=config.max_params_size,
+                max_params=config.max_params,
+                max_body_size=config.max_body_size,
+                max_requests_per_connection=config.max_requests_per_connection,
+                max_connections=config.max_connections,
+            )
+        )
+        self.exchanges: dict[int, _Exchange] = {}
+
+    def write(self, data: bytes) -> None:
+        if self.output is not None and data:
+            self.output.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.codec.receive_data(data)
+        except RemoteProtocolError as err:
+            self.protocol_error(err)
+            return
+        pending = self.codec.data_to_send()
+        if pending:
+            self.write(pending)
+        for event in events:
+            event_type = type(event)
+            if event_type is BodyData:
+                exchange = self.exchanges.get(event.request_id)  # type: ignore[union-attr]
+                if exchange is not None:
+                    exchange.body.write(event.data)  # type: ignore[union-attr]
+            elif event_type is RequestHead:
+                assert isinstance(event, RequestHead)
+                self.exchanges[event.request_id] = _Exchange(
+                    self, event.request_id, event.params, self.context.new_body()
+                )
+            elif event_type is RequestComplete:
+                self._dispatch(event.request_id)  # type: ignore[union-attr]
+            elif event_type is RequestAborted:
+                self._aborted(event.request_id)  # type: ignore[union-attr]
+            elif event_type is BodyTooLarge:
+                assert isinstance(event, BodyTooLarge)
+                exchange = self.exchanges.get(event.request_id)
+                if exchange is not None:
+                    log.warning(
+                        "fastcgi %s: request body exceeds %d bytes (--max-body-size); answered 413",
+                        self.peer,
+                        event.limit,
+                    )
+                    respond_error(exchange, "413 Content Too Large")
+
+    def eof_received(self) -> bool | None:
+        try:
+            self.codec.receive_data(b"")
+        except RemoteProtocolError as err:
+            self.protocol_error(err)
+        return None
+
+    def _dispatch(self, request_id: int) -> None:
+        exchange = self.exchanges.get(request_id)
+        if exchange is None:
+            return
+        loop = asyncio.get_running_loop()
+        exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", self.peer, loop.time())
+        self.context.dispatcher.submit(exchange.request)
+
+    def _aborted(self, request_id: int) -> None:
+        exchange = self.exchanges.get(request_id)
+        if exchange is None:
+            return
+        exchange.gone = True
+        if exchange.request is not None:
+            self.context.dispatcher.cancel(exchange.request)
+        else:
+            exchange.body.discard()
+        self.end(exchange, app_status=0)
+
+    def end(self, exchange: _Exchange, app_status: int) -> None:
+        """END_REQUEST for this exchange, and close the connection if the web server did not ask to keep it."""
+        if self.exchanges.pop(exchange.request_id, None) is None:
+            return
+        exchange.gone = True
+        if exchange.request is None:
+            exchange.body.discard()
+        if self.closed:
+            return
+        self.write(self.codec.end_request(exchange.request_id, app_status))
+        if self.codec.close_after_response and self.output is not None:
+            self.output.close_when_drained()
+
+    def release_requests(self) -> None:
+        exchanges = list(self.exchanges.values())
+        self.exchanges.clear()
+        for exchange in exchanges:
+            exchange.gone = True
+            if exchange.request is not None:
+                self.context.dispatcher.cancel(exchange.request)
+            else:
+                exchange.body.discard()

@@ -1,0 +1,106 @@
+"""What every wire protocol's connection shares: admission, output flow control, closing on bad input.
+
+A front connection is an ``asyncio.Protocol`` whose ``data_received`` only feeds its sans-IO codec and acts on
+the events. Subclasses (FastCGI, uwsgi; HTTP later) differ only in the codec and in how a response is framed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+from gateway.config import Config, IPNetwork
+from gateway.dispatch import Dispatcher
+from gateway.spool import OutputBuffer, RequestBody
+
+log = logging.getLogger("gateway.front")
+
+#: The transport's own buffer before it asks us to pause; beyond it the OutputBuffer holds (and spools) data.
+_WRITE_HIGH_WATER = 1 << 18
+
+
+@dataclass(slots=True, eq=False)
+class FrontContext:
+    """What connections of one listener need from the gateway."""
+
+    config: Config
+    dispatcher: Dispatcher
+    spool_dir: str
+    label: str  # the listener, for log lines about unix-socket peers
+    allowed: tuple[IPNetwork, ...] = ()
+    connections: set[FrontConnection] = field(default_factory=set)
+
+    def new_body(self) -> RequestBody:
+        return RequestBody(self.config.body_spool_threshold, self.spool_dir)
+
+
+class FrontConnection(asyncio.Protocol):
+    """Base of the per-connection protocols."""
+
+    protocol_name = "?"
+
+    def __init__(self, context: FrontContext) -> None:
+        self.context = context
+        self.transport: asyncio.Transport | None = None
+        self.output: OutputBuffer | None = None
+        self.peer = context.label
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and peername:
+            host = peername[0]
+            self.peer = f"{host}:{peername[1]}"
+            if self.context.allowed and not _allowed(host, self.context.allowed):
+                log.warning(
+                    "%s %s: peer is not in the allow-list (--allow-from / FCGI_WEB_SERVER_ADDRS); closed",
+                    self.protocol_name,
+                    self.peer,
+                )
+                self.closed = True
+                transport.abort()
+                return
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        self.output = OutputBuffer(transport, self.context.config.response_spool_threshold, self.context.spool_dir)
+        self.context.connections.add(self)
+
+    def pause_writing(self) -> None:
+        if self.output is not None:
+            self.output.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.output is not None:
+            self.output.resume_writing()
+
+    def protocol_error(self, reason: object) -> None:
+        """Bad input from the peer: one log line, this connection closed, nothing else touched."""
+        log.warning("%s %s: %s; connection closed", self.protocol_name, self.peer, reason)
+        self.abort_connection()
+
+    def abort_connection(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.context.connections.discard(self)
+        if self.output is not None:
+            self.output.discard()
+        self.release_requests()
+
+    def release_requests(self) -> None:
+        """Release whatever requests this connection had in flight."""
+
+
+def _allowed(host: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)

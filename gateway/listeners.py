@@ -1,0 +1,113 @@
+"""Binding listen sockets and serving a wire protocol on each.
+
+``PROTOCOLS`` maps a protocol name to its connection class; a third wire protocol (HTTP/1.1) is one more entry
+and one more class, with dispatch untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from gateway.config import Address, ConfigError, Listen
+from gateway.fastcgi_front import FastCGIConnection
+from gateway.front import FrontConnection, FrontContext
+from gateway.uwsgi_front import UwsgiConnection
+
+log = logging.getLogger("gateway.listeners")
+
+PROTOCOLS: dict[str, type[FrontConnection]] = {
+    "fastcgi": FastCGIConnection,
+    "uwsgi": UwsgiConnection,
+}
+
+
+@dataclass(slots=True)
+class BoundListener:
+    listen: Listen
+    sock: socket.socket
+    server: asyncio.Server | None = None
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()  # the server owns the socket now
+        else:
+            self.sock.close()
+        path = self.listen.address.path
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def bind(listen: Listen, backlog: int, socket_mode: int | None) -> BoundListener:
+    address = listen.address
+    try:
+        sock = _bind_unix(address, socket_mode) if address.is_unix else _bind_tcp(address)
+        sock.listen(backlog)
+    except OSError as err:
+        raise ConfigError(f"cannot listen for {listen.protocol} on {address}: {err.strerror or err}") from err
+    sock.setblocking(False)
+    return BoundListener(listen, sock)
+
+
+def _bind_tcp(address: Address) -> socket.socket:
+    assert address.host is not None and address.port is not None
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(sockaddr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(address: Address, socket_mode: int | None) -> socket.socket:
+    path = address.path
+    assert path is not None
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        if socket_mode is not None:
+            os.chmod(path, socket_mode)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket file left by a crashed run is replaced; one a live server answers on is never stolen."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket; remove it or choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("replacing stale socket %s", path)
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"another server is listening on {path}")
+
+
+async def serve(listener: BoundListener, context: FrontContext, backlog: int) -> None:
+    loop = asyncio.get_running_loop()
+    connection_class = PROTOCOLS[listener.listen.protocol]
+    listener.server = await loop.create_server(lambda: connection_class(context), sock=listener.sock, backlog=backlog)

@@ -1,0 +1,66 @@
+"""A buffered request on its way to a worker, and the contract its response travels back through.
+
+Every wire protocol (FastCGI, uwsgi, and later HTTP) produces :class:`Request` objects and implements
+:class:`ResponseSink`; the dispatcher and the worker pool see nothing else, so a new listener type never touches
+dispatch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.spool import RequestBody
+
+
+class ResponseSink(Protocol):
+    """Where one request's response goes. Calls arrive in order: head, body*, then finish or abort."""
+
+    @property
+    def client_gone(self) -> bool:
+        """The client (the web server) closed the connection or aborted this request."""
+        ...
+
+    def send_head(self, head: bytes) -> None:
+        """``head`` is b"200 OK\\r\\nName: value\\r\\n\\r\\n"; the sink adds its protocol's prefix."""
+
+    def send_body(self, data: bytes) -> None: ...
+
+    def finish(self) -> None:
+        """The response is complete."""
+
+    def abort(self) -> None:
+        """The response broke off after its head: make the client see a failure, not a short success."""
+
+
+def status_head(status: str, body: bytes) -> bytes:
+    return f"{status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+
+
+def respond_error(sink: ResponseSink, status: str, extra_headers: str = "") -> None:
+    """Answer a request the app never saw (413, 502, 503, 504) through the normal response path."""
+    body = f"{status}\n".encode()
+    head = status_head(status, body)
+    if extra_headers:
+        head = head[:-2] + extra_headers.encode("latin-1") + b"\r\n"
+    sink.send_head(head)
+    sink.send_body(body)
+    sink.finish()
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """A request whose params and whole body have arrived."""
+
+    params: dict[str, str]
+    body: RequestBody
+    sink: ResponseSink
+    protocol: str
+    peer: str
+    received_at: float
+    #: Filled by before-dispatch hooks (sessions), read by after-response hooks; never sent to the worker.
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def release(self) -> None:
+        """The request is over: remove its body's temporary file, if any."""
+        self.body.discard()

@@ -1,0 +1,170 @@
+"""Bytes the event loop holds on someone's behalf: request bodies on their way in, responses on their way out.
+
+Both stay in memory up to a threshold and move to a temporary file beyond it, so a 1 GiB upload or a slow reader
+of a 1 GiB download costs the loop a file, not RAM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections import deque
+from typing import IO
+
+#: How much of a spooled response is read back from its file per write to the client.
+_DRAIN_CHUNK = 1 << 18
+
+
+class RequestBody:
+    """A request body being received: a bytearray, or a named temporary file once it grows past the threshold.
+
+    The file has a name because the worker opens it by name; the loop removes it when the request ends
+    (``discard``), whether it was answered, refused, or its client went away.
+    """
+
+    __slots__ = ("_buffer", "_file", "_spool_dir", "_threshold", "path", "size")
+
+    def __init__(self, threshold: int, spool_dir: str | None) -> None:
+        self._threshold = threshold
+        self._spool_dir = spool_dir
+        self._buffer = bytearray()
+        self._file: IO[bytes] | None = None
+        self.path: str | None = None
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > self._threshold:
+            file = tempfile.NamedTemporaryFile(  # noqa: SIM115  # lives as long as the request
+                prefix="body-", dir=self._spool_dir, delete=False
+            )
+            self._file, self.path = file, file.name
+            file.write(self._buffer)
+            self._buffer = bytearray()
+
+    def finish(self) -> bytes:
+        """The body for the worker: its bytes, or b"" with ``path`` naming the file (flushed and closed)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            return b""
+        return bytes(self._buffer)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.path = None
+        self._buffer = bytearray()
+
+
+class OutputBuffer:
+    """Writes to a transport with flow control, holding what the client has not taken yet.
+
+    While the transport accepts data it goes straight through (uvloop tries the socket at once). Once the
+    transport asks us to pause, data queues in memory up to ``memory_limit`` and then in an unnamed temporary
+    file, and drains in order when the transport resumes. The worker that produced it is long gone by then.
+    """
+
+    __slots__ = (
+        "_close_when_drained",
+        "_file",
+        "_file_read",
+        "_file_write",
+        "_memory",
+        "_memory_limit",
+        "_memory_size",
+        "_paused",
+        "_spool_dir",
+        "transport",
+    )
+
+    def __init__(self, transport: asyncio.WriteTransport, memory_limit: int, spool_dir: str | None) -> None:
+        self.transport = transport
+        self._memory_limit = memory_limit
+        self._spool_dir = spool_dir
+        self._memory: deque[bytes] = deque()
+        self._memory_size = 0
+        self._file: IO[bytes] | None = None
+        self._file_read = 0
+        self._file_write = 0
+        self._paused = False
+        self._close_when_drained = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes held here (not counting the transport's own buffer)."""
+        return self._memory_size + self._file_write - self._file_read
+
+    def write(self, data: bytes) -> None:
+        if not self._paused and not self._memory and self._file is None:
+            self.transport.write(data)
+        elif self._file is None and self._memory_size + len(data) <= self._memory_limit:
+            self._memory.append(data)
+            self._memory_size += len(data)
+        else:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="response-", dir=self._spool_dir)  # noqa: SIM115
+                self._file_read = self._file_write = 0
+            self._file.seek(self._file_write)
+            self._file.write(data)
+            self._file_write += len(data)
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        if not self._paused and not self._memory and self._file is None:
+            self.transport.writelines(pieces)
+        else:
+            for piece in pieces:
+                self.write(piece)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._drain()
+
+    def close_when_drained(self) -> None:
+        """Close the transport once everything held here has been handed to it."""
+        self._close_when_drained = True
+        if not self.pending:
+            self.transport.close()
+
+    def discard(self) -> None:
+        """The client is gone: drop what it will never read, and the file holding it."""
+        self._memory.clear()
+        self._memory_size = 0
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._file_read = self._file_write = 0
+
+    def _drain(self) -> None:
+        transport = self.transport
+        while not self._paused:
+            if self._memory:
+                data = self._memory.popleft()
+                self._memory_size -= len(data)
+                transport.write(data)
+            elif self._file is not None:
+                self._file.seek(self._file_read)
+                data = self._file.read(min(_DRAIN_CHUNK, self._file_write - self._file_read))
+                self._file_read += len(data)
+                if self._file_read >= self._file_write:
+                    self._file.close()
+                    self._file = None
+                    self._file_read = self._file_write = 0
+                transport.write(data)
+            else:
+                if self._close_when_drained:
+                    transport.close()
+                return

@@ -1,0 +1,117 @@
+"""The uwsgi listener's connections: one request per connection, answered in raw HTTP, then closed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.front import FrontConnection, FrontContext
+from gateway.request import Request, respond_error
+from gateway.spool import RequestBody
+from protocols.errors import RemoteProtocolError
+from protocols.uwsgi import (
+    BodyData,
+    BodyTooLarge,
+    Limits,
+    Ping,
+    RequestComplete,
+    RequestHead,
+    ServerConnection,
+    encode_pong,
+)
+
+log = logging.getLogger("gateway.uwsgi")
+
+
+class UwsgiConnection(FrontConnection):
+    """Also the ResponseSink of its single request."""
+
+    protocol_name = "uwsgi"
+
+    def __init__(self, context: FrontContext) -> None:
+        super().__init__(context)
+        config = context.config
+        self.codec = ServerConnection(
+            Limits(
+                max_vars_size=config.max_params_size,
+                max_vars=config.max_params,
+                max_body_size=config.max_body_size,
+            )
+        )
+        self.params: dict[str, str] | None = None
+        self.body: RequestBody | None = None
+        self.request: Request | None = None
+        self.http_version = b"HTTP/1.1 "
+
+    # -- input -------------------------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.codec.receive_data(data)
+        except RemoteProtocolError as err:
+            self.protocol_error(err)
+            return
+        for event in events:
+            event_type = type(event)
+            if event_type is BodyData:
+                if self.body is not None:
+                    self.body.write(event.data)  # type: ignore[union-attr]
+            elif event_type is RequestHead:
+                assert isinstance(event, RequestHead)
+                self.params = event.params
+                if event.params.get("SERVER_PROTOCOL") == "HTTP/1.0":
+                    self.http_version = b"HTTP/1.0 "
+                self.body = self.context.new_body()
+            elif event_type is RequestComplete:
+                assert self.params is not None and self.body is not None
+                loop = asyncio.get_running_loop()
+                self.request = Request(self.params, self.body, self, "uwsgi", self.peer, loop.time())
+                self.context.dispatcher.submit(self.request)
+            elif event_type is Ping:
+                self.write(encode_pong())
+                self.finish()
+            elif event_type is BodyTooLarge:
+                assert isinstance(event, BodyTooLarge)
+                log.warning(
+                    "uwsgi %s: request body exceeds %d bytes (--max-body-size); answered 413",
+                    self.peer,
+                    event.limit,
+                )
+                respond_error(self, "413 Content Too Large")
+
+    def eof_received(self) -> bool | None:
+        try:
+            self.codec.receive_data(b"")
+        except RemoteProtocolError as err:
+            self.protocol_error(err)
+            return None
+        # The web server half-closed after sending the request; keep our side open for the response.
+        return True
+
+    def release_requests(self) -> None:
+        if self.request is not None:
+            self.context.dispatcher.cancel(self.request)
+        elif self.body is not None:
+            self.body.discard()
+
+    def write(self, data: bytes) -> None:
+        if self.output is not None:
+            self.output.write(data)
+
+    # -- ResponseSink ------------------------------------------------------------------------------------------
+    @property
+    def client_gone(self) -> bool:
+        return self.closed
+
+    def send_head(self, head: bytes) -> None:
+        self.write(self.http_version + head)
+
+    def send_body(self, data: bytes) -> None:
+        self.write(data)
+
+    def finish(self) -> None:
+        if self.output is not None:
+            self.output.close_when_drained()
+
+    def abort(self) -> None:
+        # uwsgi responses end at connection close, so a plain close would look like success: reset instead.
+        self.abort_connection()

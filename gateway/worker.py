@@ -1,0 +1,195 @@
+"""The worker process: imports the app once, then runs one buffered request at a time.
+
+Started by the pool as ``python -m gateway.worker FD SETTINGS`` (a fresh interpreter, never a fork of the event
+loop's process). FD is this worker's end of a unix socket pair; the request arrives whole, body included, so the
+app never waits on a client. Output is sent back as it is produced and the loop buffers it, so the worker is free
+as soon as the app is done, however slowly the client reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+import orjson
+
+from gateway.channel import FRAME_HEADER, Kind, WorkerRequest, encode_frame
+from gateway.log import configure_logging
+from gateway.wsgi import WSGIApp, body_stream, build_environ, run_app
+
+log = logging.getLogger("gateway.worker")
+
+#: Exit status of a worker whose app cannot be imported; the pool stops instead of respawning in a storm.
+APP_LOAD_ERROR = 4
+
+#: Below this a body chunk waits for the next one, so a list response leaves in one write.
+_COALESCE = 1 << 16
+
+
+class AppLoadError(Exception):
+    """The application named on the command line cannot be imported or is not callable."""
+
+
+def load_app(spec: str) -> WSGIApp:
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        raise AppLoadError(f"cannot import module {module_name!r} of application {spec!r}: {err!r}") from err
+    app: Any = module
+    for part in attribute.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError as err:
+            raise AppLoadError(f"module {module_name!r} has no attribute {attribute!r} (application {spec!r})") from err
+    if not callable(app):
+        raise AppLoadError(f"application {spec!r} is a {type(app).__name__}, not a WSGI callable")
+    return app  # type: ignore[no-any-return]
+
+
+class Channel:
+    """The worker's end of the socket pair: blocking reads of requests, batched writes of responses."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._rbuf = bytearray()
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._cancelled = False
+
+    def read_frame(self) -> tuple[int, bytes] | None:
+        """Block until one whole frame is here; None when the loop closed the channel."""
+        header_size = FRAME_HEADER.size
+        while True:
+            buffer = self._rbuf
+            if len(buffer) >= header_size:
+                length, kind = FRAME_HEADER.unpack_from(buffer)
+                end = header_size + length
+                if len(buffer) >= end:
+                    payload = bytes(memoryview(buffer)[header_size:end])
+                    del buffer[:end]
+                    return kind, payload
+                chunk = self.sock.recv(max(end - len(buffer), 1 << 16))
+            else:
+                chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return None
+            buffer += chunk
+
+    # ResponseOutput
+    def send_head(self, head: bytes) -> None:
+        self._queue(encode_frame(Kind.HEAD, head))
+
+    def send_body(self, data: bytes, flush: bool) -> None:
+        self._queue(FRAME_HEADER.pack(len(data), Kind.BODY))
+        self._queue(data)
+        if flush or self._out_size >= _COALESCE:
+            self.flush()
+
+    def cancelled(self) -> bool:
+        """Whether the loop said the client is gone; a non-blocking peek costs one syscall per chunk."""
+        if self._cancelled:
+            return True
+        try:
+            chunk = self.sock.recv(1 << 12, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            self._cancelled = True  # the loop itself is gone
+            return True
+        self._rbuf += chunk
+        while len(self._rbuf) >= FRAME_HEADER.size:
+            length, kind = FRAME_HEADER.unpack_from(self._rbuf)
+            if kind != Kind.CANCEL:
+                break
+            del self._rbuf[: FRAME_HEADER.size + length]
+            self._cancelled = True
+        return self._cancelled
+
+    def finish(self, kind: Kind, payload: bytes = b"") -> None:
+        self._queue(encode_frame(kind, payload))
+        self.flush()
+        self._cancelled = False
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+
+    def flush(self) -> None:
+        if self._out:
+            self.sock.sendall(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+            self._out.clear()
+            self._out_size = 0
+
+    def drop_stale_cancels(self) -> None:
+        """A CANCEL that raced with the end of its request means nothing for the next one."""
+        while len(self._rbuf) >= FRAME_HEADER.size:
+            length, kind = FRAME_HEADER.unpack_from(self._rbuf)
+            if kind != Kind.CANCEL:
+                return
+            del self._rbuf[: FRAME_HEADER.size + length]
+
+
+def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
+    script_name: str = settings.get("script_name", "")
+    debug: bool = settings.get("debug", False)
+    while True:
+        frame = channel.read_frame()
+        if frame is None:
+            return
+        kind, payload = frame
+        if kind != Kind.REQUEST:
+            continue  # a CANCEL for a request that already ended
+        request = WorkerRequest.decode(payload)
+        body = body_stream(request.body, request.body_path)
+        try:
+            environ = build_environ(request.environ, body, script_name=script_name)
+            try:
+                run_app(app, environ, channel, debug=debug)
+            except Exception:
+                log.exception(
+                    "%s %s failed after its response had started; the response is cut short",
+                    environ.get("REQUEST_METHOD"),
+                    environ.get("REQUEST_URI", environ.get("PATH_INFO")),
+                )
+                channel.finish(Kind.ABORT)
+                continue
+            channel.finish(Kind.END)
+        finally:
+            body.close()
+        channel.drop_stale_cancels()
+
+
+def main(argv: list[str]) -> int:
+    fd = int(argv[0])
+    settings: dict[str, Any] = orjson.loads(argv[1])
+    # Ctrl-C reaches the whole process group; the loop decides when workers stop (it closes the channel).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(settings.get("log_level", "info"), role=f"worker {os.getpid()}")
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    channel = Channel(sock)
+    if settings.get("app_dir"):
+        sys.path.insert(0, settings["app_dir"])
+    try:
+        app = load_app(settings["app"])
+    except AppLoadError as err:
+        log.critical("%s", err)
+        log.debug("%s", traceback.format_exc())
+        return APP_LOAD_ERROR
+    channel.finish(Kind.READY, orjson.dumps({"pid": os.getpid()}))
+    # BrokenPipe/ConnectionReset: the loop went away, so nothing is left to answer.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        serve(channel, app, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,156 @@
+"""WSGI apps the end-to-end tests serve through the gateway; ``validated_app`` wraps them in wsgiref.validate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.validate import validator
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+PREFIXES = ("fcgi", "fcgik", "uwsgi")
+CHUNK = 1 << 16
+
+
+def pattern(size: int) -> Iterator[bytes]:
+    """Deterministic bytes, so both sides can checksum a download without storing it."""
+    block = bytes(range(256)) * (CHUNK // 256)
+    sent = 0
+    while sent < size:
+        piece = block[: min(CHUNK, size - sent)]
+        sent += len(piece)
+        yield piece
+
+
+def _json(start_response: StartResponse, data: object, status: str = "200 OK") -> list[bytes]:
+    body = json.dumps(data).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _read_body(environ: Environ) -> bytes:
+    stream = environ["wsgi.input"]
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    chunks = []
+    while length > 0:
+        chunk = stream.read(min(length, CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        length -= len(chunk)
+    return b"".join(chunks)
+
+
+def route(environ: Environ) -> tuple[str, dict[str, list[str]]]:
+    path = environ["PATH_INFO"]
+    parts = path.split("/", 2)
+    if len(parts) > 2 and parts[1] in PREFIXES:
+        path = "/" + parts[2]
+    return path, parse_qs(environ.get("QUERY_STRING", ""))
+
+
+def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    path, query = route(environ)
+    if path == "/hello":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return [b"hello"]
+    if path == "/echo" or path.startswith("/unicode/"):
+        body = _read_body(environ)
+        return _json(
+            start_response,
+            {
+                "method": environ["REQUEST_METHOD"],
+                "script_name": environ["SCRIPT_NAME"],
+                "path_info": environ["PATH_INFO"].encode("latin-1").decode("utf-8"),
+                "query": environ.get("QUERY_STRING", ""),
+                "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+                "content_type": environ.get("CONTENT_TYPE", ""),
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+                "body_length": len(body),
+                "scheme": environ["wsgi.url_scheme"],
+                "multiprocess": environ["wsgi.multiprocess"],
+                "pid": os.getpid(),
+            },
+        )
+    if path == "/form":
+        form = parse_qs(_read_body(environ).decode())
+        return _json(start_response, form)
+    if path == "/download":
+        size = int(query["size"][0])
+        digest = hashlib.sha256()
+        for piece in pattern(size):
+            digest.update(piece)
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/octet-stream"),
+                ("Content-Length", str(size)),
+                ("X-Sha256", digest.hexdigest()),
+            ],
+        )
+        return pattern(size)
+    if path == "/status":
+        code = query["code"][0]
+        return _json(start_response, {"code": code}, f"{code} Custom Reason")
+    if path == "/redirect":
+        start_response("302 Found", [("Location", "/fcgi/hello"), ("Content-Length", "0")])
+        return []
+    if path == "/cookies":
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/plain"),
+                ("Set-Cookie", "a=1; Path=/"),
+                ("Set-Cookie", "b=2; Path=/"),
+                ("X-Multi", "one"),
+                ("X-Multi", "two"),
+            ],
+        )
+        return [environ.get("HTTP_COOKIE", "").encode()]
+    if path == "/stream":
+        count = int(query.get("n", ["3"])[0])
+        delay = float(query.get("delay", ["0.3"])[0])
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Accel-Buffering", "no")])
+        return _stream(count, delay)
+    if path == "/write":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written ")
+        return [b"and returned"]
+    if path == "/sleep":
+        time.sleep(float(query["s"][0]))
+        return _json(start_response, {"pid": os.getpid(), "id": query.get("id", [""])[0]})
+    if path == "/error":
+        raise RuntimeError("the app failed on purpose")
+    if path == "/error-after":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _fail_after_first()
+    if path == "/crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if path == "/hop-by-hop":
+        start_response("200 OK", [("Connection", "close")])
+        return [b"never"]
+    if path == "/crlf":
+        start_response("200 OK", [("X-Injected", "a\r\nSet-Cookie: evil=1")])
+        return [b"never"]
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"no such route\n"]
+
+
+def _stream(count: int, delay: float) -> Iterator[bytes]:
+    for index in range(count):
+        yield f"chunk {index} at {time.time():.3f}\n".encode()
+        time.sleep(delay)
+
+
+def _fail_after_first() -> Iterator[bytes]:
+    yield b"partial "
+    raise RuntimeError("failed after the head was sent")
+
+
+validated_app = validator(app)

@@ -1,0 +1,64 @@
+"""Fixtures: a real gateway and a real nginx on loopback, each with its own scratch directory.
+
+A missing nginx makes these fixtures fail (never skip): CI must not pass without the real components.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.devstack import Gateway, Nginx, free_port
+
+
+@dataclass
+class Stack:
+    gateway: Gateway
+    nginx: Nginx
+    fcgi_path: str
+    uwsgi_path: str
+    fcgi_port: int
+    uwsgi_port: int
+
+    @property
+    def url(self) -> str:
+        return self.nginx.url
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The test apps behind nginx: unix sockets for nginx, TCP ports for raw-socket tests."""
+    scratch = tmp_path_factory.mktemp("stack")
+    fcgi_path = str(scratch / "fcgi.sock")
+    uwsgi_path = str(scratch / "uwsgi.sock")
+    fcgi_port, uwsgi_port = free_port(), free_port()
+    gateway = Gateway(
+        scratch,
+        [
+            "--fcgi",
+            f"unix:{fcgi_path}",
+            "--uwsgi",
+            f"unix:{uwsgi_path}",
+            "--fcgi",
+            f"127.0.0.1:{fcgi_port}",
+            "--uwsgi",
+            f"127.0.0.1:{uwsgi_port}",
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "5",
+            "tests.apps:validated_app",
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    ).start()
+    nginx = Nginx(scratch, free_port(), f"unix:{fcgi_path}", f"unix:{uwsgi_path}")
+    try:
+        nginx.start()
+        yield Stack(gateway, nginx, fcgi_path, uwsgi_path, fcgi_port, uwsgi_port)
+    finally:
+        nginx.stop()
+        gateway.stop()

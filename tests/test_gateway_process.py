@@ -1,0 +1,378 @@
+"""The gateway as a process: CLI, start-up failures, listeners, allow-lists, spooling, shutdown, make run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import build_config
+from gateway.config import Address, ConfigError
+from gateway.devstack import Gateway, Nginx, free_port
+from protocols.fastcgi import ClientConnection, EndRequest, Stdout, encode_request
+from protocols.uwsgi import encode_request as encode_uwsgi_request
+from tests.http import request
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _gateway(tmp_path: Path, *args: str) -> Gateway:
+    return Gateway(tmp_path, list(args), env=ENV)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (":9000", Address(host="127.0.0.1", port=9000)),
+        ("0.0.0.0:9000", Address(host="0.0.0.0", port=9000)),
+        ("[::1]:9001", Address(host="::1", port=9001)),
+        ("unix:/run/app.sock", Address(path="/run/app.sock")),
+    ],
+)
+def test_address_parsing(text: str, expected: Address) -> None:
+    assert Address.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9000", "host:", "unix:", "host:99999", "host:port"])
+def test_bad_addresses_are_named(text: str) -> None:
+    with pytest.raises(ConfigError, match="listen address"):
+        Address.parse(text)
+
+
+def test_cli_builds_config() -> None:
+    config = build_config(
+        [
+            "--fcgi",
+            ":9000",
+            "--uwsgi",
+            "unix:/tmp/x.sock",
+            "--workers",
+            "3",
+            "--allow-from",
+            "10.0.0.0/8,127.0.0.1",
+            "--socket-mode",
+            "660",
+            "app:wsgi",
+        ]
+    )
+    assert [listen.protocol for listen in config.listeners] == ["fastcgi", "uwsgi"]
+    assert config.workers == 3 and config.socket_mode == 0o660 and config.app == "app:wsgi"
+    assert len(config.allow_from) == 2
+    with pytest.raises(ConfigError, match="nothing to listen on"):
+        build_config(["app:wsgi"])
+
+
+def test_help_documents_every_option() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--help"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+        timeout=30,
+    )
+    for option in (
+        "--fcgi",
+        "--uwsgi",
+        "--workers",
+        "--script-name",
+        "--socket-mode",
+        "--allow-from",
+        "--max-params-size",
+        "--max-body-size",
+        "--backlog",
+        "--graceful-timeout",
+    ):
+        assert option in result.stdout
+
+
+def test_app_import_error_exits_with_a_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--fcgi",
+            f"unix:{tmp_path}/s",
+            "--workers",
+            "2",
+            "no_such_module:app",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert "cannot import module 'no_such_module'" in result.stderr
+    assert result.stderr.count("starting a replacement") == 0
+
+
+def test_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "--fcgi", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen for fastcgi on 127.0.0.1:{port}" in result.stderr
+
+
+def test_unix_socket_stale_file_replaced_mode_set_and_removed(tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # a socket file nobody listens on, as a crashed run leaves it
+    gateway = _gateway(
+        tmp_path, "--uwsgi", f"unix:{path}", "--socket-mode", "660", "--workers", "1", "tests.apps:app"
+    ).start()
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(encode_uwsgi_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/hello"}))
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        assert reply.endswith(b"\r\n\r\nhello")
+        # A second gateway must not steal a live socket.
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "--uwsgi", f"unix:{path}"],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=60,
+        )
+        assert result.returncode == 2 and "another server is listening" in result.stderr
+    finally:
+        assert gateway.stop() == 0
+    assert not path.exists()
+
+
+def test_allow_from_refuses_other_peers(tmp_path: Path) -> None:
+    port = free_port()
+    gateway = _gateway(
+        tmp_path, "--fcgi", f"127.0.0.1:{port}", "--allow-from", "192.0.2.0/24", "--workers", "1"
+    ).start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(encode_request(1, {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/"}))
+            assert sock.recv(100) == b""
+        assert "not in the allow-list" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_fcgi_web_server_addrs_is_honoured(tmp_path: Path) -> None:
+    port = free_port()
+    gateway = Gateway(
+        tmp_path,
+        ["--fcgi", f"127.0.0.1:{port}", "--workers", "1"],
+        env={**ENV, "FCGI_WEB_SERVER_ADDRS": "127.0.0.2, 192.0.2.7"},
+    ).start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(encode_request(1, {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/"}))
+            assert sock.recv(100) == b""
+    finally:
+        gateway.stop()
+    gateway = Gateway(
+        tmp_path,
+        ["--fcgi", f"127.0.0.1:{port}", "--workers", "1"],
+        env={**ENV, "FCGI_WEB_SERVER_ADDRS": "127.0.0.1"},
+    ).start()
+    try:
+        assert b"It works" in _fastcgi_get(port, "/")
+    finally:
+        gateway.stop()
+
+
+def _fastcgi_get(port: int, path: str) -> bytes:
+    codec = ClientConnection()
+    output = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            encode_request(
+                1,
+                {"REQUEST_METHOD": "GET", "SCRIPT_NAME": path, "SERVER_NAME": "t", "SERVER_PORT": "80"},
+                keep_conn=False,
+            )
+        )
+        while True:
+            data = sock.recv(1 << 16)
+            events = codec.receive_data(data)
+            for event in events:
+                if isinstance(event, Stdout):
+                    output += event.data
+                elif isinstance(event, EndRequest):
+                    return bytes(output)
+            if not data:
+                raise AssertionError("closed before END_REQUEST")
+
+
+def test_large_bodies_spool_to_files_that_are_removed(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    port = free_port()
+    gateway = _gateway(
+        tmp_path,
+        "--uwsgi",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--spool-dir",
+        str(spool),
+        "--body-spool-threshold",
+        "1000",
+        "tests.apps:app",
+    ).start()
+    try:
+        body = os.urandom(300_000)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                encode_uwsgi_request(
+                    {"REQUEST_METHOD": "POST", "PATH_INFO": "/echo", "CONTENT_LENGTH": str(len(body))}, body
+                )
+            )
+            reply = b""
+            while chunk := sock.recv(1 << 16):
+                reply += chunk
+        assert b'"body_length": 300000' in reply
+        # A client that sends half a body and leaves: its temp file must go too.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                encode_uwsgi_request(
+                    {"REQUEST_METHOD": "POST", "PATH_INFO": "/echo", "CONTENT_LENGTH": str(len(body))}, body
+                )[:200_000]
+            )
+            time.sleep(0.3)
+            assert list(spool.glob("*/body-*")), "the partial body is spooled to a file"
+        deadline = time.monotonic() + 5
+        while list(spool.glob("*/body-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not list(spool.glob("*/body-*"))
+    finally:
+        gateway.stop()
+    assert not list(spool.iterdir()), "the spool directory is removed at exit"
+
+
+def test_slow_readers_do_not_hold_workers(tmp_path: Path) -> None:
+    """Three clients that read nothing of a 20 MB response; the single worker still serves a fourth."""
+    port = free_port()
+    gateway = _gateway(tmp_path, "--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "tests.apps:app").start()
+    sleepers = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(
+                encode_uwsgi_request(
+                    {"REQUEST_METHOD": "GET", "PATH_INFO": "/download", "QUERY_STRING": f"size={20 << 20}"}
+                )
+            )
+            sleepers.append(sock)
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(encode_uwsgi_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/hello"}))
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        assert reply.endswith(b"hello")
+        assert time.monotonic() - started < 10
+        # The slow readers still get every byte, from the loop's spool.
+        sleeper = sleepers[0]
+        received = 0
+        while chunk := sleeper.recv(1 << 20):
+            received += len(chunk)
+        assert received > 20 << 20
+    finally:
+        for sock in sleepers:
+            sock.close()
+        gateway.stop()
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+    port = free_port()
+    gateway = _gateway(tmp_path, "--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "tests.apps:app").start()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(encode_uwsgi_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/sleep", "QUERY_STRING": "s=1"}))
+        time.sleep(0.3)
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert gateway.process.wait(30) == 0
+
+
+def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """What `make run` does, on free ports: the demo page through nginx, then Ctrl-C (SIGINT) stops all."""
+    port, fcgi, uwsgi = free_port(), free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.devstack",
+            "--port",
+            str(port),
+            "--fcgi",
+            f"127.0.0.1:{fcgi}",
+            "--uwsgi",
+            f"127.0.0.1:{uwsgi}",
+            "--scratch",
+            str(tmp_path / "run"),
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                reply = request(f"http://127.0.0.1:{port}", "GET", "/")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "the demo stack did not start"
+                time.sleep(0.1)
+        assert reply.status == 200 and b"It works" in reply.body
+        assert b"It works" in request(f"http://127.0.0.1:{port}", "GET", "/uwsgi/").body
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stdout is not None
+    log = process.stdout.read()
+    assert "serving the built-in demo app" in log
+    for probe in (port, fcgi, uwsgi):
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", probe), timeout=1):
+            pass
+
+
+def test_nginx_fixture_fails_without_nginx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing nginx is an error with the fix in it, never a skip."""
+    from gateway import devstack
+
+    monkeypatch.setattr(devstack.shutil, "which", lambda name: None)
+    monkeypatch.setattr(devstack.os, "access", lambda path, mode: False)
+    with pytest.raises(devstack.StackError, match="apt-get install"):
+        Nginx(tmp_path, free_port(), ":1", ":2").start()
