@@ -97,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--max-params-size",
         type=int,
-        default=65535,
+        default=64 * 1024,
         metavar="BYTES",
-        help="largest FastCGI params or uwsgi vars block (default: %(default)s)",
+        help="largest FastCGI params block (default: %(default)s); a uwsgi vars block is also capped at 65535 "
+        "by its u16 size field",
     )
     limits.add_argument(
         "--max-params",

@@ -18,6 +18,9 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 #: interface must be asked for explicitly (``0.0.0.0:9000``).
 DEFAULT_HOST = "127.0.0.1"
 
+#: Far above any real header set; a bound so one connection cannot make us buffer without end.
+MAX_PARAMS_SIZE_CEILING = 16 << 20
+
 DEMO_APP = "gateway.demo:application"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -100,7 +103,7 @@ class Config:
     backlog: int = 1024
     allow_from: tuple[IPNetwork, ...] = ()
     # Codec limits; the defaults are those of protocols.fastcgi / protocols.uwsgi.
-    max_params_size: int = 65535
+    max_params_size: int = 64 * 1024
     max_params: int = 1000
     max_body_size: int = 1 << 30
     max_requests_per_connection: int = 128
@@ -117,8 +120,8 @@ class Config:
             raise ConfigError(f"--workers must be at least 1, not {self.workers}")
         if self.script_name and (not self.script_name.startswith("/") or self.script_name.endswith("/")):
             raise ConfigError(f"--script-name {self.script_name!r} must start with '/' and not end with one, e.g. /app")
-        if not 1 <= self.max_params_size <= 65535:
-            raise ConfigError("--max-params-size must be within 1-65535 (the uwsgi header caps it at 65535)")
+        if not 1 <= self.max_params_size <= MAX_PARAMS_SIZE_CEILING:
+            raise ConfigError(f"--max-params-size must be within 1-{MAX_PARAMS_SIZE_CEILING} bytes")
         for name in (
             "max_params",
             "max_body_size",

@@ -127,6 +127,8 @@ class Gateway:
 
     def start(self, timeout: float = 30.0) -> Gateway:
         self.scratch.mkdir(parents=True, exist_ok=True)
+        # The log is appended to across restarts; readiness counts only what this start wrote.
+        seen = len(self.log_text())
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", *self.args],
@@ -139,7 +141,7 @@ class Gateway:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise StackError(f"the gateway exited with status {self.process.returncode}:\n{self.log_text()}")
-            if READY_LINE in self.log_text():
+            if READY_LINE in self.log_text()[seen:]:
                 return self
             time.sleep(0.05)
         raise StackError(f"the gateway was not ready within {timeout:.0f} s:\n{self.log_text()}")

@@ -64,7 +64,7 @@ class _Exchange:
             connection.end(self, app_status=1)
         else:
             self.gone = True
-            connection.abort_connection()
+            connection.reset_connection()
 
 
 class FastCGIConnection(FrontConnection):
@@ -100,18 +100,19 @@ class FastCGIConnection(FrontConnection):
         for event in events:
             event_type = type(event)
             if event_type is BodyData:
-                exchange = self.exchanges.get(event.request_id)  # type: ignore[union-attr]
+                assert isinstance(event, BodyData)
+                exchange = self.exchanges.get(event.request_id)
                 if exchange is not None:
-                    exchange.body.write(event.data)  # type: ignore[union-attr]
+                    exchange.body.write(event.data)
             elif event_type is RequestHead:
                 assert isinstance(event, RequestHead)
                 self.exchanges[event.request_id] = _Exchange(
                     self, event.request_id, event.params, self.context.new_body()
                 )
             elif event_type is RequestComplete:
-                self._dispatch(event.request_id)  # type: ignore[union-attr]
+                self._dispatch(event.request_id)
             elif event_type is RequestAborted:
-                self._aborted(event.request_id)  # type: ignore[union-attr]
+                self._aborted(event.request_id)
             elif event_type is BodyTooLarge:
                 assert isinstance(event, BodyTooLarge)
                 exchange = self.exchanges.get(event.request_id)

@@ -7,9 +7,13 @@ the events. Subclasses (FastCGI, uwsgi; HTTP later) differ only in the codec and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import socket
+import struct
 from dataclasses import dataclass, field
+from typing import cast
 
 from gateway.config import Config, IPNetwork
 from gateway.dispatch import Dispatcher
@@ -19,6 +23,9 @@ log = logging.getLogger("gateway.front")
 
 #: The transport's own buffer before it asks us to pause; beyond it the OutputBuffer holds (and spools) data.
 _WRITE_HIGH_WATER = 1 << 18
+
+#: struct linger {on, 0 seconds}: close() sends RST and drops unsent data.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass(slots=True, eq=False)
@@ -49,7 +56,8 @@ class FrontConnection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without always subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and peername:
@@ -84,6 +92,21 @@ class FrontConnection(asyncio.Protocol):
     def abort_connection(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
+
+    def reset_connection(self) -> None:
+        """Close with a TCP reset, so the web server sees a failed response rather than one ended by close.
+
+        A plain close is how a uwsgi response (and a FastCGI one without keep-conn, to lenient servers) ends
+        successfully; SO_LINGER 0 turns the close into an RST, which no web server mistakes for success.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

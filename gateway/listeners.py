@@ -57,7 +57,8 @@ def bind(listen: Listen, backlog: int, socket_mode: int | None) -> BoundListener
 
 
 def _bind_tcp(address: Address) -> socket.socket:
-    assert address.host is not None and address.port is not None
+    assert address.host is not None
+    assert address.port is not None
     family, kind, proto, _, sockaddr = socket.getaddrinfo(
         address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]

@@ -18,7 +18,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -143,15 +143,15 @@ class _ChannelProtocol(asyncio.Protocol):
         self.worker = worker
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.worker.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.worker.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
             frames = self.worker.decoder.feed(data)
             self.worker.on_frames(frames)
         except ChannelError as err:
-            log.error("worker %d: %s; stopping it", self.worker.pid, err)
+            log.error("worker %d: %s; stopping it", self.worker.pid, err)  # noqa: TRY400 - the message says it all
             with contextlib.suppress(ProcessLookupError):
                 self.worker.process.kill()
 

@@ -53,8 +53,9 @@ class UwsgiConnection(FrontConnection):
         for event in events:
             event_type = type(event)
             if event_type is BodyData:
+                assert isinstance(event, BodyData)
                 if self.body is not None:
-                    self.body.write(event.data)  # type: ignore[union-attr]
+                    self.body.write(event.data)
             elif event_type is RequestHead:
                 assert isinstance(event, RequestHead)
                 self.params = event.params
@@ -62,7 +63,8 @@ class UwsgiConnection(FrontConnection):
                     self.http_version = b"HTTP/1.0 "
                 self.body = self.context.new_body()
             elif event_type is RequestComplete:
-                assert self.params is not None and self.body is not None
+                assert self.params is not None
+                assert self.body is not None
                 loop = asyncio.get_running_loop()
                 self.request = Request(self.params, self.body, self, "uwsgi", self.peer, loop.time())
                 self.context.dispatcher.submit(self.request)
@@ -114,4 +116,4 @@ class UwsgiConnection(FrontConnection):
 
     def abort(self) -> None:
         # uwsgi responses end at connection close, so a plain close would look like success: reset instead.
-        self.abort_connection()
+        self.reset_connection()

@@ -184,9 +184,10 @@ def main(argv: list[str]) -> int:
         log.critical("%s", err)
         log.debug("%s", traceback.format_exc())
         return APP_LOAD_ERROR
-    channel.finish(Kind.READY, orjson.dumps({"pid": os.getpid()}))
-    # BrokenPipe/ConnectionReset: the loop went away, so nothing is left to answer.
+    # BrokenPipe/ConnectionReset: the loop went away (it may be shutting down while we started), so nothing is
+    # left to answer.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        channel.finish(Kind.READY, orjson.dumps({"pid": os.getpid()}))
         serve(channel, app, settings)
     return 0
 

@@ -97,9 +97,14 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         return pattern(size)
     if path == "/status":
         code = query["code"][0]
+        if code in ("204", "304"):
+            start_response(f"{code} Custom Reason", [])
+            return []
         return _json(start_response, {"code": code}, f"{code} Custom Reason")
     if path == "/redirect":
-        start_response("302 Found", [("Location", "/fcgi/hello"), ("Content-Length", "0")])
+        start_response(
+            "302 Found", [("Location", "/fcgi/hello"), ("Content-Type", "text/plain"), ("Content-Length", "0")]
+        )
         return []
     if path == "/cookies":
         start_response(

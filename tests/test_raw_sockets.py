@@ -59,7 +59,10 @@ class FastCGIClient:
         self.sock.sendall(data)
 
     def pump(self) -> None:
-        data = self.sock.recv(1 << 16)
+        try:
+            data = self.sock.recv(1 << 16)
+        except ConnectionResetError:
+            data = b""
         if not data:
             self.eof = True
         for event in self.codec.receive_data(data):
@@ -81,6 +84,21 @@ class FastCGIClient:
         self.sock.close()
 
 
+def _read_until_closed(sock: socket.socket, into: bytearray) -> None:
+    while chunk := sock.recv(4096):
+        into += chunk
+
+
+def _records(data: bytes) -> list[bytes]:
+    records = []
+    while data:
+        _, _, _, size, padding = struct.unpack_from(">BBHHBx", data)
+        end = 8 + size + padding
+        records.append(data[:end])
+        data = data[end:]
+    return records
+
+
 def _split_response(raw: bytes) -> tuple[str, bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     return head.decode("latin-1"), body
@@ -90,8 +108,8 @@ def test_hundred_requests_multiplexed_on_one_connection(stack: Stack) -> None:
     client = FastCGIClient(stack.fcgi_port)
     try:
         records = [encode_request(i, _params("/sleep", f"s=0.01&id={i}"), keep_conn=True) for i in range(1, 101)]
-        # Interleave the requests' records: cut every request into pieces and deal them out round-robin.
-        pieces = [[r[j : j + 16] for j in range(0, len(r), 16)] for r in records]
+        # Interleave the requests' records: cut every request into its records and deal them out round-robin.
+        pieces = [_records(r) for r in records]
         stream = bytearray()
         while any(pieces):
             for queue in pieces:
@@ -147,6 +165,41 @@ def test_connection_closed_without_keep_conn(stack: Stack) -> None:
         client.wait_ended({1})
         while not client.eof:
             client.pump()
+    finally:
+        client.close()
+
+
+def test_failure_after_head_is_signalled_on_the_wire(stack: Stack) -> None:
+    """An app that fails mid-body: FastCGI ends the connection without END_REQUEST, uwsgi resets it."""
+    client = FastCGIClient(stack.fcgi_port)
+    try:
+        client.send(encode_request(1, _params("/error-after"), keep_conn=False))
+        while not client.eof:
+            client.pump()
+        assert client.stdout[1].endswith(b"partial ")
+        assert 1 not in client.ended
+    finally:
+        client.close()
+    with socket.create_connection(("127.0.0.1", stack.uwsgi_port), timeout=10) as sock:
+        sock.sendall(encode_uwsgi_request({**_params("/error-after"), "PATH_INFO": "/error-after"}))
+        received = bytearray()
+        with pytest.raises(ConnectionResetError):
+            _read_until_closed(sock, received)
+        assert received.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_failure_after_head_ends_only_that_multiplexed_request(stack: Stack) -> None:
+    client = FastCGIClient(stack.fcgi_port)
+    try:
+        # Request 1 is still running (or waiting for a worker) when request 2 fails.
+        client.send(encode_request(1, _params("/sleep", "s=3"), keep_conn=True))
+        client.send(encode_request(2, _params("/error-after"), keep_conn=True))
+        client.wait_ended({2})
+        assert 1 not in client.ended
+        assert client.ended[2].app_status != 0
+        client.wait_ended({1})
+        assert client.ended[1].app_status == 0
+        assert _split_response(bytes(client.stdout[1]))[0].startswith("Status: 200")
     finally:
         client.close()
 

@@ -1,0 +1,256 @@
+"""The application side of a FastCGI connection as a state machine: bytes in, events out.
+
+Every request id is independent (multiplexing): its params, body and end are tracked on their own, and records of
+different ids may interleave freely. Management records (request id 0) are answered by the codec itself through
+``data_to_send``, as are requests we refuse (unknown role, too many at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocols.cgi import content_length, merge_params
+from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.fastcgi.events import BodyData, BodyTooLarge, RequestAborted, RequestComplete, RequestHead, ServerEvent
+from protocols.fastcgi.records import (
+    BEGIN_BODY,
+    END_BODY,
+    FCGI_KEEP_CONN,
+    FCGI_MAX_CONNS,
+    FCGI_MAX_REQS,
+    FCGI_MPXS_CONNS,
+    HEADER,
+    HEADER_SIZE,
+    UNKNOWN_TYPE_BODY,
+    VERSION,
+    ProtocolStatus,
+    RecordType,
+    Role,
+    decode_pairs,
+    encode_pairs,
+    record,
+    stream,
+)
+
+DEFAULT_MAX_PARAMS_SIZE = 64 * 1024
+DEFAULT_MAX_PARAMS = 1000
+DEFAULT_MAX_BODY_SIZE = 1 << 30
+DEFAULT_MAX_REQUESTS_PER_CONNECTION = 128
+DEFAULT_MAX_CONNECTIONS = 1024
+
+#: GET_VALUES names are short; a larger block is hostile, not a query.
+MAX_GET_VALUES_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may make us hold. Each is a CLI option of the gateway."""
+
+    max_params_size: int = DEFAULT_MAX_PARAMS_SIZE
+    max_params: int = DEFAULT_MAX_PARAMS
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    max_requests_per_connection: int = DEFAULT_MAX_REQUESTS_PER_CONNECTION
+    #: Only reported to the web server (GET_VALUES); the gateway enforces it.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+
+class _Request:
+    __slots__ = ("body_size", "params", "params_done", "refused_body")
+
+    def __init__(self) -> None:
+        self.params = bytearray()
+        self.params_done = False
+        self.body_size = 0
+        #: Set once the body went over the limit: the rest of it is read and dropped.
+        self.refused_body = False
+
+
+_PARAMS = RecordType.PARAMS
+_STDIN = RecordType.STDIN
+_BEGIN_REQUEST = RecordType.BEGIN_REQUEST
+_ABORT_REQUEST = RecordType.ABORT_REQUEST
+_DATA = RecordType.DATA
+_GET_VALUES = RecordType.GET_VALUES
+_KNOWN_TYPES = frozenset(int(kind) for kind in RecordType)
+_HEADER_UNPACK_FROM = HEADER.unpack_from
+_STDOUT = int(RecordType.STDOUT)
+
+
+class ServerConnection:
+    """One FastCGI connection as the application sees it."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._buffer = bytearray()
+        self._requests: dict[int, _Request] = {}
+        self._outgoing: list[bytes] = []
+        self._closed = False
+        #: A request arrived without FCGI_KEEP_CONN: the web server expects us to close once it is answered.
+        self.close_after_response = False
+
+    @property
+    def active_requests(self) -> int:
+        return len(self._requests)
+
+    def is_active(self, request_id: int) -> bool:
+        return request_id in self._requests
+
+    # -- input -------------------------------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[ServerEvent]:
+        """Feed bytes from the web server; ``b""`` means it closed its side."""
+        if self._closed:
+            if data:
+                raise RemoteProtocolError("data after the end of the connection")
+            return []
+        if not data:
+            self._closed = True
+            if self._buffer:
+                raise RemoteProtocolError(f"connection closed inside a record ({len(self._buffer)} bytes pending)")
+            return []
+        # Whole records in a fresh read (the common case) are sliced straight out of it; only a record split
+        # across reads goes through the buffer, which grows in place so a trickled record costs O(n).
+        buffer = self._buffer
+        source: bytes | bytearray
+        if buffer:
+            buffer += data
+            source = buffer
+        else:
+            source = data
+        events: list[ServerEvent] = []
+        position = 0
+        available = len(source)
+        while available - position >= HEADER_SIZE:
+            version, record_type, request_id, size, padding = _HEADER_UNPACK_FROM(source, position)
+            if version != VERSION:
+                raise RemoteProtocolError(f"record version {version}, expected {VERSION}")
+            end = position + HEADER_SIZE + size
+            if end + padding > available:
+                break
+            content = source[position + HEADER_SIZE : end]
+            self._record(record_type, request_id, content if type(content) is bytes else bytes(content), events)
+            position = end + padding
+        if source is buffer:
+            del buffer[:position]
+        elif position < available:
+            buffer += data[position:]
+        return events
+
+    def _record(self, record_type: int, request_id: int, content: bytes, events: list[ServerEvent]) -> None:
+        if request_id == 0:
+            self._management(record_type, content)
+            return
+        if record_type in (_STDIN, _PARAMS):
+            request = self._requests.get(request_id)
+            if request is None:
+                return  # ended or aborted: the web server's remaining input for it is moot
+            if record_type == _STDIN:
+                self._stdin(request_id, request, content, events)
+            else:
+                self._params(request_id, request, content, events)
+        elif record_type == _BEGIN_REQUEST:
+            self._begin(request_id, content)
+        elif record_type == _ABORT_REQUEST:
+            if request_id in self._requests:
+                events.append(RequestAborted(request_id))
+        elif record_type == _DATA:
+            return  # the FILTER role's second stream; we serve RESPONDER only, which has none
+        elif record_type in _KNOWN_TYPES:
+            name = RecordType(record_type).name
+            raise RemoteProtocolError(f"{name} record sent to the application (it only flows the other way)")
+        else:
+            self._outgoing.append(record(RecordType.UNKNOWN_TYPE, 0, UNKNOWN_TYPE_BODY.pack(record_type)))
+
+    def _begin(self, request_id: int, content: bytes) -> None:
+        if len(content) != BEGIN_BODY.size:
+            raise RemoteProtocolError(f"BEGIN_REQUEST body is {len(content)} bytes, expected {BEGIN_BODY.size}")
+        if request_id in self._requests:
+            raise RemoteProtocolError(f"BEGIN_REQUEST for request id {request_id}, which is already active")
+        role, flags = BEGIN_BODY.unpack(content)
+        if not flags & FCGI_KEEP_CONN:
+            self.close_after_response = True
+        if role != Role.RESPONDER:
+            self._outgoing.append(self._end_record(request_id, 0, ProtocolStatus.UNKNOWN_ROLE))
+        elif len(self._requests) >= self.limits.max_requests_per_connection:
+            self._outgoing.append(self._end_record(request_id, 0, ProtocolStatus.OVERLOADED))
+        else:
+            self._requests[request_id] = _Request()
+
+    def _params(self, request_id: int, request: _Request, content: bytes, events: list[ServerEvent]) -> None:
+        if request.params_done:
+            raise RemoteProtocolError(f"PARAMS for request {request_id} after its params stream ended")
+        if content:
+            request.params += content
+            if len(request.params) > self.limits.max_params_size:
+                raise RemoteProtocolError(
+                    f"params of request {request_id} exceed {self.limits.max_params_size} bytes "
+                    "(raise --max-params-size if this is legitimate)"
+                )
+            return
+        request.params_done = True
+        params = merge_params(decode_pairs(request.params, self.limits.max_params))
+        request.params = bytearray()
+        keep = not self.close_after_response
+        events.append(RequestHead(request_id, params, keep))
+        try:
+            declared = content_length(params)
+        except ValueError as err:
+            raise RemoteProtocolError(str(err)) from None
+        if declared is not None and declared > self.limits.max_body_size:
+            request.refused_body = True
+            events.append(BodyTooLarge(request_id, self.limits.max_body_size))
+
+    def _stdin(self, request_id: int, request: _Request, content: bytes, events: list[ServerEvent]) -> None:
+        if not request.params_done:
+            raise RemoteProtocolError(f"STDIN for request {request_id} before its params stream ended")
+        if request.refused_body:
+            return
+        if content:
+            request.body_size += len(content)
+            if request.body_size > self.limits.max_body_size:
+                request.refused_body = True
+                events.append(BodyTooLarge(request_id, self.limits.max_body_size))
+                return
+            events.append(BodyData(request_id, content))
+        else:
+            # Input is complete; the request stays active until the application ends it.
+            request.refused_body = True
+            events.append(RequestComplete(request_id))
+
+    def _management(self, record_type: int, content: bytes) -> None:
+        if record_type != _GET_VALUES:
+            self._outgoing.append(record(RecordType.UNKNOWN_TYPE, 0, UNKNOWN_TYPE_BODY.pack(record_type)))
+            return
+        if len(content) > MAX_GET_VALUES_SIZE:
+            raise RemoteProtocolError(f"GET_VALUES block of {len(content)} bytes (at most {MAX_GET_VALUES_SIZE})")
+        known = {
+            FCGI_MAX_CONNS: str(self.limits.max_connections),
+            FCGI_MAX_REQS: str(self.limits.max_connections * self.limits.max_requests_per_connection),
+            FCGI_MPXS_CONNS: "1",
+        }
+        answer = [(name, known[name]) for name, _ in decode_pairs(content, len(known) * 4) if name in known]
+        self._outgoing.append(record(RecordType.GET_VALUES_RESULT, 0, encode_pairs(answer)))
+
+    # -- output ------------------------------------------------------------------------------------------------
+    def data_to_send(self) -> bytes:
+        """What the codec answered on its own (management records, refused requests); empty when nothing."""
+        if not self._outgoing:
+            return b""
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    def send_stdout(self, request_id: int, data: bytes) -> bytes:
+        """STDOUT records carrying ``data``, split at the 65535-byte record limit."""
+        if request_id not in self._requests:
+            raise LocalProtocolError(f"STDOUT for request {request_id}, which is not active")
+        return stream(_STDOUT, request_id, data)
+
+    def end_request(self, request_id: int, app_status: int = 0) -> bytes:
+        """Close the STDOUT stream and end the request; nothing may be sent for this id afterwards."""
+        if self._requests.pop(request_id, None) is None:
+            raise LocalProtocolError(f"END_REQUEST for request {request_id}, which is not active")
+        return record(_STDOUT, request_id) + self._end_record(request_id, app_status, ProtocolStatus.REQUEST_COMPLETE)
+
+    @staticmethod
+    def _end_record(request_id: int, app_status: int, protocol_status: ProtocolStatus) -> bytes:
+        return record(RecordType.END_REQUEST, request_id, END_BODY.pack(app_status & 0xFFFFFFFF, protocol_status))

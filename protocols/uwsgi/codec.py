@@ -1,0 +1,214 @@
+"""The uwsgi binary protocol, application side: one request per connection.
+
+A 4-byte header (modifier1, little-endian u16 size, modifier2), a vars block of ``size`` bytes made of
+u16-length-prefixed keys and values, then CONTENT_LENGTH bytes of body. The response is raw HTTP ended by closing
+the connection, so there is nothing to encode for it here beyond the ping's pong.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from protocols.cgi import content_length, merge_params
+from protocols.errors import RemoteProtocolError
+
+HEADER = struct.Struct("<BHB")
+HEADER_SIZE = HEADER.size
+_VAR_LENGTH = struct.Struct("<H")
+
+#: modifier1 values: a WSGI request, and uWSGI's ping (modifier2 0 asks, 1 answers).
+MODIFIER_WSGI = 0
+MODIFIER_PING = 100
+
+#: The header's size field is a u16: no vars block can be larger, whatever the limit says.
+MAX_VARS_BLOCK = 0xFFFF
+DEFAULT_MAX_VARS_SIZE = MAX_VARS_BLOCK
+DEFAULT_MAX_VARS = 1000
+DEFAULT_MAX_BODY_SIZE = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_vars_size: int = DEFAULT_MAX_VARS_SIZE
+    max_vars: int = DEFAULT_MAX_VARS
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    params: dict[str, str]
+    modifier2: int
+
+
+@dataclass(frozen=True, slots=True)
+class BodyData:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestComplete:
+    """The whole body arrived; the request may be dispatched."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A uWSGI ping (modifier1 100): answer ``encode_pong()`` and close."""
+
+
+@dataclass(frozen=True, slots=True)
+class BodyTooLarge:
+    """CONTENT_LENGTH exceeds the limit; the body will be read and dropped."""
+
+    limit: int
+
+
+Event = RequestHead | BodyData | RequestComplete | Ping | BodyTooLarge
+
+
+class _State(Enum):
+    HEADER = auto()
+    VARS = auto()
+    BODY = auto()
+    DONE = auto()
+
+
+def decode_vars(block: bytes | bytearray, max_vars: int) -> list[tuple[str, str]]:
+    """Parse a complete vars block; raise RemoteProtocolError on truncation or too many vars."""
+    pairs: list[tuple[str, str]] = []
+    position = 0
+    end = len(block)
+    unpack_length = _VAR_LENGTH.unpack_from
+    while position < end:
+        if len(pairs) >= max_vars:
+            raise RemoteProtocolError(f"more than {max_vars} vars (raise --max-params if this is legitimate)")
+        strings = []
+        for what in ("key", "value"):
+            if position + 2 > end:
+                raise RemoteProtocolError(f"vars block ends inside a {what} length")
+            (length,) = unpack_length(block, position)
+            position += 2
+            if position + length > end:
+                raise RemoteProtocolError(
+                    f"a {what} claims {length} bytes but the vars block has {end - position} left"
+                )
+            strings.append(block[position : position + length].decode("latin-1"))
+            position += length
+        pairs.append((strings[0], strings[1]))
+    return pairs
+
+
+class ServerConnection:
+    """One uwsgi connection as the application sees it."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._state = _State.HEADER
+        self._buffer = bytearray()
+        self._vars_size = 0
+        self._body_left = 0
+        self._discard_body = False
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the web server; ``b""`` means it closed (or half-closed) its side."""
+        state = self._state
+        if not data:
+            if state is _State.DONE or (state is _State.HEADER and not self._buffer):
+                return []
+            raise RemoteProtocolError(f"connection closed before the request was complete (in {state.name})")
+        if state is _State.BODY:
+            return self._body(data, [])
+        if state is _State.DONE:
+            raise RemoteProtocolError(f"{len(data)} bytes after the end of the request (uwsgi carries one request)")
+        self._buffer += data
+        events: list[Event] = []
+        if self._state is _State.HEADER:
+            if len(self._buffer) < HEADER_SIZE:
+                return events
+            modifier1, size, modifier2 = HEADER.unpack_from(self._buffer)
+            if modifier1 == MODIFIER_PING:
+                if size or len(self._buffer) > HEADER_SIZE:
+                    raise RemoteProtocolError("a ping carries no payload and ends the conversation")
+                self._state = _State.DONE
+                events.append(Ping())
+                return events
+            if modifier1 != MODIFIER_WSGI:
+                raise RemoteProtocolError(
+                    f"modifier1 {modifier1} is not served: only 0 (WSGI) and 100 (ping); "
+                    "check uwsgi_modifier1 in the web server's configuration"
+                )
+            if size > self.limits.max_vars_size:
+                raise RemoteProtocolError(
+                    f"vars block of {size} bytes exceeds {self.limits.max_vars_size} "
+                    "(raise --max-params-size if this is legitimate)"
+                )
+            self._vars_size = size
+            self._state = _State.VARS
+        end = HEADER_SIZE + self._vars_size
+        if len(self._buffer) < end:
+            return events
+        params = merge_params(decode_vars(self._buffer[HEADER_SIZE:end], self.limits.max_vars))
+        modifier2 = self._buffer[3]
+        rest = bytes(self._buffer[end:])
+        self._buffer = bytearray()
+        events.append(RequestHead(params, modifier2))
+        try:
+            declared = content_length(params) or 0
+        except ValueError as err:
+            raise RemoteProtocolError(str(err)) from None
+        self._body_left = declared
+        if declared > self.limits.max_body_size:
+            self._discard_body = True
+            events.append(BodyTooLarge(self.limits.max_body_size))
+        self._state = _State.BODY
+        return self._body(rest, events)
+
+    def _body(self, data: bytes, events: list[Event]) -> list[Event]:
+        left = self._body_left
+        if len(data) > left:
+            raise RemoteProtocolError(f"{len(data) - left} bytes beyond CONTENT_LENGTH (uwsgi carries one request)")
+        if data and not self._discard_body:
+            events.append(BodyData(data))
+        left -= len(data)
+        self._body_left = left
+        if not left:
+            self._state = _State.DONE
+            if not self._discard_body:
+                events.append(RequestComplete())
+        return events
+
+
+# -- the web server's side, for tests and the benchmark load tool ----------------------------------------------
+def encode_vars(params: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
+    items = params.items() if isinstance(params, Mapping) else params
+    parts: list[bytes] = []
+    pack = _VAR_LENGTH.pack
+    for key, value in items:
+        raw_key = key.encode("latin-1")
+        raw_value = value.encode("latin-1")
+        parts += (pack(len(raw_key)), raw_key, pack(len(raw_value)), raw_value)
+    return b"".join(parts)
+
+
+def encode_request(
+    params: Mapping[str, str] | Iterable[tuple[str, str]],
+    body: bytes = b"",
+    *,
+    modifier1: int = MODIFIER_WSGI,
+    modifier2: int = 0,
+) -> bytes:
+    block = encode_vars(params)
+    if len(block) > MAX_VARS_BLOCK:
+        raise ValueError(f"vars block of {len(block)} bytes does not fit the u16 size field")
+    return HEADER.pack(modifier1, len(block), modifier2) + block + body
+
+
+def encode_ping() -> bytes:
+    return HEADER.pack(MODIFIER_PING, 0, 0)
+
+
+def encode_pong() -> bytes:
+    """What uWSGI answers to a ping: the same header with modifier2 1 and no payload."""
+    return HEADER.pack(MODIFIER_PING, 0, 1)
