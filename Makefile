@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps test-deps clean
 
 $(STAMP): pyproject.toml
 	@python3 -c 'import venv, ensurepip' 2>/dev/null || { $(APT_GET) update && $(APT_GET) install python3-venv python3-dev; }
@@ -14,15 +14,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# nginx fronts the gateway in `make run`, the tests and the benchmarks; it is started privately, never as the
-# system service.
+# nginx fronts the gateway in `make run`, the tests and the benchmarks; memcached and nutcracker (twemproxy) back
+# the session tests. Each is started privately with its own config, never as the system service.
 system-deps:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(APT_GET) update && { $(APT_GET) install nginx-light || $(APT_GET) install nginx; }; }
+
+test-deps: system-deps
+	@{ command -v memcached && command -v nutcracker; } >/dev/null || { $(APT_GET) update && $(APT_GET) install memcached nutcracker; }
+	@# Debian starts the packaged memcached as a service; ours run on their own ports, so the system one may stay.
 
 run: $(STAMP) system-deps
 	$(PY) -m gateway.devstack $(ARGS)
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) test-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

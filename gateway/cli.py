@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import uvloop
 
 from gateway import __version__
+from gateway.accesslog import ATOMS as ACCESS_ATOMS
+from gateway.accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
 from gateway.config import DEMO_APP, Address, Config, ConfigError, Listen, parse_networks
 from gateway.log import configure_logging
 from gateway.server import EXIT_CONFIG, Gateway
@@ -25,10 +27,11 @@ def _octal(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 660") from err
 
 
-def _workers(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of workers")
-    return int(text)
+def _workers(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    if not low.isdigit() or int(low) < 1 or (high and not high.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (N) or a range (MIN:MAX), e.g. 2:8")
+    return int(low), int(high or low)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,9 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument(
         "--workers",
         type=_workers,
-        default=os.cpu_count() or 1,
-        metavar="N",
-        help="worker processes (default: the number of CPUs, %(default)s)",
+        default=(os.cpu_count() or 1, os.cpu_count() or 1),
+        metavar="N|MIN:MAX",
+        help="worker processes: a fixed number, or MIN:MAX to grow while requests wait and shrink back after "
+        "--scale-down-after idle seconds (default: the number of CPUs)",
+    )
+    app.add_argument(
+        "--debug",
+        action="store_true",
+        help="show an app's traceback as an HTML page in the 500 response (development only)",
+    )
+    app.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the workers when a Python file under the current directory changes (development)",
     )
     app.add_argument(
         "--script-name",
@@ -152,6 +166,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, how long in-flight requests may take to finish (default: %(default)s)",
     )
     ops.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    ops.add_argument("--access-log", metavar="PATH|-", default=None, help="write an access log line per response")
+    ops.add_argument(
+        "--access-log-format",
+        metavar="FORMAT",
+        default=DEFAULT_ACCESS_FORMAT,
+        help="gunicorn-style atoms: " + ", ".join(f"%%({k})s {v}" for k, v in ACCESS_ATOMS.items()),
+    )
+    ops.add_argument("--pidfile", metavar="PATH", default=None, help="write the gateway's pid here")
+    ops.add_argument("--user", default=None, help="switch to this user after binding the sockets")
+    ops.add_argument("--group", default=None, help="switch to this group after binding the sockets")
+    life = parser.add_argument_group("worker lifecycle")
+    life.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a request running longer is answered 504 and its worker killed and replaced (default: no limit)",
+    )
+    life.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="recycle a worker after N requests, a replacement starting first (default: never)",
+    )
+    life.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add a random 0..N to each worker's --max-requests so they do not recycle together",
+    )
+    life.add_argument(
+        "--max-rss",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="recycle a worker whose resident memory exceeds this, checked between requests (default: never)",
+    )
+    life.add_argument(
+        "--queue-size",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="requests that may wait for a worker; beyond it they are answered 503 at once (default: %(default)s)",
+    )
+    life.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a request waiting longer for a worker is answered 503 (default: %(default)s)",
+    )
+    life.add_argument(
+        "--scale-down-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --workers MIN:MAX, retire a worker idle this long, never below MIN (default: %(default)s)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -162,12 +236,13 @@ def build_config(argv: Sequence[str] | None = None) -> Config:
     listeners = tuple(Listen("fastcgi", Address.parse(a)) for a in args.fcgi) + tuple(
         Listen("uwsgi", Address.parse(a)) for a in args.uwsgi
     )
-    if not listeners:
+    if not listeners and not os.environ.get("LISTEN_FDS"):
         raise ConfigError("nothing to listen on: give --fcgi ADDR and/or --uwsgi ADDR, e.g. --fcgi :9000")
     return Config(
         listeners=listeners,
         app=args.app,
-        workers=args.workers,
+        workers=args.workers[0],
+        workers_max=args.workers[1],
         script_name=args.script_name,
         socket_mode=args.socket_mode,
         backlog=args.backlog,
@@ -181,6 +256,20 @@ def build_config(argv: Sequence[str] | None = None) -> Config:
         spool_dir=args.spool_dir,
         graceful_timeout=args.graceful_timeout,
         log_level=args.log_level,
+        timeout=args.timeout,
+        max_requests=args.max_requests,
+        max_requests_jitter=args.max_requests_jitter,
+        max_rss=args.max_rss,
+        queue_size=args.queue_size,
+        queue_timeout=args.queue_timeout,
+        scale_down_after=args.scale_down_after,
+        debug=args.debug,
+        reload=args.reload,
+        access_log=args.access_log,
+        access_log_format=args.access_log_format,
+        pidfile=args.pidfile,
+        user=args.user,
+        group=args.group,
     )
 
 

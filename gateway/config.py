@@ -114,12 +114,33 @@ class Config:
     spool_dir: str | None = None
     graceful_timeout: float = 30.0
     log_level: LogLevel = "info"
+    # Worker lifecycle. workers_max above workers makes the pool grow under load and shrink back when idle.
+    workers_max: int = 0
+    timeout: float = 0.0  # seconds a request may run; 0 = no limit
+    max_requests: int = 0  # recycle a worker after this many requests; 0 = never
+    max_requests_jitter: int = 0
+    max_rss: int = 0  # MiB; recycle a worker whose resident memory grew beyond it; 0 = never
+    queue_size: int = 1024
+    queue_timeout: float = 30.0
+    scale_down_after: float = 30.0
+    debug: bool = False
+    reload: bool = False
+    access_log: str | None = None
+    access_log_format: str = ""
+    pidfile: str | None = None
+    user: str | None = None
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, not {self.workers}")
         if self.script_name and (not self.script_name.startswith("/") or self.script_name.endswith("/")):
             raise ConfigError(f"--script-name {self.script_name!r} must start with '/' and not end with one, e.g. /app")
+        if self.workers_max and self.workers_max < self.workers:
+            raise ConfigError(f"--workers {self.workers}:{self.workers_max}: MAX must not be below MIN")
+        for name in ("timeout", "queue_timeout", "scale_down_after", "max_requests", "max_requests_jitter", "max_rss"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
         if not 1 <= self.max_params_size <= MAX_PARAMS_SIZE_CEILING:
             raise ConfigError(f"--max-params-size must be within 1-{MAX_PARAMS_SIZE_CEILING} bytes")
         for name in (
@@ -130,6 +151,7 @@ class Config:
             "body_spool_threshold",
             "response_spool_threshold",
             "backlog",
+            "queue_size",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number")

@@ -33,6 +33,8 @@ class BoundListener:
     listen: Listen
     sock: socket.socket
     server: asyncio.Server | None = None
+    #: A socket file we created is ours to remove; one systemd passed us belongs to the socket unit.
+    owns_path: bool = True
 
     def close(self) -> None:
         if self.server is not None:
@@ -40,9 +42,15 @@ class BoundListener:
         else:
             self.sock.close()
         path = self.listen.address.path
-        if path is not None:
+        if path is not None and self.owns_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def adopt(listen: Listen, sock: socket.socket) -> BoundListener:
+    """A socket that is already listening (systemd socket activation)."""
+    sock.setblocking(False)
+    return BoundListener(listen, sock, owns_path=False)
 
 
 def bind(listen: Listen, backlog: int, socket_mode: int | None) -> BoundListener:

@@ -13,15 +13,17 @@ import contextlib
 import enum
 import logging
 import os
+import random
 import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import orjson
 
+from gateway.accesslog import AccessLog
 from gateway.channel import ChannelError, FrameDecoder, Kind, WorkerRequest, encode_frame
 from gateway.config import Config
 from gateway.request import Request, respond_error
@@ -40,6 +42,13 @@ _MAX_BACKOFF = 5.0
 _STOP_GRACE = 5.0
 
 
+#: How often the supervisor looks at running requests, the queue and idle workers.
+_TICK = 0.25
+#: After --timeout, a worker gets SIGTERM, then SIGKILL this much later.
+_KILL_GRACE = 2.0
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
 class AppLoadFailed(Exception):
     """The application could not be imported by a worker; the message says why."""
 
@@ -56,32 +65,58 @@ class Worker:
 
     __slots__ = (
         "_head_sent",
+        "busy_since",
         "decoder",
+        "generation",
+        "idle_since",
+        "killed",
+        "max_requests",
         "pid",
         "pool",
         "process",
         "request",
+        "retiring",
+        "sent",
+        "served",
         "started_at",
         "state",
+        "status",
         "transport",
     )
 
-    def __init__(self, pool: WorkerPool, process: asyncio.subprocess.Process, started_at: float) -> None:
+    def __init__(
+        self, pool: WorkerPool, process: asyncio.subprocess.Process, started_at: float, generation: int
+    ) -> None:
         self.pool = pool
         self.process = process
         self.pid = process.pid
         self.started_at = started_at
+        self.generation = generation
         self.state = _State.STARTING
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder()
         self.request: Request | None = None
         self._head_sent = False
+        self.busy_since = 0.0
+        self.idle_since = started_at
+        self.served = 0
+        self.max_requests = pool.draw_max_requests()
+        #: Taken out of rotation: its channel is closed once it is idle, and it exits.
+        self.retiring = False
+        #: Killed for running past --timeout: its request was already answered.
+        self.killed = False
+        self.status = 0
+        self.sent = 0
 
     def run(self, request: Request) -> None:
         assert self.transport is not None
         self.state = _State.BUSY
         self.request = request
         self._head_sent = False
+        self.status = 0
+        self.sent = 0
+        self.served += 1
+        self.busy_since = self.pool.now()
         body = request.body.finish()
         frame = WorkerRequest(request.params, body, request.body.path, request.protocol).encode()
         self.transport.write(frame)
@@ -90,22 +125,31 @@ class Worker:
         if self.transport is not None and self.state is _State.BUSY:
             self.transport.write(encode_frame(Kind.CANCEL))
 
+    def close_channel(self) -> None:
+        """EOF on the worker's channel: it finishes what it runs, then exits."""
+        if self.transport is not None:
+            self.transport.close()
+
     def on_frames(self, frames: list[tuple[int, bytes]]) -> None:
         for kind, payload in frames:
             request = self.request
             if kind == Kind.BODY:
+                self.sent += len(payload)
                 if request is not None and not request.sink.client_gone:
                     request.sink.send_body(payload)
             elif kind == Kind.HEAD:
                 self._head_sent = True
+                self.status = _status_code(payload)
                 if request is not None and not request.sink.client_gone:
                     request.sink.send_head(payload)
             elif kind in (Kind.END, Kind.ABORT):
                 self.request = None
-                self.state = _State.IDLE
+                if self.state is _State.BUSY:
+                    self.state = _State.IDLE
                 if request is not None:
-                    self.pool.request_done(request, aborted=kind == Kind.ABORT, extras=payload)
-                self.pool.worker_idle(self)
+                    self.pool.request_done(self, request, aborted=kind == Kind.ABORT, extras=payload)
+                if self.state is _State.IDLE:
+                    self.pool.worker_idle(self)
             elif kind == Kind.READY:
                 self.state = _State.IDLE
                 self.pool.worker_ready(self, orjson.loads(payload))
@@ -118,22 +162,36 @@ class Worker:
             return
         self.state = _State.GONE
         request, self.request = self.request, None
-        if request is not None:
-            log.error(
-                "worker %d died while running %s %s",
-                self.pid,
-                request.params.get("REQUEST_METHOD"),
-                request.params.get("REQUEST_URI", ""),
-            )
-            if request.sink.client_gone:
-                request.release()
-            elif self._head_sent:
-                request.sink.abort()
-                request.release()
-            else:
-                respond_error(request.sink, "502 Bad Gateway")
-                request.release()
-        self.pool.worker_lost(self)
+        if request is None:
+            return
+        log.error(
+            "worker %d died while running %s %s",
+            self.pid,
+            request.params.get("REQUEST_METHOD"),
+            request.params.get("REQUEST_URI", ""),
+        )
+        if request.sink.client_gone:
+            request.release()
+        elif self._head_sent:
+            request.sink.abort()
+            request.release()
+        else:
+            self.pool.answer(request, "502 Bad Gateway", worker=self)
+
+    def rss(self) -> int:
+        """Resident memory in bytes, from /proc (0 where unavailable)."""
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * _PAGE_SIZE
+        except (OSError, IndexError, ValueError):
+            return 0
+
+
+def _status_code(head: bytes) -> int:
+    try:
+        return int(head[:3])
+    except ValueError:
+        return 0
 
 
 class _ChannelProtocol(asyncio.Protocol):
@@ -160,44 +218,79 @@ class _ChannelProtocol(asyncio.Protocol):
 
 
 class WorkerPool:
-    """A fixed number of workers and a FIFO queue of requests waiting for one of them."""
+    """The workers, their supervision, and the bounded FIFO queue of requests waiting for one of them.
 
-    def __init__(self, config: Config, on_request_done: RequestDone | None = None) -> None:
+    Every change of the pool's shape (a death, a recycle, a reload, growing or shrinking) goes through one rule:
+    ``_replenish`` starts workers until the workers in rotation reach ``target``; a worker leaves rotation by
+    ``_retire``, which closes its channel once it is idle. A replacement therefore always starts before the
+    worker it replaces stops taking requests, and no request is ever dropped by the pool's own decisions.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        on_request_done: RequestDone | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.config = config
         self.workers: set[Worker] = set()
         self.idle: deque[Worker] = deque()
         self.queue: deque[Request] = deque()
         self.on_request_done = on_request_done
+        self.access_log = access_log
+        self.target = config.workers
+        self.workers_min = config.workers
+        self.workers_max = max(config.workers_max, config.workers)
+        self.generation = 0
         self._running = False
         self._respawn_delay = 0.0
         self._startup: asyncio.Future[None] | None = None
         self._starting = 0
+        self._spawning = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tick: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._settings = orjson.dumps(
             {
                 "app": config.app,
                 "app_dir": os.getcwd(),
                 "script_name": config.script_name,
                 "log_level": config.log_level,
+                "debug": config.debug,
             }
         ).decode()
         self.fatal: asyncio.Future[str] | None = None
         self._ready_pids: set[int] = set()
 
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def draw_max_requests(self) -> int:
+        """This worker's request budget: --max-requests plus jitter, so workers do not all recycle at once."""
+        if not self.config.max_requests:
+            return 0
+        return self.config.max_requests + random.randint(0, self.config.max_requests_jitter)  # noqa: S311 - spreading, not secrecy
+
+    @property
+    def in_rotation(self) -> list[Worker]:
+        return [worker for worker in self.workers if not worker.retiring]
+
     # -- life cycle --------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start every worker and wait until each has imported the app; raise AppLoadFailed if it cannot."""
-        loop = asyncio.get_running_loop()
+        """Start the workers and wait until each has imported the app; raise AppLoadFailed if it cannot."""
+        loop = self._loop = asyncio.get_running_loop()
         self._running = True
         self.fatal = loop.create_future()
         self._startup = loop.create_future()
-        self._starting = self.config.workers
-        for _ in range(self.config.workers):
+        self._starting = self.target
+        for _ in range(self.target):
             await self._spawn()
         try:
             await self._startup
         finally:
             self._startup = None
+        self._tick = loop.create_task(self._supervise())
 
     async def _spawn(self) -> None:
         loop = asyncio.get_running_loop()
@@ -217,43 +310,73 @@ class WorkerPool:
             )
         finally:
             child.close()
-        worker = Worker(self, process, loop.time())
+        worker = Worker(self, process, loop.time(), self.generation)
         self.workers.add(worker)
         await loop.connect_accepted_socket(lambda: _ChannelProtocol(worker), parent)
-        self._watch(worker)
+        self._background(self._reap(worker))
 
-    def _watch(self, worker: Worker) -> None:
-        task = asyncio.get_running_loop().create_task(self._reap(worker))
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _replenish(self) -> None:
+        """Start workers until those in rotation (and those starting) reach the target."""
+        if not self._running:
+            return
+        missing = self.target - len(self.in_rotation) - self._spawning
+        for _ in range(max(missing, 0)):
+            self._spawn_one(self._respawn_delay)
+
+    def _spawn_one(self, delay: float = 0.0) -> None:
+        self._spawning += 1
+
+        async def spawn() -> None:
+            try:
+                if delay:
+                    await asyncio.sleep(delay)
+                if self._running:
+                    await self._spawn()
+            finally:
+                self._spawning -= 1
+
+        self._background(spawn())
 
     async def _reap(self, worker: Worker) -> None:
         status = await worker.process.wait()
         if worker.transport is not None:
             worker.transport.close()
         worker.lost()
-        was_starting = worker.state is _State.GONE and worker.pid not in self._ready_pids
+        self.workers.discard(worker)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(worker)
+        was_starting = worker.pid not in self._ready_pids
         self._ready_pids.discard(worker.pid)
         if status == APP_LOAD_ERROR and was_starting:
-            message = f"the application {self.config.app!r} could not be loaded (see the worker's error above)"
-            if self._startup is not None and not self._startup.done():
-                self._startup.set_exception(AppLoadFailed(message))
-            elif self.fatal is not None and not self.fatal.done() and not self.workers:
-                self.fatal.set_result(message)
-            else:
-                log.critical("%s; not restarting that worker", message)
+            self._app_load_failed(worker)
             return
         if not self._running:
             return
-        describe = f"signal {-status}" if status < 0 else f"status {status}"
-        log.warning("worker %d exited with %s; starting a replacement", worker.pid, describe)
-        if asyncio.get_running_loop().time() - worker.started_at < _STABLE_AFTER:
-            self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), _MAX_BACKOFF)
+        if not worker.retiring:
+            describe = f"signal {-status}" if status < 0 else f"status {status}"
+            log.warning("worker %d exited with %s; starting a replacement", worker.pid, describe)
+            if asyncio.get_running_loop().time() - worker.started_at < _STABLE_AFTER:
+                self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), _MAX_BACKOFF)
+            else:
+                self._respawn_delay = 0.0
+        self._replenish()
+
+    def _app_load_failed(self, worker: Worker) -> None:
+        message = f"the application {self.config.app!r} could not be loaded (see the worker's error above)"
+        if self._startup is not None and not self._startup.done():
+            self._startup.set_exception(AppLoadFailed(message))
+        elif worker.generation > 0 and self.in_rotation:
+            log.critical("%s; reload abandoned, the running workers keep serving the previous code", message)
+            self.generation = max(w.generation for w in self.in_rotation)
+        elif self.fatal is not None and not self.fatal.done() and not self.workers:
+            self.fatal.set_result(message)
         else:
-            self._respawn_delay = 0.0
-        await asyncio.sleep(self._respawn_delay)
-        if self._running:
-            await self._spawn()
+            log.critical("%s; not restarting that worker", message)
 
     def worker_ready(self, worker: Worker, info: dict[str, Any]) -> None:
         self._ready_pids.add(worker.pid)
@@ -262,12 +385,29 @@ class WorkerPool:
             self._starting -= 1
             if self._starting == 0:
                 self._startup.set_result(None)
+        if worker.generation == self.generation:
+            self._retire_previous_generation()
         self.worker_idle(worker)
 
-    def worker_lost(self, worker: Worker) -> None:
-        self.workers.discard(worker)
+    def _retire_previous_generation(self) -> None:
+        """A reloaded worker is ready: one worker running the previous code leaves rotation, idle ones first."""
+        old = [w for w in self.in_rotation if w.generation < self.generation]
+        if not old:
+            return
+        old.sort(key=lambda w: w.state is not _State.IDLE)
+        self._retire(old[0], "replaced by a reloaded worker", replace=False)
+
+    def _retire(self, worker: Worker, reason: str, *, replace: bool = True) -> None:
+        if worker.retiring:
+            return
+        log.info("worker %d leaves the pool: %s", worker.pid, reason)
+        worker.retiring = True
         with contextlib.suppress(ValueError):
             self.idle.remove(worker)
+        if worker.state is not _State.BUSY:
+            worker.close_channel()
+        if replace:
+            self._replenish()
 
     async def stop(self, timeout: float) -> None:
         """Let running and queued requests finish (up to ``timeout``), then stop every worker."""
@@ -276,13 +416,17 @@ class WorkerPool:
         while (self.queue or self.busy) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         self._running = False
+        if self._tick is not None:
+            self._tick.cancel()
         for request in self.queue:
-            respond_error(request.sink, "503 Service Unavailable")
-            request.release()
+            self.answer(request, "503 Service Unavailable", retry_after=True)
         self.queue.clear()
         for worker in list(self.workers):
-            if worker.transport is not None:
-                worker.transport.close()  # EOF on its channel: the worker exits once idle
+            worker.retiring = True
+            if worker.state is _State.BUSY and timeout <= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.terminate()
+            worker.close_channel()
         stop_deadline = loop.time() + _STOP_GRACE
         for worker in list(self.workers):
             try:
@@ -295,6 +439,115 @@ class WorkerPool:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    # -- operator actions (signals) ----------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Start a full set of workers importing the app afresh; each one ready retires one running old code."""
+        if not self._running:
+            return
+        self.generation += 1
+        log.info("reloading: starting %d workers with freshly imported code", self.target)
+        for _ in range(self.target):
+            self._spawn_one()
+
+    def add_worker(self) -> None:
+        self.target += 1
+        self.workers_max = max(self.workers_max, self.target)
+        log.info("one more worker requested: the pool's target is now %d", self.target)
+        self._replenish()
+
+    def remove_worker(self) -> None:
+        if self.target <= 1:
+            log.warning("one fewer worker requested, but the pool keeps at least one")
+            return
+        self.target -= 1
+        self.workers_min = min(self.workers_min, self.target)
+        candidates = sorted(self.in_rotation, key=lambda w: w.state is not _State.IDLE)
+        if candidates:
+            self._retire(candidates[0], f"one fewer worker requested (target {self.target})", replace=False)
+
+    # -- supervision -------------------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        while self._running:
+            await asyncio.sleep(_TICK)
+            now = self.now()
+            self._enforce_timeout(now)
+            self._expire_queue(now)
+            self._shrink(now)
+
+    def _enforce_timeout(self, now: float) -> None:
+        timeout = self.config.timeout
+        if not timeout:
+            return
+        for worker in list(self.workers):
+            if worker.state is _State.BUSY and not worker.killed and now - worker.busy_since > timeout:
+                self._kill_overdue(worker, now - worker.busy_since)
+
+    def _kill_overdue(self, worker: Worker, elapsed: float) -> None:
+        request, worker.request = worker.request, None
+        worker.killed = True
+        params = request.params if request is not None else {}
+        log.error(
+            "worker %d ran %s %s for %.1f s, over --timeout %g s: answered 504, killing and replacing the worker",
+            worker.pid,
+            params.get("REQUEST_METHOD", "-"),
+            params.get("REQUEST_URI", "-"),
+            elapsed,
+            self.config.timeout,
+        )
+        if request is not None:
+            if request.sink.client_gone:
+                request.release()
+            elif worker._head_sent:
+                request.sink.abort()
+                request.release()
+            else:
+                self.answer(request, "504 Gateway Timeout", worker=worker)
+        self._retire(worker, "killed after --timeout")
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.terminate()
+        assert self._loop is not None
+        self._loop.call_later(_KILL_GRACE, self._kill, worker)
+
+    @staticmethod
+    def _kill(worker: Worker) -> None:
+        if worker.process.returncode is None:
+            log.warning("worker %d ignored SIGTERM for %.0f s; sending SIGKILL", worker.pid, _KILL_GRACE)
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+
+    def _expire_queue(self, now: float) -> None:
+        queue = self.queue
+        limit = self.config.queue_timeout
+        while queue and now - queue[0].received_at > limit:
+            request = queue.popleft()
+            log.warning(
+                "%s %s waited %.1f s for a worker (--queue-timeout %g s): answered 503",
+                request.params.get("REQUEST_METHOD", "-"),
+                request.params.get("REQUEST_URI", "-"),
+                now - request.received_at,
+                limit,
+            )
+            self.answer(request, "503 Service Unavailable", retry_after=True)
+
+    def _shrink(self, now: float) -> None:
+        if self.target <= self.workers_min or self.queue:
+            return
+        after = self.config.scale_down_after
+        for worker in self.idle:
+            if now - worker.idle_since > after:
+                self.target -= 1
+                self._retire(worker, f"idle for {after:g} s (pool target {self.target})", replace=False)
+                return
+
+    def _grow(self) -> None:
+        if self.target < self.workers_max and not self._spawning and self._starting_workers() == 0:
+            self.target += 1
+            log.info("requests are waiting for a worker: growing the pool to %d", self.target)
+            self._replenish()
+
+    def _starting_workers(self) -> int:
+        return sum(1 for worker in self.workers if worker.state is _State.STARTING)
+
     # -- dispatch ----------------------------------------------------------------------------------------------
     @property
     def busy(self) -> int:
@@ -302,9 +555,24 @@ class WorkerPool:
 
     def submit(self, request: Request) -> None:
         if self.idle:
-            self.idle.popleft().run(request)
-        else:
-            self.queue.append(request)
+            self._run(self.idle.popleft(), request)
+            return
+        if len(self.queue) >= self.config.queue_size:
+            log.warning(
+                "%s %s: %d requests already wait for a worker (--queue-size): answered 503",
+                request.params.get("REQUEST_METHOD", "-"),
+                request.params.get("REQUEST_URI", "-"),
+                len(self.queue),
+            )
+            self.answer(request, "503 Service Unavailable", retry_after=True)
+            return
+        self.queue.append(request)
+        self._grow()
+
+    def _run(self, worker: Worker, request: Request) -> None:
+        worker.run(request)
+        if worker.max_requests and worker.served >= worker.max_requests:
+            self._retire(worker, f"served {worker.served} requests (--max-requests)")
 
     def cancel(self, request: Request) -> None:
         """The client of ``request`` went away: drop it if it still waits, tell its worker if it runs."""
@@ -319,18 +587,29 @@ class WorkerPool:
             request.release()
 
     def worker_idle(self, worker: Worker) -> None:
+        worker.idle_since = self.now()
+        if worker.retiring:
+            worker.close_channel()
+            return
+        max_rss = self.config.max_rss
+        if max_rss and worker.rss() > max_rss << 20:
+            self._retire(worker, f"resident memory {worker.rss() >> 20} MiB over --max-rss {max_rss} MiB")
+            worker.close_channel()
+            return
         queue = self.queue
         while queue:
             request = queue.popleft()
             if request.sink.client_gone:
                 request.release()
                 continue
-            worker.run(request)
+            self._run(worker, request)
             return
         self.idle.append(worker)
 
-    def request_done(self, request: Request, aborted: bool, extras: bytes) -> None:
+    def request_done(self, worker: Worker, request: Request, aborted: bool, extras: bytes) -> None:
         request.release()
+        if self.access_log is not None:
+            self.access_log.write(request, worker.status, worker.sent, worker.pid, self.now())
         if request.sink.client_gone:
             return
         if aborted:
@@ -339,3 +618,11 @@ class WorkerPool:
             self.on_request_done(request, extras)
         else:
             request.sink.finish()
+
+    def answer(self, request: Request, status: str, *, worker: Worker | None = None, retry_after: bool = False) -> None:
+        """Answer ``request`` on the pool's behalf (502, 503, 504) and log it like any other response."""
+        request.release()
+        if self.access_log is not None:
+            self.access_log.write(request, int(status[:3]), 0, worker.pid if worker else None, self.now())
+        if not request.sink.client_gone:
+            respond_error(request.sink, status, "Retry-After: 1\r\n" if retry_after else "")

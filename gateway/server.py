@@ -1,23 +1,32 @@
-"""The gateway process: binds, starts the workers, serves, and shuts down in order.
+"""The gateway process: binds, starts the workers, serves, and acts on signals until it shuts down in order.
 
-Signal handlers only record which signal arrived; the serving coroutine wakes up and acts on it.
+Signal handlers only record which signal arrived; the serving coroutine wakes up and acts on it, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import grp
 import logging
 import os
+import pwd
 import shutil
 import signal
 import tempfile
+from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, ConfigError, parse_networks
+import setproctitle
+
+from gateway.accesslog import DEFAULT_FORMAT, AccessLog
+from gateway.config import Address, Config, ConfigError, Listen, ProtocolName, parse_networks
 from gateway.dispatch import Dispatcher
 from gateway.front import FrontContext
-from gateway.listeners import BoundListener, bind, serve
+from gateway.listeners import BoundListener, adopt, bind, serve
 from gateway.pool import AppLoadFailed, WorkerPool
+from gateway.systemd import inherited_sockets, notify
 
 log = logging.getLogger("gateway.server")
 
@@ -27,17 +36,28 @@ EXIT_CONFIG = 2
 EXIT_APP_LOAD = 3
 EXIT_WORKERS_GONE = 4
 
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
 
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.listeners: list[BoundListener] = []
         self.contexts: list[FrontContext] = []
-        self.received_signal: int | None = None
+        self.pending_signals: collections.deque[int] = collections.deque()
         self._wake: asyncio.Event | None = None
+        self.access_log: AccessLog | None = None
 
     def _record_signal(self, signum: int) -> None:
-        self.received_signal = signum
+        self.pending_signals.append(signum)
         if self._wake is not None:
             self._wake.set()
 
@@ -46,14 +66,24 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
-            self.listeners = [bind(listen, config.backlog, config.socket_mode) for listen in config.listeners]
-        except ConfigError as err:
+            self.listeners = self._bind()
+            if config.access_log:
+                self.access_log = AccessLog(config.access_log, config.access_log_format or DEFAULT_FORMAT)
+            self._drop_privileges()
+            self._write_pidfile()
+        except (ConfigError, ValueError, OSError) as err:
             log.critical("%s", err)
             self._close_listeners()
             return EXIT_CONFIG
+        setproctitle.setproctitle(
+            f"gateway master [{config.app}] {' '.join(str(b.listen.address) for b in self.listeners)}"
+        )
         spool_dir = tempfile.mkdtemp(prefix="gateway-spool-", dir=config.spool_dir)
-        pool = WorkerPool(config)
+        pool = WorkerPool(config, access_log=self.access_log)
         dispatcher = Dispatcher(pool)
+        watcher: asyncio.Task[None] | None = None
+        for signum in HANDLED_SIGNALS:
+            loop.add_signal_handler(signum, self._record_signal, signum)
         try:
             if config.uses_demo_app:
                 log.info("no application given: serving the built-in demo app (%s)", config.app)
@@ -63,45 +93,148 @@ class Gateway:
                 log.critical("%s; exiting", err)
                 await pool.stop(0)
                 return EXIT_APP_LOAD
-            web_server_addrs = os.environ.get("FCGI_WEB_SERVER_ADDRS", "")
-            for listener in self.listeners:
-                allowed = config.allow_from
-                if listener.listen.protocol == "fastcgi" and web_server_addrs:
-                    allowed = allowed + parse_networks([web_server_addrs])
-                context = FrontContext(config, dispatcher, spool_dir, str(listener.listen.address), allowed)
-                self.contexts.append(context)
-                await serve(listener, context, config.backlog)
-                log.info("listening for %s on %s", listener.listen.protocol, listener.listen.address)
-            log.info("%d workers serving %s", config.workers, config.app)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self._record_signal, signum)
-            assert pool.fatal is not None
+            await self._serve(dispatcher, spool_dir)
+            sizes = (
+                f"{config.workers}"
+                if config.workers_max <= config.workers
+                else f"{config.workers} (up to {config.workers_max})"
+            )
+            log.info("%s workers serving %s", sizes, config.app)
+            notify("READY=1\nSTATUS=serving")
+            if config.reload:
+                watcher = loop.create_task(self._watch_sources())
+            status = await self._until_stopped(pool)
+            notify("STOPPING=1")
+            immediate = bool(self.pending_signals) and self.pending_signals[-1] == signal.SIGQUIT
+            await self._shutdown(pool, immediate=immediate or status != EXIT_OK)
+            return status
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            for signum in HANDLED_SIGNALS:
+                loop.remove_signal_handler(signum)
+            self._close_listeners()
+            shutil.rmtree(spool_dir, ignore_errors=True)
+            if self.access_log is not None:
+                self.access_log.close()
+            if config.pidfile:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(config.pidfile)
+
+    def _bind(self) -> list[BoundListener]:
+        config = self.config
+        listeners = []
+        for name, sock in inherited_sockets():
+            protocol: ProtocolName = "uwsgi" if "uwsgi" in name else "fastcgi"
+            where = sock.getsockname()
+            address = Address(path=where) if isinstance(where, str) else Address(host=where[0], port=where[1])
+            log.info("socket activation: %s socket %s named %r", protocol, address, name)
+            listeners.append(adopt(Listen(protocol, address), sock))
+        try:
+            listeners += [bind(listen, config.backlog, config.socket_mode) for listen in config.listeners]
+        except ConfigError:
+            for listener in listeners:
+                listener.close()
+            raise
+        if not listeners:
+            raise ConfigError("nothing to listen on: give --fcgi ADDR and/or --uwsgi ADDR, e.g. --fcgi :9000")
+        return listeners
+
+    def _drop_privileges(self) -> None:
+        """After binding (ports below 1024, socket files in root's directories), run as --user/--group."""
+        config = self.config
+        if not config.user and not config.group:
+            return
+        try:
+            user = pwd.getpwnam(config.user) if config.user else None
+            gid = grp.getgrnam(config.group).gr_gid if config.group else (user.pw_gid if user else os.getgid())
+        except KeyError as err:
+            raise ConfigError(f"--user/--group: {err.args[0]}") from None
+        for listener in self.listeners:
+            path = listener.listen.address.path
+            if path is not None and listener.owns_path:
+                os.chown(path, user.pw_uid if user else -1, gid)
+        if config.spool_dir:
+            os.chown(config.spool_dir, user.pw_uid if user else -1, gid)
+        os.setgid(gid)
+        if user is not None:
+            os.initgroups(user.pw_name, gid)
+            os.setuid(user.pw_uid)
+        log.info("running as user %s, group %d", user.pw_name if user else os.getuid(), gid)
+
+    def _write_pidfile(self) -> None:
+        if self.config.pidfile:
+            Path(self.config.pidfile).write_text(f"{os.getpid()}\n")
+
+    async def _serve(self, dispatcher: Dispatcher, spool_dir: str) -> None:
+        config = self.config
+        web_server_addrs = os.environ.get("FCGI_WEB_SERVER_ADDRS", "")
+        for listener in self.listeners:
+            allowed = config.allow_from
+            if listener.listen.protocol == "fastcgi" and web_server_addrs:
+                allowed = allowed + parse_networks([web_server_addrs])
+            context = FrontContext(config, dispatcher, spool_dir, str(listener.listen.address), allowed)
+            self.contexts.append(context)
+            await serve(listener, context, config.backlog)
+            log.info("listening for %s on %s", listener.listen.protocol, listener.listen.address)
+
+    async def _until_stopped(self, pool: WorkerPool) -> int:
+        """Act on each recorded signal until one asks to stop; return the exit status."""
+        assert self._wake is not None
+        assert pool.fatal is not None
+        loop = asyncio.get_running_loop()
+        while True:
             wake_wait = loop.create_task(self._wake.wait())
             waiters: set[asyncio.Future[Any]] = {pool.fatal, wake_wait}
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             wake_wait.cancel()
+            self._wake.clear()
             if pool.fatal.done():
                 log.critical("%s; no worker is left, exiting", pool.fatal.result())
-                status = EXIT_WORKERS_GONE
-            else:
-                log.info("received %s: shutting down gracefully", signal.Signals(self.received_signal or 15).name)
-                status = EXIT_OK
-            await self._shutdown(pool)
-            return status
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
-            self._close_listeners()
-            shutil.rmtree(spool_dir, ignore_errors=True)
+                return EXIT_WORKERS_GONE
+            while self.pending_signals:
+                signum = self.pending_signals.popleft()
+                name = signal.Signals(signum).name
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    log.info("received %s: shutting down gracefully", name)
+                    return EXIT_OK
+                if signum == signal.SIGQUIT:
+                    log.info("received %s: stopping now", name)
+                    self.pending_signals.append(signum)
+                    return EXIT_OK
+                if signum == signal.SIGHUP:
+                    log.info("received %s: reloading the workers", name)
+                    notify("RELOADING=1")
+                    pool.reload()
+                    notify("READY=1")
+                elif signum == signal.SIGUSR1:
+                    log.info("received %s: reopening log files", name)
+                    if self.access_log is not None:
+                        self.access_log.reopen()
+                elif signum == signal.SIGTTIN:
+                    pool.add_worker()
+                elif signum == signal.SIGTTOU:
+                    pool.remove_worker()
 
-    async def _shutdown(self, pool: WorkerPool) -> None:
+    async def _watch_sources(self) -> None:
+        """--reload: a changed Python file under the app's directory reloads the workers, as SIGHUP does."""
+        import watchfiles  # noqa: PLC0415 - a development feature; production never pays for the import
+
+        root = os.getcwd()
+        log.info("--reload: watching Python files under %s", root)
+        async for changes in watchfiles.awatch(root, watch_filter=watchfiles.PythonFilter(), debounce=200):
+            log.info("--reload: %s changed", ", ".join(sorted({os.path.relpath(path, root) for _, path in changes})))
+            self._record_signal(signal.SIGHUP)
+
+    async def _shutdown(self, pool: WorkerPool, *, immediate: bool) -> None:
         """Stop accepting, let in-flight requests finish, drain responses, then stop the workers."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.graceful_timeout
+        timeout = 0.0 if immediate else self.config.graceful_timeout
+        deadline = loop.time() + timeout
         for listener in self.listeners:
             if listener.server is not None:
                 listener.server.close()
-        await pool.stop(self.config.graceful_timeout)
+        await pool.stop(timeout)
         while any(c.output is not None and c.output.pending for ctx in self.contexts for c in ctx.connections):
             if loop.time() >= deadline:
                 break
@@ -109,7 +242,10 @@ class Gateway:
         for context in self.contexts:
             for connection in list(context.connections):
                 if connection.transport is not None:
-                    connection.transport.close()
+                    if immediate:
+                        connection.transport.abort()
+                    else:
+                        connection.transport.close()
 
     def _close_listeners(self) -> None:
         for listener in self.listeners:

@@ -19,6 +19,7 @@ import traceback
 from typing import Any
 
 import orjson
+import setproctitle
 
 from gateway.channel import FRAME_HEADER, Kind, WorkerRequest, encode_frame
 from gateway.log import configure_logging
@@ -173,6 +174,7 @@ def main(argv: list[str]) -> int:
     # Ctrl-C reaches the whole process group; the loop decides when workers stop (it closes the channel).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.get("log_level", "info"), role=f"worker {os.getpid()}")
+    setproctitle.setproctitle(f"gateway worker [{settings['app']}]")
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     channel = Channel(sock)

@@ -370,9 +370,8 @@ def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert process.stdout is not None
-    with process.stdout:
-        log = process.stdout.read()
-    assert "serving the built-in demo app" in log
+    process.stdout.close()
+    assert "serving the built-in demo app" in (tmp_path / "run" / "gateway.log").read_text()
     for probe in (port, fcgi, uwsgi):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", probe), timeout=1):
             pass
