@@ -120,6 +120,7 @@ class Gateway:
     args: Sequence[str]
     env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path | None = None
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -136,6 +137,7 @@ class Gateway:
                 stderr=log,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
+                cwd=self.cwd,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

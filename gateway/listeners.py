@@ -7,7 +7,6 @@ and one more class, with dispatch untouched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -43,8 +42,12 @@ class BoundListener:
             self.sock.close()
         path = self.listen.address.path
         if path is not None and self.owns_path:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:  # e.g. after --user, the directory is not ours to write
+                log.warning("could not remove socket file %s: %s", path, err.strerror or err)
 
 
 def adopt(listen: Listen, sock: socket.socket) -> BoundListener:

@@ -285,7 +285,13 @@ class WorkerPool:
         self._startup = loop.create_future()
         self._starting = self.target
         for _ in range(self.target):
-            await self._spawn()
+            try:
+                await self._spawn()
+            except OSError as err:
+                raise AppLoadFailed(
+                    f"cannot start a worker ({sys.executable} -m gateway.worker): {err}; with --user, that user "
+                    "must be able to run the interpreter and read the app"
+                ) from None
         try:
             await self._startup
         finally:

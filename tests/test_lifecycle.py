@@ -1,0 +1,345 @@
+"""Worker lifecycle with real processes, real signals and concurrent load: every case of the lifecycle issue.
+
+Each test starts its own gateway (uwsgi on a loopback port) and drives it with tests.load's threaded client.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import build_config
+from gateway.devstack import Gateway, free_port
+from tests.load import children, load, uwsgi_get, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+VERSIONED_APP = """
+VERSION = "{version}"
+
+def application(environ, start_response):
+    body = VERSION.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def _start(tmp_path: Path, *args: str, app: str = "tests.apps:app", cwd: Path | None = None) -> tuple[Gateway, int]:
+    port = free_port()
+    gateway = Gateway(tmp_path, ["--uwsgi", f"127.0.0.1:{port}", *args, app], env=ENV, cwd=cwd).start()
+    return gateway, port
+
+
+def _pid(gateway: Gateway) -> int:
+    assert gateway.process is not None
+    return gateway.process.pid
+
+
+def _versioned_app(directory: Path, version: str) -> None:
+    directory.mkdir(exist_ok=True)
+    path = directory / "versioned.py"
+    path.write_text(VERSIONED_APP.format(version=version))
+    # A rewrite within the same second must still look changed to the import system's cache check.
+    stamp = time.time() + (1 if version != "1" else 0)
+    os.utime(path, (stamp, stamp))
+
+
+def test_sigkilled_worker_fails_only_its_request_and_is_replaced(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "2")
+    try:
+        with load(port, "/hello", concurrency=3, seconds=3) as result:
+            time.sleep(0.5)
+            status, _, _ = uwsgi_get(port, "/crash")
+        assert status == 502
+        assert result.total > 50
+        assert result.failures == 0, (result.statuses, result.errors[:3])
+        wait_for(lambda: len(children(_pid(gateway))) == 2, 10, "the pool back to 2 workers")
+        assert "died while running GET /crash" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_timeout_answers_504_and_replaces_the_worker(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "1", "--timeout", "1")
+    try:
+        before = children(_pid(gateway))
+        started = time.monotonic()
+        status, _, _ = uwsgi_get(port, "/sleep", "s=30")
+        elapsed = time.monotonic() - started
+        assert status == 504
+        assert elapsed < 1 + 2, elapsed
+        wait_for(lambda: len(children(_pid(gateway)) - before) == 1, 10, "a replacement worker")
+        assert uwsgi_get(port, "/hello")[2] == b"hello"
+        log = gateway.log_text()
+        assert "over --timeout 1 s: answered 504" in log
+        assert f"worker {next(iter(before))} ran GET /sleep?s=30 for" in log
+    finally:
+        gateway.stop()
+
+
+def test_max_requests_recycles_without_a_single_failure(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "2", "--max-requests", "100", "--max-requests-jitter", "20")
+    try:
+        with load(port, "/echo", concurrency=6, requests=2000) as result:
+            pass
+        assert result.total == 2000
+        assert result.failures == 0, (result.statuses, result.errors[:3])
+        assert gateway.log_text().count("(--max-requests)") >= 2000 // 120 - 1
+        wait_for(lambda: len(children(_pid(gateway))) == 2, 10, "the pool at 2 workers")
+    finally:
+        gateway.stop()
+
+
+def test_sighup_reload_under_load_fails_nothing_and_serves_new_code(tmp_path: Path) -> None:
+    app_dir = tmp_path / "app"
+    _versioned_app(app_dir, "1")
+    gateway, port = _start(tmp_path, "--workers", "2", app="versioned:application", cwd=app_dir)
+    try:
+        with load(port, "/", concurrency=4, seconds=31) as result:
+            for round_number in range(2, 8):
+                time.sleep(4)
+                _versioned_app(app_dir, str(round_number))
+                os.kill(_pid(gateway), signal.SIGHUP)
+        assert result.failures == 0, (result.statuses, result.errors[:3])
+        assert result.total > 1000
+        wait_for(lambda: uwsgi_get(port, "/")[2] == b"7", 10, "the last reloaded code to serve")
+        assert gateway.log_text().count("received SIGHUP: reloading") == 6
+        wait_for(lambda: len(children(_pid(gateway))) == 2, 10, "old workers gone after the reloads")
+    finally:
+        gateway.stop()
+
+
+def test_full_queue_answers_503_at_once(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "1", "--queue-size", "1")
+    try:
+        with load(port, "/sleep?s=2", concurrency=1, requests=1):
+            time.sleep(0.3)  # the only worker is busy
+            with load(port, "/hello", concurrency=1, requests=1) as queued:
+                time.sleep(0.3)  # one request waits in the queue
+                started = time.monotonic()
+                status, headers, _ = uwsgi_get(port, "/hello")
+                assert time.monotonic() - started < 0.5
+        assert status == 503
+        assert headers.get("Retry-After") == "1"
+        assert queued.statuses[200] == 1
+        assert "(--queue-size): answered 503" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_queue_timeout_answers_503(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "1", "--queue-timeout", "0.5")
+    try:
+        with load(port, "/sleep?s=3", concurrency=1, requests=1):
+            time.sleep(0.3)
+            started = time.monotonic()
+            status, _, _ = uwsgi_get(port, "/hello")
+            waited = time.monotonic() - started
+        assert status == 503
+        assert 0.4 < waited < 1.5
+        assert "(--queue-timeout 0.5 s): answered 503" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_pool_grows_under_load_and_shrinks_when_idle(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "1:3", "--scale-down-after", "1")
+    try:
+        assert len(children(_pid(gateway))) == 1
+        with load(port, "/sleep?s=0.5", concurrency=4, seconds=4) as result:
+            wait_for(lambda: len(children(_pid(gateway))) == 3, 10, "the pool to grow to its maximum")
+        assert result.failures == 0, (result.statuses, result.errors[:3])
+        wait_for(lambda: len(children(_pid(gateway))) == 1, 10, "the pool to shrink back to its minimum")
+        assert "growing the pool to 3" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_sigttin_and_sigttou_add_and_remove_a_worker(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "1")
+    try:
+        os.kill(_pid(gateway), signal.SIGTTIN)
+        wait_for(lambda: len(children(_pid(gateway))) == 2, 10, "a second worker")
+        os.kill(_pid(gateway), signal.SIGTTOU)
+        wait_for(lambda: len(children(_pid(gateway))) == 1, 10, "back to one worker")
+        assert uwsgi_get(port, "/hello")[2] == b"hello"
+    finally:
+        gateway.stop()
+
+
+def test_reload_option_picks_up_an_edited_file(tmp_path: Path) -> None:
+    app_dir = tmp_path / "app"
+    _versioned_app(app_dir, "1")
+    gateway, port = _start(tmp_path, "--workers", "1", "--reload", app="versioned:application", cwd=app_dir)
+    try:
+        assert uwsgi_get(port, "/")[2] == b"1"
+        time.sleep(0.5)  # the watcher is set up after the ready line
+        _versioned_app(app_dir, "2")
+        wait_for(lambda: uwsgi_get(port, "/")[2] == b"2", 15, "the edited code to serve")
+        assert "--reload: versioned.py changed" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_sigquit_stops_at_once(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "1", "--graceful-timeout", "30")
+    with load(port, "/sleep?s=20", concurrency=1, requests=1) as result:
+        time.sleep(0.3)
+        started = time.monotonic()
+        os.kill(_pid(gateway), signal.SIGQUIT)
+        assert gateway.process is not None
+        assert gateway.process.wait(10) == 0
+        assert time.monotonic() - started < 5
+    assert result.statuses[200] == 0
+
+
+def test_access_log_lines_and_sigusr1_reopen(tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    gateway, port = _start(tmp_path, "--workers", "1", "--access-log", str(access))
+    try:
+        uwsgi_get(port, "/echo", "a=1")
+        wait_for(lambda: access.exists() and access.read_text(), 5, "an access log line")
+        line = access.read_text().splitlines()[0]
+        worker = next(iter(children(_pid(gateway))))
+        assert line.startswith("127.0.0.1 - - [")
+        assert '"GET /echo?a=1 HTTP/1.1" 200 ' in line
+        assert line.endswith(f"worker={worker}")
+        access.rename(tmp_path / "access.log.1")
+        os.kill(_pid(gateway), signal.SIGUSR1)
+        wait_for(access.exists, 5, "the access log reopened")
+        uwsgi_get(port, "/status", "code=404")
+        wait_for(lambda: " 404 " in access.read_text(), 5, "the next line in the new file")
+    finally:
+        gateway.stop()
+
+
+def test_pidfile_and_process_titles(tmp_path: Path) -> None:
+    pidfile = tmp_path / "gateway.pid"
+    gateway, _ = _start(tmp_path, "--workers", "1", "--pidfile", str(pidfile))
+    try:
+        assert pidfile.read_text().strip() == str(_pid(gateway))
+        master_title = Path(f"/proc/{_pid(gateway)}/cmdline").read_bytes()
+        assert master_title.startswith(b"gateway master [tests.apps:app]")
+        worker = next(iter(children(_pid(gateway))))
+        assert Path(f"/proc/{worker}/cmdline").read_bytes().startswith(b"gateway worker [tests.apps:app]")
+    finally:
+        gateway.stop()
+    assert not pidfile.exists()
+
+
+def test_group_is_dropped_after_binding(tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "the suite runs as root (make test on a fresh Debian machine)"
+    nogroup = grp.getgrnam("nogroup").gr_gid
+    socket_path = tmp_path / "app.sock"
+    gateway = Gateway(
+        tmp_path,
+        ["--uwsgi", f"unix:{socket_path}", "--workers", "1", "--group", "nogroup", "tests.apps:app"],
+        env=ENV,
+    ).start()
+    try:
+        for pid in (_pid(gateway), *children(_pid(gateway))):
+            status = Path(f"/proc/{pid}/status").read_text()
+            gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
+            assert gid_line.split()[1:] == [str(nogroup)] * 4
+        assert socket_path.stat().st_gid == nogroup
+    finally:
+        gateway.stop()
+
+
+def test_user_is_dropped_after_binding(tmp_path: Path) -> None:
+    """As nobody: the processes run with its uid, or, where nobody cannot reach the interpreter (Python under
+    /root, mode 700, as on this project's machines), start-up fails with a message that says why."""
+    nobody = pwd.getpwnam("nobody")
+    interpreter = Path(sys.executable).resolve()
+    reachable = all(os.stat(parent).st_mode & 0o001 for parent in interpreter.parents)
+    tmp_path.chmod(0o777)
+    socket_path = tmp_path / "app.sock"
+    args = ["--uwsgi", f"unix:{socket_path}", "--workers", "1", "--user", "nobody", "tests.apps:app"]
+    if not reachable:
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", *args], env=ENV, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 3
+        assert "cannot start a worker" in result.stderr
+        assert "Permission denied" in result.stderr
+        assert "Traceback" not in result.stderr
+        return
+    gateway = Gateway(tmp_path, args, env=ENV).start()
+    try:
+        for pid in (_pid(gateway), *children(_pid(gateway))):
+            status = Path(f"/proc/{pid}/status").read_text()
+            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+        assert socket_path.stat().st_uid == nobody.pw_uid
+    finally:
+        gateway.stop()
+
+
+def test_socket_activation_and_sd_notify(tmp_path: Path) -> None:
+    """Run as systemd would: the listening socket at fd 3 with LISTEN_* set, NOTIFY_SOCKET to report to."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    notify_path = str(tmp_path / "notify.sock")
+    notifications = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notifications.bind(notify_path)
+    notifications.settimeout(20)
+    launcher = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'gateway', '--workers', '1', 'tests.apps:app'])"
+    )
+    env = {**ENV, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "uwsgi", "NOTIFY_SOCKET": notify_path}
+    log = (tmp_path / "gateway.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", launcher, str(listener.fileno())],
+        pass_fds=(listener.fileno(),),
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    listener.close()
+    try:
+        assert b"READY=1" in notifications.recv(1024)
+        assert uwsgi_get(port, "/hello")[2] == b"hello"
+        process.send_signal(signal.SIGTERM)
+        assert b"STOPPING=1" in notifications.recv(1024)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+        notifications.close()
+    assert "socket activation: uwsgi socket 127.0.0.1" in (tmp_path / "gateway.log").read_text()
+
+
+def test_debug_shows_the_traceback_only_when_asked(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "1", "--debug")
+    try:
+        status, _, body = uwsgi_get(port, "/error")
+        assert status == 500
+        assert b"Traceback" in body
+        assert b"the app failed on purpose" in body
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("example", ["deploy/systemd/gateway.service", "deploy/supervisor/gateway.conf"])
+def test_example_deployment_files_use_real_options(example: str) -> None:
+    """The documented examples must run what the CLI accepts: their command line is parsed for real."""
+    text = (ROOT / example).read_text()
+    line = next(line for line in text.splitlines() if line.startswith(("ExecStart=", "command=")))
+    argv = line.split("=", 1)[1].split()
+    module = argv.index("gateway")
+    config = build_config(argv[module + 1 :])
+    assert config.listeners
+    assert config.app == "myapp.wsgi:application"
