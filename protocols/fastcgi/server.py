@@ -55,9 +55,10 @@ class Limits:
 
 
 class _Request:
-    __slots__ = ("body_size", "params", "params_done", "refused_body")
+    __slots__ = ("body_size", "keep_conn", "params", "params_done", "refused_body")
 
-    def __init__(self) -> None:
+    def __init__(self, keep_conn: bool) -> None:
+        self.keep_conn = keep_conn
         self.params = bytearray()
         self.params_done = False
         self.body_size = 0
@@ -154,6 +155,8 @@ class ServerConnection:
                 events.append(RequestAborted(request_id))
         elif record_type == _DATA:
             return  # the FILTER role's second stream; we serve RESPONDER only, which has none
+        elif record_type == _GET_VALUES:
+            raise RemoteProtocolError(f"GET_VALUES with request id {request_id}; management records use id 0")
         elif record_type in _KNOWN_TYPES:
             name = RecordType(record_type).name
             raise RemoteProtocolError(f"{name} record sent to the application (it only flows the other way)")
@@ -173,7 +176,7 @@ class ServerConnection:
         elif len(self._requests) >= self.limits.max_requests_per_connection:
             self._outgoing.append(self._end_record(request_id, 0, ProtocolStatus.OVERLOADED))
         else:
-            self._requests[request_id] = _Request()
+            self._requests[request_id] = _Request(bool(flags & FCGI_KEEP_CONN))
 
     def _params(self, request_id: int, request: _Request, content: bytes, events: list[ServerEvent]) -> None:
         if request.params_done:
@@ -189,8 +192,7 @@ class ServerConnection:
         request.params_done = True
         params = merge_params(decode_pairs(request.params, self.limits.max_params))
         request.params = bytearray()
-        keep = not self.close_after_response
-        events.append(RequestHead(request_id, params, keep))
+        events.append(RequestHead(request_id, params, request.keep_conn))
         try:
             declared = content_length(params)
         except ValueError as err:
