@@ -138,6 +138,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent requests multiplexed on one FastCGI connection (default: %(default)s)",
     )
     limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="open connections at most; beyond it the gateway stops accepting and the listen backlog holds new "
+        "ones (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a connection must deliver a request's complete params/vars within this (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest pause between two pieces of a request body (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--read-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="a whole request (params and body) must arrive within this (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a kept-alive FastCGI connection idle this long; keep it above nginx's upstream "
+        "keepalive_timeout (60 s) (default: %(default)s)",
+    )
+    limits.add_argument(
         "--body-spool-threshold",
         type=int,
         default=1 << 20,
@@ -251,6 +288,11 @@ def build_config(argv: Sequence[str] | None = None) -> Config:
         max_params=args.max_params,
         max_body_size=args.max_body_size,
         max_requests_per_connection=args.max_requests_per_connection,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        read_timeout=args.read_timeout,
+        keepalive_timeout=args.keepalive_timeout,
         body_spool_threshold=args.body_spool_threshold,
         response_spool_threshold=args.response_spool_threshold,
         spool_dir=args.spool_dir,

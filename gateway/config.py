@@ -123,6 +123,11 @@ class Config:
     queue_size: int = 1024
     queue_timeout: float = 30.0
     scale_down_after: float = 30.0
+    # Time limits on what clients send (the slow-client protections); all in seconds.
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    read_timeout: float = 600.0
+    keepalive_timeout: float = 300.0
     debug: bool = False
     reload: bool = False
     access_log: str | None = None
@@ -138,6 +143,9 @@ class Config:
             raise ConfigError(f"--script-name {self.script_name!r} must start with '/' and not end with one, e.g. /app")
         if self.workers_max and self.workers_max < self.workers:
             raise ConfigError(f"--workers {self.workers}:{self.workers_max}: MAX must not be below MIN")
+        for name in ("header_timeout", "body_timeout", "read_timeout", "keepalive_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
         for name in ("timeout", "queue_timeout", "scale_down_after", "max_requests", "max_requests_jitter", "max_rss"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")

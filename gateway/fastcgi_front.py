@@ -94,9 +94,13 @@ class FastCGIConnection(FrontConnection):
         except RemoteProtocolError as err:
             self.protocol_error(err)
             return
-        pending = self.codec.data_to_send()
+        codec = self.codec
+        self.track_input(codec.input_pending, codec.head_pending)
+        pending = codec.data_to_send()
         if pending:
             self.write(pending)
+            if codec.close_after_response and not codec.active_requests and self.output is not None:
+                self.output.close_when_drained()  # a refused request without FCGI_KEEP_CONN
         for event in events:
             event_type = type(event)
             if event_type is BodyData:
@@ -154,6 +158,8 @@ class FastCGIConnection(FrontConnection):
         """END_REQUEST for this exchange, and close the connection if the web server did not ask to keep it."""
         if self.exchanges.pop(exchange.request_id, None) is None:
             return
+        if not self.exchanges:
+            self.idle_since = self.context.clock()
         exchange.gone = True
         if exchange.request is None:
             exchange.body.discard()
@@ -162,6 +168,9 @@ class FastCGIConnection(FrontConnection):
         self.write(self.codec.end_request(exchange.request_id, app_status))
         if self.codec.close_after_response and self.output is not None:
             self.output.close_when_drained()
+
+    def busy(self) -> bool:
+        return bool(self.exchanges)
 
     def release_requests(self) -> None:
         exchanges = list(self.exchanges.values())

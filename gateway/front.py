@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -38,9 +39,18 @@ class FrontContext:
     label: str  # the listener, for log lines about unix-socket peers
     allowed: tuple[IPNetwork, ...] = ()
     connections: set[FrontConnection] = field(default_factory=set)
+    #: Told when a connection opens or closes, to enforce --max-connections across listeners.
+    on_count_changed: Callable[[], None] | None = None
 
     def new_body(self) -> RequestBody:
         return RequestBody(self.config.body_spool_threshold, self.spool_dir)
+
+    def clock(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def sweep(self, now: float) -> None:
+        for connection in list(self.connections):
+            connection.check_timeouts(now)
 
 
 class FrontConnection(asyncio.Protocol):
@@ -54,6 +64,12 @@ class FrontConnection(asyncio.Protocol):
         self.output: OutputBuffer | None = None
         self.peer = context.label
         self.closed = False
+        # Timeout bookkeeping, read by FrontContext.sweep once a second: plain floats, no timer per connection.
+        now = context.clock()
+        self.last_input = now
+        self.input_since: float | None = now  # a new connection owes us a request
+        self.head_pending = True
+        self.idle_since = now
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without always subclassing it.
@@ -75,6 +91,8 @@ class FrontConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         self.output = OutputBuffer(transport, self.context.config.response_spool_threshold, self.context.spool_dir)
         self.context.connections.add(self)
+        if self.context.on_count_changed is not None:
+            self.context.on_count_changed()
 
     def pause_writing(self) -> None:
         if self.output is not None:
@@ -110,13 +128,60 @@ class FrontConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.context.connections.discard(self)
+        if self in self.context.connections:
+            self.context.connections.discard(self)
+            if self.context.on_count_changed is not None:
+                self.context.on_count_changed()
         if self.output is not None:
             self.output.discard()
         self.release_requests()
 
     def release_requests(self) -> None:
         """Release whatever requests this connection had in flight."""
+
+    def busy(self) -> bool:
+        """A request of this connection is being served (so no idle or input timeout applies)."""
+        return False
+
+    def track_input(self, input_pending: bool, head_pending: bool) -> None:
+        """Called after each read with what the codec still waits for."""
+        now = self.last_input = self.context.clock()
+        if input_pending:
+            if self.input_since is None:
+                self.input_since = now
+            self.head_pending = head_pending
+        else:
+            self.input_since = None
+            self.idle_since = now
+
+    def check_timeouts(self, now: float) -> None:
+        """Close this connection if the web server (or whoever connected) broke one of the time limits."""
+        config = self.context.config
+        if self.closed:
+            return
+        since = self.input_since
+        if since is not None:
+            if self.head_pending and now - since > config.header_timeout:
+                self._timed_out(f"params not complete {now - since:.1f} s after the request began (--header-timeout)")
+            elif not self.head_pending and now - self.last_input > config.body_timeout:
+                self._timed_out(f"no body data for {now - self.last_input:.1f} s (--body-timeout)")
+            elif now - since > config.read_timeout:
+                self._timed_out(f"request still incomplete after {now - since:.1f} s (--read-timeout)")
+        elif now - self.idle_since > config.keepalive_timeout and not self.busy():
+            if self.output is not None and self.output.pending:
+                return  # still writing a response to a slow reader
+            log.info(
+                "%s %s: idle for %.0f s (--keepalive-timeout); closed",
+                self.protocol_name,
+                self.peer,
+                now - self.idle_since,
+            )
+            if self.transport is not None:
+                self.transport.close()
+
+    def _timed_out(self, reason: str) -> None:
+        log.warning("%s %s: %s; connection closed", self.protocol_name, self.peer, reason)
+        self.abort_connection()
 
 
 def _allowed(host: str, networks: tuple[IPNetwork, ...]) -> bool:

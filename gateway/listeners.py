@@ -37,9 +37,9 @@ class BoundListener:
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.close()  # the server owns the socket now
-        else:
-            self.sock.close()
+            self.server.close()  # it owns a duplicate of the socket
+            self.server = None
+        self.sock.close()
         path = self.listen.address.path
         if path is not None and self.owns_path:
             try:
@@ -120,6 +120,17 @@ def _remove_stale_socket(path: str) -> None:
 
 
 async def serve(listener: BoundListener, context: FrontContext, backlog: int) -> None:
+    """Start accepting on ``listener``; callable again after ``pause`` to resume."""
     loop = asyncio.get_running_loop()
     connection_class = PROTOCOLS[listener.listen.protocol]
-    listener.server = await loop.create_server(lambda: connection_class(context), sock=listener.sock, backlog=backlog)
+    # The server gets a duplicate of the listening socket: closing the server (to pause accepting) closes only the
+    # duplicate, so the socket keeps listening and the kernel's backlog holds new connections until we resume.
+    accepting = socket.socket(fileno=os.dup(listener.sock.fileno()))
+    accepting.setblocking(False)
+    listener.server = await loop.create_server(lambda: connection_class(context), sock=accepting, backlog=backlog)
+
+
+def pause(listener: BoundListener) -> None:
+    if listener.server is not None:
+        listener.server.close()
+        listener.server = None

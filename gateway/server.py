@@ -12,6 +12,7 @@ import grp
 import logging
 import os
 import pwd
+import resource
 import shutil
 import signal
 import tempfile
@@ -24,7 +25,7 @@ from gateway.accesslog import DEFAULT_FORMAT, AccessLog
 from gateway.config import Address, Config, ConfigError, Listen, ProtocolName, parse_networks
 from gateway.dispatch import Dispatcher
 from gateway.front import FrontContext
-from gateway.listeners import BoundListener, adopt, bind, serve
+from gateway.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.pool import AppLoadFailed, WorkerPool
 from gateway.systemd import inherited_sockets, notify
 
@@ -35,6 +36,8 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_APP_LOAD = 3
 EXIT_WORKERS_GONE = 4
+
+_SWEEP_INTERVAL = 1.0
 
 HANDLED_SIGNALS = (
     signal.SIGTERM,
@@ -47,6 +50,18 @@ HANDLED_SIGNALS = (
 )
 
 
+def raise_file_limit() -> None:
+    """Every connection costs a descriptor: raise the soft limit to the hard one (often 1024 → 524288)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as err:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, err)
+        else:
+            log.debug("open-file limit raised from %d to %d", soft, hard)
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -55,6 +70,8 @@ class Gateway:
         self.pending_signals: collections.deque[int] = collections.deque()
         self._wake: asyncio.Event | None = None
         self.access_log: AccessLog | None = None
+        self._accept_paused = False
+        self._stopping = False
 
     def _record_signal(self, signum: int) -> None:
         self.pending_signals.append(signum)
@@ -82,6 +99,8 @@ class Gateway:
         pool = WorkerPool(config, access_log=self.access_log)
         dispatcher = Dispatcher(pool)
         watcher: asyncio.Task[None] | None = None
+        sweeper: asyncio.Task[None] | None = None
+        raise_file_limit()
         for signum in HANDLED_SIGNALS:
             loop.add_signal_handler(signum, self._record_signal, signum)
         try:
@@ -94,6 +113,7 @@ class Gateway:
                 await pool.stop(0)
                 return EXIT_APP_LOAD
             await self._serve(dispatcher, spool_dir)
+            sweeper = loop.create_task(self._sweep())
             sizes = (
                 f"{config.workers}"
                 if config.workers_max <= config.workers
@@ -109,8 +129,9 @@ class Gateway:
             await self._shutdown(pool, immediate=immediate or status != EXIT_OK)
             return status
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for task in (watcher, sweeper):
+                if task is not None:
+                    task.cancel()
             for signum in HANDLED_SIGNALS:
                 loop.remove_signal_handler(signum)
             self._close_listeners()
@@ -174,9 +195,40 @@ class Gateway:
             if listener.listen.protocol == "fastcgi" and web_server_addrs:
                 allowed = allowed + parse_networks([web_server_addrs])
             context = FrontContext(config, dispatcher, spool_dir, str(listener.listen.address), allowed)
+            context.on_count_changed = self._connections_changed
             self.contexts.append(context)
             await serve(listener, context, config.backlog)
             log.info("listening for %s on %s", listener.listen.protocol, listener.listen.address)
+
+    async def _sweep(self) -> None:
+        """Once a second, every connection checks its time limits: one pass, no timer per connection."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            now = loop.time()
+            for context in self.contexts:
+                context.sweep(now)
+
+    def _connections_changed(self) -> None:
+        """--max-connections: stop accepting at the cap (the backlog holds new connections), resume below it."""
+        if self._stopping:
+            return
+        total = sum(len(context.connections) for context in self.contexts)
+        limit = self.config.max_connections
+        if not self._accept_paused and total >= limit:
+            self._accept_paused = True
+            log.warning("%d connections open (--max-connections): not accepting more until some close", total)
+            for listener in self.listeners:
+                pause(listener)
+        elif self._accept_paused and total < limit:
+            self._accept_paused = False
+            log.info("%d connections open: accepting again", total)
+            asyncio.get_running_loop().create_task(self._resume_accepting())
+
+    async def _resume_accepting(self) -> None:
+        for listener, context in zip(self.listeners, self.contexts, strict=True):
+            if listener.server is None and not self._accept_paused and not self._stopping:
+                await serve(listener, context, self.config.backlog)
 
     async def _until_stopped(self, pool: WorkerPool) -> int:
         """Act on each recorded signal until one asks to stop; return the exit status."""
@@ -231,9 +283,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         timeout = 0.0 if immediate else self.config.graceful_timeout
         deadline = loop.time() + timeout
+        self._stopping = True
         for listener in self.listeners:
-            if listener.server is not None:
-                listener.server.close()
+            pause(listener)
+            listener.sock.close()  # refuse new connections now, so the web server tries its next upstream
         await pool.stop(timeout)
         while any(c.output is not None and c.output.pending for ctx in self.contexts for c in ctx.connections):
             if loop.time() >= deadline:

@@ -50,6 +50,7 @@ class UwsgiConnection(FrontConnection):
         except RemoteProtocolError as err:
             self.protocol_error(err)
             return
+        self.track_input(self.codec.input_pending, self.codec.head_pending)
         for event in events:
             event_type = type(event)
             if event_type is BodyData:
@@ -86,8 +87,13 @@ class UwsgiConnection(FrontConnection):
         except RemoteProtocolError as err:
             self.protocol_error(err)
             return None
+        if self.request is None:
+            return None  # closed before sending anything: nothing to answer
         # The web server half-closed after sending the request; keep our side open for the response.
         return True
+
+    def busy(self) -> bool:
+        return self.request is not None
 
     def release_requests(self) -> None:
         if self.request is not None:

@@ -96,6 +96,18 @@ class ServerConnection:
     def is_active(self, request_id: int) -> bool:
         return request_id in self._requests
 
+    @property
+    def input_pending(self) -> bool:
+        """Part of a record, or a request whose params or body have not ended: the web server owes us bytes."""
+        return bool(self._buffer) or any(not request.refused_body for request in self._requests.values())
+
+    @property
+    def head_pending(self) -> bool:
+        """A request (or a record) has started whose params are not complete yet."""
+        if any(not request.params_done for request in self._requests.values()):
+            return True
+        return bool(self._buffer) and not self._requests
+
     # -- input -------------------------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[ServerEvent]:
         """Feed bytes from the web server; ``b""`` means it closed its side."""

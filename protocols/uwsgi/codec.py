@@ -111,6 +111,16 @@ class ServerConnection:
         self._body_left = 0
         self._discard_body = False
 
+    @property
+    def input_pending(self) -> bool:
+        """The request (header, vars or body) is not complete: the web server owes us bytes."""
+        return self._state is not _State.DONE
+
+    @property
+    def head_pending(self) -> bool:
+        """The header and vars block are not complete."""
+        return self._state in (_State.HEADER, _State.VARS)
+
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the web server; ``b""`` means it closed (or half-closed) its side."""
         state = self._state

@@ -1,0 +1,256 @@
+"""Slow, idle and hostile clients: each protection fires and logs, and none of them ever holds a worker.
+
+Short timeouts make the protections fire within seconds; one worker makes "a worker was held" visible as a
+stalled fast request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+from gateway.devstack import Gateway, free_port
+from protocols.fastcgi import ClientConnection, EndRequest, encode_request
+from protocols.uwsgi import encode_request as encode_uwsgi_request
+from tests.apps import pattern
+from tests.load import uwsgi_get, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+PARAMS = {
+    "REQUEST_METHOD": "POST",
+    "PATH_INFO": "/echo",
+    "REQUEST_URI": "/echo",
+    "SERVER_NAME": "test",
+    "SERVER_PORT": "80",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+}
+
+
+def _start(tmp_path: Path, *args: str) -> tuple[Gateway, int, int]:
+    uwsgi_port, fcgi_port = free_port(), free_port()
+    gateway = Gateway(
+        tmp_path,
+        ["--uwsgi", f"127.0.0.1:{uwsgi_port}", "--fcgi", f"127.0.0.1:{fcgi_port}", *args, "tests.apps:app"],
+        env=ENV,
+    ).start()
+    return gateway, uwsgi_port, fcgi_port
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _fast_request_time(port: int) -> float:
+    started = time.monotonic()
+    status, _, body = uwsgi_get(port, "/hello", timeout=10)
+    assert (status, body) == (200, b"hello")
+    return time.monotonic() - started
+
+
+def test_header_timeout_closes_a_connection_that_never_finishes_its_vars(tmp_path: Path) -> None:
+    gateway, uwsgi_port, _ = _start(tmp_path, "--workers", "1", "--header-timeout", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", uwsgi_port)) as sock:
+            sock.sendall(encode_uwsgi_request(PARAMS)[:6])
+            assert not _closed_by_server(sock, 0.5)
+            assert _closed_by_server(sock, 3)
+        assert "(--header-timeout); connection closed" in gateway.log_text()
+        # A connection that sends nothing at all is held to the same deadline.
+        with socket.create_connection(("127.0.0.1", uwsgi_port)) as sock:
+            assert _closed_by_server(sock, 3)
+    finally:
+        gateway.stop()
+
+
+def test_body_timeout_and_read_timeout(tmp_path: Path) -> None:
+    gateway, uwsgi_port, _ = _start(tmp_path, "--workers", "1", "--body-timeout", "1", "--read-timeout", "3")
+    try:
+        with socket.create_connection(("127.0.0.1", uwsgi_port)) as sock:
+            sock.sendall(encode_uwsgi_request({**PARAMS, "CONTENT_LENGTH": "100"}, b"0123456789"))
+            assert _closed_by_server(sock, 3)
+        assert "no body data for" in gateway.log_text()
+        # Trickling a byte every half second never trips the inactivity limit, but the whole-request one.
+        with socket.create_connection(("127.0.0.1", uwsgi_port)) as sock:
+            sock.sendall(encode_uwsgi_request({**PARAMS, "CONTENT_LENGTH": "100"}))
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 6 and not closed:
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    closed = True
+                    break
+                closed = _closed_by_server(sock, 0.5)
+            assert closed
+            assert 2.5 < time.monotonic() - started < 5.5
+        assert "(--read-timeout)" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_idle_keepalive_connection_is_closed(tmp_path: Path) -> None:
+    gateway, _, fcgi_port = _start(tmp_path, "--workers", "1", "--keepalive-timeout", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", fcgi_port)) as sock:
+            sock.sendall(encode_request(1, {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/hello"}))
+            client = ClientConnection()
+            ended = False
+            while not ended:
+                ended = any(isinstance(event, EndRequest) for event in client.receive_data(sock.recv(65536)))
+            assert not _closed_by_server(sock, 0.3), "kept open after the response (FCGI_KEEP_CONN)"
+            assert _closed_by_server(sock, 3)
+        assert "(--keepalive-timeout); closed" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_max_connections_stops_accepting_and_resumes(tmp_path: Path) -> None:
+    gateway, uwsgi_port, _ = _start(tmp_path, "--workers", "1", "--max-connections", "3")
+    idle = [socket.create_connection(("127.0.0.1", uwsgi_port)) for _ in range(3)]
+    try:
+        wait_for(lambda: "(--max-connections): not accepting" in gateway.log_text(), 5, "the pause")
+        waiting = socket.create_connection(("127.0.0.1", uwsgi_port), timeout=5)  # held in the listen backlog
+        waiting.sendall(encode_uwsgi_request({**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/hello"}))
+        assert not _closed_by_server(waiting, 0.7), "not served while the gateway is at its connection cap"
+        idle.pop().close()
+        waiting.settimeout(5)
+        reply = b""
+        while chunk := waiting.recv(4096):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"hello")
+        waiting.close()
+        assert "accepting again" in gateway.log_text()
+    finally:
+        for sock in idle:
+            sock.close()
+        gateway.stop()
+
+
+def test_file_descriptor_limit_is_raised(tmp_path: Path) -> None:
+    gateway, _, _ = _start(tmp_path, "--workers", "1")
+    try:
+        assert gateway.process is not None
+        limits = Path(f"/proc/{gateway.process.pid}/limits").read_text()
+        soft, hard = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).groups()  # type: ignore[union-attr]
+        assert soft == hard
+    finally:
+        gateway.stop()
+
+
+def test_trickled_body_never_occupies_the_worker(tmp_path: Path) -> None:
+    """A 40-byte body sent one byte every 0.1 s: the only worker keeps serving others meanwhile."""
+    gateway, uwsgi_port, _ = _start(tmp_path, "--workers", "1")
+    body = b"slow body arriving one byte at a time!!!"
+    result: dict[str, bytes] = {}
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", uwsgi_port), timeout=30) as sock:
+            sock.sendall(encode_uwsgi_request({**PARAMS, "CONTENT_LENGTH": str(len(body))}))
+            for byte in body:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            result["reply"] = b"".join(chunks)
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        timings = []
+        while thread.is_alive() and len(timings) < 20:
+            timings.append(_fast_request_time(uwsgi_port))
+        thread.join(30)
+        assert len(timings) >= 10
+        assert max(timings) < 0.5, timings
+        assert hashlib.sha256(body).hexdigest().encode() in result["reply"]
+    finally:
+        gateway.stop()
+
+
+def test_slow_reader_of_50_mb_does_not_hold_the_worker_and_gets_every_byte(tmp_path: Path) -> None:
+    gateway, uwsgi_port, _ = _start(tmp_path, "--workers", "1")
+    size = 50 << 20
+    try:
+        reader = socket.create_connection(("127.0.0.1", uwsgi_port), timeout=30)
+        reader.sendall(
+            encode_uwsgi_request(
+                {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/download", "QUERY_STRING": f"size={size}"}
+            )
+        )
+        received = bytearray(reader.recv(100))  # the response has started; now read nothing for a while
+        time.sleep(0.5)
+        assert _fast_request_time(uwsgi_port) < 1.0
+        expected = hashlib.sha256()
+        for piece in pattern(size):
+            expected.update(piece)
+        while chunk := reader.recv(1 << 20):
+            received += chunk
+        reader.close()
+        body = bytes(received).split(b"\r\n\r\n", 1)[1]
+        assert len(body) == size
+        assert hashlib.sha256(body).digest() == expected.digest()
+    finally:
+        gateway.stop()
+
+
+def _deleted_files(pid: int) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith("(deleted)"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def test_disconnects_remove_temporary_files(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    gateway, uwsgi_port, _ = _start(
+        tmp_path,
+        "--workers",
+        "1",
+        "--spool-dir",
+        str(spool),
+        "--body-spool-threshold",
+        "1024",
+        "--response-spool-threshold",
+        "1024",
+    )
+    assert gateway.process is not None
+    try:
+        # A body past the threshold, cut off half-way: its named temp file goes.
+        with socket.create_connection(("127.0.0.1", uwsgi_port)) as sock:
+            sock.sendall(encode_uwsgi_request({**PARAMS, "CONTENT_LENGTH": str(1 << 20)}, b"x" * (256 << 10)))
+            wait_for(lambda: any(spool.rglob("*")) and any(p.is_file() for p in spool.rglob("*")), 5, "a body file")
+        wait_for(lambda: not any(p.is_file() for p in spool.rglob("*")), 5, "the body file removed")
+        # A response spooled for a reader that leaves: its unnamed temp file is closed.
+        sock = socket.create_connection(("127.0.0.1", uwsgi_port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(
+            encode_uwsgi_request(
+                {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/download", "QUERY_STRING": "size=30000000"}
+            )
+        )
+        wait_for(lambda: _deleted_files(gateway.process.pid) > 0, 10, "a response spool file")  # type: ignore[union-attr]
+        sock.close()
+        wait_for(lambda: _deleted_files(gateway.process.pid) == 0, 10, "the spool file closed")  # type: ignore[union-attr]
+        assert _fast_request_time(uwsgi_port) < 1.0
+    finally:
+        gateway.stop()
