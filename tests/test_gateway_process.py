@@ -385,3 +385,39 @@ def test_nginx_fixture_fails_without_nginx(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(devstack.os, "access", lambda path, mode: False)
     with pytest.raises(devstack.StackError, match="apt-get install"):
         Nginx(tmp_path, free_port(), ":1", ":2").start()
+
+
+def test_body_over_max_body_size_is_answered_413(tmp_path: Path) -> None:
+    uwsgi_port, fcgi_port = free_port(), free_port()
+    gateway = _gateway(
+        tmp_path,
+        "--uwsgi",
+        f"127.0.0.1:{uwsgi_port}",
+        "--fcgi",
+        f"127.0.0.1:{fcgi_port}",
+        "--max-body-size",
+        "1000",
+        "--workers",
+        "1",
+        "tests.apps:app",
+    ).start()
+    params = {"REQUEST_METHOD": "POST", "PATH_INFO": "/echo", "CONTENT_LENGTH": "5000", "SERVER_PROTOCOL": "HTTP/1.1"}
+    try:
+        with socket.create_connection(("127.0.0.1", uwsgi_port), timeout=10) as sock:
+            sock.sendall(encode_uwsgi_request(params, b"x" * 5000))
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 413")
+        with socket.create_connection(("127.0.0.1", fcgi_port), timeout=10) as sock:
+            sock.sendall(encode_request(1, params, b"x" * 5000, keep_conn=False))
+            client = ClientConnection()
+            stdout = b""
+            while chunk := sock.recv(4096):
+                for event in client.receive_data(chunk):
+                    if isinstance(event, Stdout):
+                        stdout += event.data
+        assert stdout.startswith(b"Status: 413")
+        assert gateway.log_text().count("(--max-body-size); answered 413") == 2
+    finally:
+        gateway.stop()
