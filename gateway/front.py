@@ -41,12 +41,13 @@ class FrontContext:
     connections: set[FrontConnection] = field(default_factory=set)
     #: Told when a connection opens or closes, to enforce --max-connections across listeners.
     on_count_changed: Callable[[], None] | None = None
+    clock: Callable[[], float] = field(init=False)
 
     def new_body(self) -> RequestBody:
         return RequestBody(self.config.body_spool_threshold, self.spool_dir)
 
-    def clock(self) -> float:
-        return asyncio.get_running_loop().time()
+    def __post_init__(self) -> None:
+        self.clock = asyncio.get_running_loop().time
 
     def sweep(self, now: float) -> None:
         for connection in list(self.connections):
@@ -120,6 +121,8 @@ class FrontConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self.output is not None:
+            self.output.flush()  # what the app produced goes out before the reset
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):

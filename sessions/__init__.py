@@ -1,1 +1,101 @@
-"""Session stores, ids and cookies (filled by the sessions issue; the request path already has the hook)."""
+"""Server-side sessions: ids, the cookie, the app's session mapping, and the stores behind them.
+
+Who does what (the gateway wires it up):
+
+* event loop, before dispatch: ``session_id_from_cookies`` on ``HTTP_COOKIE``; if an id was found,
+  ``await store.load(id)`` (SessionStoreUnavailable → 503); the record's data (or none) goes to the worker.
+* worker: ``Session(id or None, data or None)`` as ``environ["gateway.session"]``; after the app answered,
+  ``session.changes().to_json()`` goes back (SessionValueError there is the app's bug: a 500 in the worker).
+* event loop, after the response: ``SessionChanges.from_json``; if not ``empty``, ``await store.save(...)`` with
+  the loaded id (a ``new_session_id()`` for a new session) and ``new_id=new_session_id()`` when
+  ``changes.regenerate``; then ``set_cookie_value`` for a new or moved id, or ``delete_cookie_value`` when
+  ``changes.invalidate`` left nothing stored.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from sessions.cookies import (
+    CookieSettings,
+    delete_cookie_value,
+    request_is_https,
+    session_id_from_cookies,
+    set_cookie_value,
+)
+from sessions.ids import is_valid_session_id, new_session_id
+from sessions.mapping import Session, SessionChanges
+from sessions.memcached import MemcachedStore
+from sessions.memory import MemoryStore
+from sessions.store import (
+    SessionError,
+    SessionLockTimeout,
+    SessionRecord,
+    SessionStore,
+    SessionStoreUnavailable,
+    SessionTooLarge,
+    SessionValueError,
+)
+
+__all__ = [
+    "CookieSettings",
+    "MemcachedStore",
+    "MemoryStore",
+    "Session",
+    "SessionChanges",
+    "SessionError",
+    "SessionLockTimeout",
+    "SessionRecord",
+    "SessionStore",
+    "SessionStoreUnavailable",
+    "SessionTooLarge",
+    "SessionValueError",
+    "delete_cookie_value",
+    "is_valid_session_id",
+    "new_session_id",
+    "open_store",
+    "request_is_https",
+    "session_id_from_cookies",
+    "set_cookie_value",
+]
+
+_ACCEPTED = "'memory', 'memcached://HOST:PORT' or 'off'"
+
+
+def open_store(
+    url: str,
+    *,
+    idle_ttl: float,
+    max_age: float | None,
+    timeout: float = 2.0,
+    prefix: str = "gw:s:",
+    pool_size: int = 4,
+) -> SessionStore | None:
+    """The store a configuration string names: ``memory``, ``memcached://HOST:PORT``, or ``off`` (None).
+
+    Opening connects to nothing: a memcached store opens its connections on first use, so the gateway starts even
+    while memcached is down and its requests get 503 until it is back.
+    """
+    if url == "off":
+        return None
+    if url == "memory":
+        return MemoryStore(idle_ttl=idle_ttl, max_age=max_age)
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as err:  # e.g. a port out of range or not a number
+        raise ValueError(f"bad session store {url!r} ({err}): use {_ACCEPTED}") from None
+    if (
+        parts.scheme != "memcached"
+        or not host
+        or port is None
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(f"bad session store {url!r}: use {_ACCEPTED}")
+    return MemcachedStore(
+        host, port, idle_ttl=idle_ttl, max_age=max_age, timeout=timeout, prefix=prefix, pool_size=pool_size
+    )
