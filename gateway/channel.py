@@ -51,9 +51,11 @@ class WorkerRequest:
     body: bytes  # the body itself, unless body_path is set
     body_path: str | None
     protocol: str  # "fastcgi" or "uwsgi", for the log only
+    #: (id, data) of the session the loop loaded, (None, None) for none; None when sessions are off.
+    session: tuple[str | None, dict[str, Any] | None] | None = None
 
     def encode(self) -> bytes:
-        meta = orjson.dumps((self.environ, self.body_path, self.protocol))
+        meta = orjson.dumps((self.environ, self.body_path, self.protocol, self.session))
         payload_length = _REQUEST_PREFIX.size + len(meta) + len(self.body)
         return b"".join(
             (
@@ -68,8 +70,8 @@ class WorkerRequest:
     def decode(cls, payload: bytes | memoryview) -> WorkerRequest:
         (meta_length,) = _REQUEST_PREFIX.unpack_from(payload)
         meta_end = _REQUEST_PREFIX.size + meta_length
-        environ, body_path, protocol = orjson.loads(payload[_REQUEST_PREFIX.size : meta_end])
-        return cls(environ, bytes(payload[meta_end:]), body_path, protocol)
+        environ, body_path, protocol, session = orjson.loads(payload[_REQUEST_PREFIX.size : meta_end])
+        return cls(environ, bytes(payload[meta_end:]), body_path, protocol, tuple(session) if session else None)
 
 
 class FrameDecoder:

@@ -213,6 +213,54 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--pidfile", metavar="PATH", default=None, help="write the gateway's pid here")
     ops.add_argument("--user", default=None, help="switch to this user after binding the sockets")
     ops.add_argument("--group", default=None, help="switch to this group after binding the sockets")
+    sessions = parser.add_argument_group(
+        "sessions", "environ['gateway.session'], loaded and stored by the event loop, never by a worker"
+    )
+    sessions.add_argument(
+        "--sessions",
+        default="memory",
+        metavar="memory|memcached://HOST:PORT|off",
+        help="where sessions live: the gateway's own memory (shared by every worker), memcached through "
+        "aiomcache (shared by several gateway hosts), or off (default: %(default)s)",
+    )
+    sessions.add_argument(
+        "--session-ttl", type=float, default=1800.0, metavar="SECONDS", help="idle timeout, sliding (default: 1800)"
+    )
+    sessions.add_argument(
+        "--session-max-age",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="absolute lifetime from creation, also the cookie's Max-Age (default: none, a browser-session cookie)",
+    )
+    sessions.add_argument("--session-cookie", default="gwsession", metavar="NAME", help="cookie name")
+    sessions.add_argument("--session-cookie-domain", default=None, metavar="DOMAIN", help="cookie Domain")
+    sessions.add_argument("--session-cookie-path", default="/", metavar="PATH", help="cookie Path (default: /)")
+    sessions.add_argument(
+        "--session-samesite", choices=("Lax", "Strict", "None"), default="Lax", help="cookie SameSite (default: Lax)"
+    )
+    sessions.add_argument(
+        "--session-secure",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="cookie Secure flag; auto = when the request came over HTTPS (HTTPS or REQUEST_SCHEME param)",
+    )
+    sessions.add_argument(
+        "--session-serialize",
+        action="store_true",
+        help="run one session's requests one at a time (a lock in the store; across hosts with memcached)",
+    )
+    sessions.add_argument(
+        "--session-timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="bound on each store operation; a request whose session cannot be loaded gets 503 (default: 2)",
+    )
+    sessions.add_argument("--session-prefix", default="gw:s:", metavar="PREFIX", help="memcached key prefix")
+    sessions.add_argument(
+        "--session-pool-size", type=int, default=4, metavar="N", help="memcached connections (default: 4)"
+    )
     life = parser.add_argument_group("worker lifecycle")
     life.add_argument(
         "--timeout",
@@ -305,6 +353,18 @@ def build_config(argv: Sequence[str] | None = None) -> Config:
         queue_size=args.queue_size,
         queue_timeout=args.queue_timeout,
         scale_down_after=args.scale_down_after,
+        sessions=args.sessions,
+        session_ttl=args.session_ttl,
+        session_max_age=args.session_max_age,
+        session_cookie=args.session_cookie,
+        session_cookie_domain=args.session_cookie_domain,
+        session_cookie_path=args.session_cookie_path,
+        session_samesite=args.session_samesite,
+        session_secure=args.session_secure,
+        session_serialize=args.session_serialize,
+        session_timeout=args.session_timeout,
+        session_prefix=args.session_prefix,
+        session_pool_size=args.session_pool_size,
         debug=args.debug,
         reload=args.reload,
         access_log=args.access_log,

@@ -128,6 +128,19 @@ class Config:
     body_timeout: float = 60.0
     read_timeout: float = 600.0
     keepalive_timeout: float = 300.0
+    # Sessions, loaded and stored by the event loop (see sessions/).
+    sessions: str = "memory"  # "memory", "memcached://HOST:PORT" or "off"
+    session_ttl: float = 1800.0  # idle, sliding
+    session_max_age: float = 0.0  # absolute, from creation; 0 = none
+    session_cookie: str = "gwsession"
+    session_cookie_domain: str | None = None
+    session_cookie_path: str = "/"
+    session_samesite: Literal["Lax", "Strict", "None"] = "Lax"
+    session_secure: Literal["auto", "always", "never"] = "auto"
+    session_serialize: bool = False
+    session_timeout: float = 2.0
+    session_prefix: str = "gw:s:"
+    session_pool_size: int = 4
     debug: bool = False
     reload: bool = False
     access_log: str | None = None
@@ -143,6 +156,15 @@ class Config:
             raise ConfigError(f"--script-name {self.script_name!r} must start with '/' and not end with one, e.g. /app")
         if self.workers_max and self.workers_max < self.workers:
             raise ConfigError(f"--workers {self.workers}:{self.workers_max}: MAX must not be below MIN")
+        if not (self.sessions in ("memory", "off") or self.sessions.startswith("memcached://")):
+            raise ConfigError(f"--sessions {self.sessions!r}: use memory, memcached://HOST:PORT or off")
+        if self.session_samesite == "None" and self.session_secure == "never":
+            raise ConfigError("--session-samesite None requires a Secure cookie: drop --session-secure never")
+        for name in ("session_ttl", "session_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+        if self.session_max_age < 0 or self.session_pool_size < 1:
+            raise ConfigError("--session-max-age must not be negative and --session-pool-size must be at least 1")
         for name in ("header_timeout", "body_timeout", "read_timeout", "keepalive_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")

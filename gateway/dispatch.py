@@ -3,7 +3,8 @@
 A hook's ``before_dispatch`` runs in the event loop after the request has arrived whole and before it is queued
 for a worker (the session is loaded here, so a worker never waits on session I/O); its ``after_response`` runs
 after the worker has finished and before the response is completed to the client (the session is stored here).
-Without hooks a request goes straight to the pool, with no task created: the common path stays cheap.
+Each hook first says synchronously whether it has anything to do (``prepare``): a request that needs no I/O goes
+straight to the pool with no task created, so the common path stays cheap.
 """
 
 from __future__ import annotations
@@ -15,14 +16,21 @@ from typing import Any, Protocol
 
 from gateway.pool import WorkerPool
 from gateway.request import Request, respond_error
+from gateway.session_hook import HookRefused
 
 log = logging.getLogger("gateway.dispatch")
 
 
 class RequestHook(Protocol):
-    async def before_dispatch(self, request: Request) -> None: ...
+    def prepare(self, request: Request) -> bool:
+        """Set up ``request`` synchronously; True when ``before_dispatch`` must run."""
+        ...
 
-    async def after_response(self, request: Request, extras: bytes) -> None: ...
+    async def before_dispatch(self, request: Request) -> None:
+        """May raise HookRefused to answer the request without a worker."""
+
+    async def after_response(self, request: Request, extras: bytes) -> None:
+        """Called when the worker's END frame carried ``extras``; raising cuts the response short."""
 
 
 class Dispatcher:
@@ -33,7 +41,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, request: Request) -> None:
-        if self.hooks:
+        if self.hooks and any([hook.prepare(request) for hook in self.hooks]):  # noqa: C419 - every hook prepares
             self._spawn(self._before_then_submit(request))
         else:
             self.pool.submit(request)
@@ -42,35 +50,57 @@ class Dispatcher:
         self.pool.cancel(request)
 
     def request_done(self, request: Request, extras: bytes) -> None:
-        if self.hooks:
+        if self.hooks and extras:
             self._spawn(self._after_then_finish(request, extras))
-        else:
+            return
+        request.release()
+        if not request.sink.client_gone:
             request.sink.finish()
 
     async def _before_then_submit(self, request: Request) -> None:
         try:
             for hook in self.hooks:
                 await hook.before_dispatch(request)
+        except HookRefused as refused:
+            log.warning(
+                "%s %s: %s; answered %s",
+                request.params.get("REQUEST_METHOD", "-"),
+                request.params.get("REQUEST_URI", "-"),
+                refused,
+                refused.status,
+            )
+            self._answer(request, refused.status)
+            return
         except Exception:
             log.exception("a request hook failed before dispatch; answering 503")
-            if not request.sink.client_gone:
-                respond_error(request.sink, "503 Service Unavailable")
-            request.release()
+            self._answer(request, "503 Service Unavailable")
             return
         if request.sink.client_gone:
             request.release()
         else:
             self.pool.submit(request)
 
+    def _answer(self, request: Request, status: str) -> None:
+        request.release()
+        if not request.sink.client_gone:
+            respond_error(request.sink, status, "Retry-After: 1\r\n" if status.startswith("503") else "")
+
     async def _after_then_finish(self, request: Request, extras: bytes) -> None:
         try:
             for hook in self.hooks:
                 await hook.after_response(request, extras)
-        except Exception:
-            log.exception("a request hook failed after the response; cutting the response short")
+        except Exception as err:
+            log.error(  # noqa: TRY400 - one line; the reason is in the message
+                "%s %s: the session could not be stored (%s); the response is cut short",
+                request.params.get("REQUEST_METHOD", "-"),
+                request.params.get("REQUEST_URI", "-"),
+                err,
+            )
+            request.release()
             if not request.sink.client_gone:
                 request.sink.abort()
             return
+        request.release()
         if not request.sink.client_gone:
             request.sink.finish()
 

@@ -27,6 +27,7 @@ from gateway.accesslog import AccessLog
 from gateway.channel import ChannelError, FrameDecoder, Kind, WorkerRequest, encode_frame
 from gateway.config import Config
 from gateway.request import Request, respond_error
+from gateway.session_hook import worker_settings
 from gateway.worker import APP_LOAD_ERROR
 
 log = logging.getLogger("gateway.pool")
@@ -118,7 +119,7 @@ class Worker:
         self.served += 1
         self.busy_since = self.pool.now()
         body = request.body.finish()
-        frame = WorkerRequest(request.params, body, request.body.path, request.protocol).encode()
+        frame = WorkerRequest(request.params, body, request.body.path, request.protocol, request.session).encode()
         self.transport.write(frame)
 
     def cancel(self) -> None:
@@ -257,6 +258,7 @@ class WorkerPool:
                 "script_name": config.script_name,
                 "log_level": config.log_level,
                 "debug": config.debug,
+                "session": worker_settings(config),
             }
         ).decode()
         self.fatal: asyncio.Future[str] | None = None
@@ -613,17 +615,19 @@ class WorkerPool:
         self.idle.append(worker)
 
     def request_done(self, worker: Worker, request: Request, aborted: bool, extras: bytes) -> None:
-        request.release()
+        request.body.discard()
         if self.access_log is not None:
             self.access_log.write(request, worker.status, worker.sent, worker.pid, self.now())
-        if request.sink.client_gone:
-            return
         if aborted:
-            request.sink.abort()
+            request.release()
+            if not request.sink.client_gone:
+                request.sink.abort()
         elif self.on_request_done is not None:
-            self.on_request_done(request, extras)
+            self.on_request_done(request, extras)  # it finishes the sink and releases the request
         else:
-            request.sink.finish()
+            request.release()
+            if not request.sink.client_gone:
+                request.sink.finish()
 
     def answer(self, request: Request, status: str, *, worker: Worker | None = None, retry_after: bool = False) -> None:
         """Answer ``request`` on the pool's behalf (502, 503, 504) and log it like any other response."""

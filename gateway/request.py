@@ -7,6 +7,7 @@ dispatch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,7 +61,15 @@ class Request:
     received_at: float
     #: Filled by before-dispatch hooks (sessions), read by after-response hooks; never sent to the worker.
     state: dict[str, Any] = field(default_factory=dict)
+    #: The session the worker gets: (id, data) as loaded, (None, None) for none yet; None when sessions are off.
+    session: tuple[str | None, dict[str, Any] | None] | None = None
+    #: Run once when the request is over, however it ended (a session lock's release, for instance).
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def release(self) -> None:
-        """The request is over: remove its body's temporary file, if any."""
+        """The request is over: remove its body's temporary file, if any, and run its cleanups."""
         self.body.discard()
+        if self.cleanups:
+            cleanups, self.cleanups = self.cleanups, []
+            for cleanup in cleanups:
+                cleanup()

@@ -27,7 +27,9 @@ from gateway.dispatch import Dispatcher
 from gateway.front import FrontContext
 from gateway.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.pool import AppLoadFailed, WorkerPool
+from gateway.session_hook import SessionHook
 from gateway.systemd import inherited_sockets, notify
+from sessions import open_store
 
 log = logging.getLogger("gateway.server")
 
@@ -97,7 +99,8 @@ class Gateway:
         )
         spool_dir = tempfile.mkdtemp(prefix="gateway-spool-", dir=config.spool_dir)
         pool = WorkerPool(config, access_log=self.access_log)
-        dispatcher = Dispatcher(pool)
+        session_hook = self._session_hook()
+        dispatcher = Dispatcher(pool, [session_hook] if session_hook is not None else [])
         watcher: asyncio.Task[None] | None = None
         sweeper: asyncio.Task[None] | None = None
         raise_file_limit()
@@ -141,6 +144,23 @@ class Gateway:
             if config.pidfile:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(config.pidfile)
+            if session_hook is not None:
+                await session_hook.close()
+
+    def _session_hook(self) -> SessionHook | None:
+        config = self.config
+        store = open_store(
+            config.sessions,
+            idle_ttl=config.session_ttl,
+            max_age=config.session_max_age or None,
+            timeout=config.session_timeout,
+            prefix=config.session_prefix,
+            pool_size=config.session_pool_size,
+        )
+        if store is None:
+            return None
+        log.info("sessions: %s store (idle %g s)", config.sessions, config.session_ttl)
+        return SessionHook(store, config)
 
     def _bind(self) -> list[BoundListener]:
         config = self.config

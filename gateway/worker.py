@@ -23,6 +23,7 @@ import setproctitle
 
 from gateway.channel import FRAME_HEADER, Kind, WorkerRequest, encode_frame
 from gateway.log import configure_logging
+from gateway.worker_session import WorkerSession
 from gateway.wsgi import WSGIApp, body_stream, build_environ, run_app
 
 log = logging.getLogger("gateway.worker")
@@ -141,6 +142,7 @@ class Channel:
 def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
     script_name: str = settings.get("script_name", "")
     debug: bool = settings.get("debug", False)
+    session_settings: dict[str, Any] = settings.get("session", {})
     while True:
         frame = channel.read_frame()
         if frame is None:
@@ -152,8 +154,12 @@ def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
         body = body_stream(request.body, request.body_path)
         try:
             environ = build_environ(request.environ, body, script_name=script_name)
+            session = None
+            if request.session is not None:
+                session = WorkerSession(request.session, session_settings, environ)
+                environ["gateway.session"] = session.session
             try:
-                run_app(app, environ, channel, debug=debug)
+                run_app(app, environ, channel, debug=debug, head_hook=session.head_headers if session else None)
             except Exception:
                 log.exception(
                     "%s %s failed after its response had started; the response is cut short",
@@ -162,7 +168,7 @@ def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
                 )
                 channel.finish(Kind.ABORT)
                 continue
-            channel.finish(Kind.END)
+            channel.finish(Kind.END, session.end_payload(environ) if session is not None else b"")
         finally:
             body.close()
         channel.drop_stale_cancels()

@@ -118,10 +118,11 @@ def build_environ(
 class _Response:
     """The state of one response: start_response, write, Content-Length bookkeeping."""
 
-    __slots__ = ("content_length", "head", "head_sent", "output", "sent", "status")
+    __slots__ = ("content_length", "head", "head_hook", "head_sent", "output", "sent", "status")
 
-    def __init__(self, output: ResponseOutput) -> None:
+    def __init__(self, output: ResponseOutput, head_hook: Callable[[], bytes] | None = None) -> None:
         self.output = output
+        self.head_hook = head_hook
         self.status: str | None = None
         self.head: bytes = b""
         self.head_sent = False
@@ -155,8 +156,14 @@ class _Response:
         if not self.head_sent:
             if self.status is None:
                 raise InvalidResponse("the application sent body data before calling start_response")
+            head = self.head
+            if self.head_hook is not None:
+                # Headers the gateway adds (the session cookie); raising here is still a clean 500.
+                extra = self.head_hook()
+                if extra:
+                    head = head[:-2] + extra + b"\r\n"
             self.head_sent = True
-            self.output.send_head(self.head)
+            self.output.send_head(head)
         if self.content_length is not None:
             room = self.content_length - self.sent
             if len(data) > room:
@@ -205,14 +212,21 @@ def error_head(status: str, body: bytes, content_type: str = "text/plain; charse
     return (f"{status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
 
 
-def run_app(app: WSGIApp, environ: dict[str, Any], output: ResponseOutput, *, debug: bool = False) -> int:
+def run_app(
+    app: WSGIApp,
+    environ: dict[str, Any],
+    output: ResponseOutput,
+    *,
+    debug: bool = False,
+    head_hook: Callable[[], bytes] | None = None,
+) -> int:
     """Run one request through the app; returns the HTTP status code for the log.
 
     An exception before any output becomes a 500 with the traceback in the log only (or in the page when
     ``debug``); after the head was sent it propagates, and the caller cuts the response short. The app's
     ``close()`` is always called.
     """
-    response = _Response(output)
+    response = _Response(output, head_hook)
     result: Iterable[bytes] | None = None
     try:
         try:

@@ -95,6 +95,8 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             ],
         )
         return pattern(size)
+    if path.startswith("/session/"):
+        return _session_route(environ, start_response, path, query)
     if path == "/status":
         code = query["code"][0]
         if code in ("204", "304"):
@@ -159,3 +161,32 @@ def _fail_after_first() -> Iterator[bytes]:
 
 
 validated_app = validator(app)
+
+
+class _NotJSON:
+    pass
+
+
+def _session_route(
+    environ: dict[str, Any], start_response: StartResponse, path: str, query: dict[str, list[str]]
+) -> list[bytes]:
+    """Session routes: the session is environ["gateway.session"], loaded and stored by the gateway's loop."""
+    session = environ["gateway.session"]
+    if "sleep" in query:
+        time.sleep(float(query["sleep"][0]))
+    if path == "/session/set":
+        for key, values in query.items():
+            if key != "sleep":
+                session[key] = values[0]
+    elif path == "/session/append":
+        session.setdefault("items", [])
+        session["items"].append(query["item"][0])  # in place: the change is still detected
+    elif path == "/session/regenerate":
+        session.regenerate()
+    elif path == "/session/invalidate":
+        session.invalidate()
+    elif path == "/session/big":
+        session["big"] = "x" * int(query["size"][0])
+    elif path == "/session/bad":
+        session["bad"] = _NotJSON()
+    return _json(start_response, {"data": dict(session), "new": session.is_new, "pid": os.getpid()})

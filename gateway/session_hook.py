@@ -1,0 +1,125 @@
+"""Sessions in the event loop: load before dispatch, store after the response, never in a worker.
+
+A request without our cookie (or with one we never issued) costs nothing here: no task, no store access. A
+request with one costs one ``load`` before it is queued for a worker; if the store cannot answer within
+``--session-timeout``, the request gets a 503 and never reaches a worker. The changes the worker sends back are
+merged into the stored session (``SessionStore.save``) before the response is completed; if that fails, the
+response is cut short so the client sees a failure, never a silent loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import orjson
+
+from gateway.config import Config
+from gateway.request import Request
+from sessions import (
+    CookieSettings,
+    SessionChanges,
+    SessionError,
+    SessionStore,
+    session_id_from_cookies,
+)
+
+log = logging.getLogger("gateway.sessions")
+
+#: memcached's default item size; the worker refuses a session that would not fit, while it can still answer 500.
+MAX_SESSION_SIZE = 1_000_000
+
+
+class HookRefused(Exception):
+    """A hook cannot let the request through: the dispatcher answers ``status`` and logs ``reason`` (one line)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def worker_settings(config: Config) -> dict[str, Any]:
+    """What a worker needs to set the session cookie itself."""
+    return {
+        "cookie": {
+            "name": config.session_cookie,
+            "domain": config.session_cookie_domain,
+            "path": config.session_cookie_path,
+            "same_site": config.session_samesite,
+            "secure": config.session_secure,
+        },
+        "max_age": config.session_max_age,
+        "max_size": MAX_SESSION_SIZE,
+    }
+
+
+class SessionHook:
+    def __init__(self, store: SessionStore, config: Config) -> None:
+        self.store = store
+        self.config = config
+        self.cookie = CookieSettings(**worker_settings(config)["cookie"])
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def prepare(self, request: Request) -> bool:
+        """Synchronous part: True when the request carries a session id, so ``before_dispatch`` must run."""
+        cookie = request.params.get("HTTP_COOKIE")
+        session_id = session_id_from_cookies(cookie, self.cookie) if cookie else None
+        if session_id is None:
+            request.session = (None, None)
+            return False
+        request.state["session_id"] = session_id
+        return True
+
+    async def before_dispatch(self, request: Request) -> None:
+        session_id: str = request.state["session_id"]
+        try:
+            if self.config.session_serialize:
+                await self._lock(request, session_id)
+            async with asyncio.timeout(self.config.session_timeout):
+                record = await self.store.load(session_id)
+        except (SessionError, TimeoutError) as err:
+            raise HookRefused("503 Service Unavailable", f"session store unavailable: {err or 'timed out'}") from err
+        # An id we did not issue, or one that expired, is never adopted: the request starts without a session.
+        request.session = (session_id, record.data) if record is not None else (None, None)
+
+    async def _lock(self, request: Request, session_id: str) -> None:
+        # Wait as long as the request holding the lock may run (--timeout), or 30 s without one.
+        wait = (self.config.timeout or 30.0) + self.config.session_timeout
+        lock: AbstractAsyncContextManager[None] = self.store.lock(session_id, timeout=wait)
+        await lock.__aenter__()
+
+        def release() -> None:
+            task = asyncio.get_running_loop().create_task(_exit(lock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        request.cleanups.append(release)
+
+    async def after_response(self, request: Request, extras: bytes) -> None:
+        """Store what the worker reported; raises (the dispatcher cuts the response) when it cannot."""
+        ids, _, changes_json = extras.partition(b"\n")
+        loaded_id, issued_id = orjson.loads(ids)
+        changes = SessionChanges.from_json(changes_json)
+        try:
+            async with asyncio.timeout(self.config.session_timeout):
+                if loaded_id is None:
+                    await self.store.save(issued_id, changes)
+                elif changes.regenerate:
+                    await self.store.save(loaded_id, changes, new_id=issued_id)
+                else:
+                    await self.store.save(loaded_id, changes)
+        except TimeoutError as err:
+            raise SessionError(f"storing the session timed out after {self.config.session_timeout:g} s") from err
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+
+async def _exit(lock: AbstractAsyncContextManager[None]) -> None:
+    with contextlib.suppress(Exception):
+        await lock.__aexit__(None, None, None)

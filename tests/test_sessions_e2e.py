@@ -1,0 +1,385 @@
+"""Sessions through the real path: socket → event loop (load) → worker (environ["gateway.session"]) → loop (store).
+
+Stores: the gateway's own memory and a real memcached (fixtures from tests.servers); the two-gateway topology
+runs through nutcracker (twemproxy) in front of two memcached servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.devstack import Gateway, Nginx, free_port
+from protocols.uwsgi import encode_request
+from tests.http import request
+from tests.load import load, wait_for
+from tests.servers import Memcached, Nutcracker
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+class Reply:
+    def __init__(self, raw: bytes) -> None:
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
+
+    @property
+    def set_cookie(self) -> str | None:
+        values = [value for name, value in self.headers if name.lower() == "set-cookie"]
+        assert len(values) <= 1
+        return values[0] if values else None
+
+    @property
+    def cookie_id(self) -> str | None:
+        if self.set_cookie is None:
+            return None
+        morsel = SimpleCookie(self.set_cookie)["gwsession"]
+        return morsel.value or None
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+def call(port: int, path: str, query: str = "", cookie: str | None = None, *, https: bool = False) -> Reply:
+    params = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "REQUEST_URI": f"{path}?{query}",
+        "QUERY_STRING": query,
+        "SERVER_NAME": "test",
+        "SERVER_PORT": "443" if https else "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+    }
+    if cookie is not None:
+        params["HTTP_COOKIE"] = cookie
+    if https:
+        params["HTTPS"] = "on"
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(encode_request(params))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return Reply(b"".join(chunks))
+
+
+@pytest.fixture(scope="module")
+def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Memcached]:
+    server = Memcached(tmp_path_factory.mktemp("memcached"), free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=["memory", "memcached"])
+def gateway_port(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, memcached: Memcached
+) -> Iterator[tuple[Gateway, int]]:
+    store = "memory" if request.param == "memory" else f"memcached://127.0.0.1:{memcached.port}"
+    port = free_port()
+    gateway = Gateway(
+        tmp_path_factory.mktemp(f"gw-{request.param}"),
+        ["--uwsgi", f"127.0.0.1:{port}", "--workers", "2", "--sessions", store, "tests.apps:app"],
+        env=ENV,
+    ).start()
+    try:
+        yield gateway, port
+    finally:
+        gateway.stop()
+
+
+def _cookie(session_id: str) -> str:
+    return f"theme=dark; gwsession={session_id}; other=1"
+
+
+def test_no_session_without_a_write(gateway_port: tuple[Gateway, int]) -> None:
+    _, port = gateway_port
+    reply = call(port, "/session/get")
+    assert reply.status == 200
+    assert reply.set_cookie is None
+    assert reply.json() == {"data": {}, "new": True, "pid": reply.json()["pid"]}
+
+
+def test_session_is_created_read_and_updated_across_workers(gateway_port: tuple[Gateway, int]) -> None:
+    _, port = gateway_port
+    first = call(port, "/session/set", "user=ada")
+    session_id = first.cookie_id
+    assert session_id is not None and len(session_id) == 43
+    cookie = first.set_cookie or ""
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie
+    pids = set()
+    for index in range(6):
+        reply = call(port, "/session/append", f"item={index}", _cookie(session_id))
+        assert reply.status == 200
+        assert reply.set_cookie is None, "an existing session keeps its id: no new cookie"
+        pids.add(reply.json()["pid"])
+    data = call(port, "/session/get", cookie=_cookie(session_id)).json()["data"]
+    assert data == {"user": "ada", "items": [str(i) for i in range(6)]}
+    assert len(pids) == 2, "both workers saw the same session"
+
+
+def test_secure_flag_over_https(gateway_port: tuple[Gateway, int]) -> None:
+    _, port = gateway_port
+    cookie = call(port, "/session/set", "a=1", https=True).set_cookie
+    assert cookie is not None and "Secure" in cookie
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "A" * 43,  # well formed, never issued
+        "short",
+        "x" * 44,
+        "bad id with spaces and \x01 control chars " + "y" * 10,
+        "caf\xe9" * 11,
+        "../../etc/passwd",
+    ],
+)
+def test_forged_or_malformed_ids_are_never_adopted(gateway_port: tuple[Gateway, int], presented: str) -> None:
+    gateway, port = gateway_port
+    reply = call(port, "/session/set", "k=v", f"gwsession={presented}")
+    assert reply.status == 200
+    assert reply.json()["new"] is True
+    assert reply.cookie_id not in (None, presented)
+    assert "Traceback" not in gateway.log_text()
+
+
+def test_regenerate_moves_the_session_and_the_old_id_stops_working(gateway_port: tuple[Gateway, int]) -> None:
+    _, port = gateway_port
+    old = call(port, "/session/set", "role=guest").cookie_id
+    assert old is not None
+    moved = call(port, "/session/regenerate", cookie=_cookie(old))
+    new = moved.cookie_id
+    assert new is not None and new != old
+    assert call(port, "/session/get", cookie=_cookie(new)).json()["data"] == {"role": "guest"}
+    stale = call(port, "/session/get", cookie=_cookie(old)).json()
+    assert stale["new"] is True and stale["data"] == {}
+
+
+def test_invalidate_deletes_the_session_and_the_cookie(gateway_port: tuple[Gateway, int]) -> None:
+    _, port = gateway_port
+    session_id = call(port, "/session/set", "user=bob").cookie_id
+    assert session_id is not None
+    reply = call(port, "/session/invalidate", cookie=_cookie(session_id))
+    assert reply.set_cookie is not None and "Max-Age=0" in reply.set_cookie
+    assert call(port, "/session/get", cookie=_cookie(session_id)).json()["new"] is True
+
+
+def test_parallel_requests_of_one_session_lose_no_update(gateway_port: tuple[Gateway, int]) -> None:
+    _, port = gateway_port
+    session_id = call(port, "/session/set", "base=1").cookie_id
+    assert session_id is not None
+    replies: list[Reply] = []
+    threads = [
+        threading.Thread(target=lambda q=q: replies.append(call(port, "/session/set", q, _cookie(session_id))))
+        for q in ("left=L&sleep=0.4", "right=R&sleep=0.4")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert [reply.status for reply in replies] == [200, 200]
+    data = call(port, "/session/get", cookie=_cookie(session_id)).json()["data"]
+    assert data == {"base": "1", "left": "L", "right": "R"}
+
+
+def test_oversized_session_is_a_500_and_the_stored_one_survives(gateway_port: tuple[Gateway, int]) -> None:
+    gateway, port = gateway_port
+    session_id = call(port, "/session/set", "keep=me").cookie_id
+    assert session_id is not None
+    reply = call(port, "/session/big", "size=2000000", _cookie(session_id))
+    assert reply.status == 500
+    assert "over the store's limit of 1000000 bytes" in gateway.log_text()
+    assert call(port, "/session/get", cookie=_cookie(session_id)).json()["data"] == {"keep": "me"}
+
+
+def test_value_that_is_not_json_is_a_500_naming_the_key(gateway_port: tuple[Gateway, int]) -> None:
+    gateway, port = gateway_port
+    reply = call(port, "/session/bad")
+    assert reply.status == 500
+    assert reply.set_cookie is None
+    assert "'bad'" in gateway.log_text()
+
+
+def test_memcached_lazy_access(tmp_path: Path, memcached: Memcached) -> None:
+    """A request without a session cookie touches the store not at all."""
+    port = free_port()
+    store = f"memcached://127.0.0.1:{memcached.port}"
+    gateway = Gateway(
+        tmp_path, ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--sessions", store, "tests.apps:app"], env=ENV
+    ).start()
+    try:
+        before = _stats(memcached.port)
+        for _ in range(20):
+            assert call(port, "/hello").status == 200
+            assert call(port, "/session/get", cookie="unrelated=1").status == 200
+        after = _stats(memcached.port)
+        for counter in ("cmd_get", "cmd_set", "cmd_touch"):
+            assert after[counter] == before[counter], counter
+    finally:
+        gateway.stop()
+
+
+def _stats(port: int) -> dict[str, int]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"stats\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            data += sock.recv(65536)
+    stats = {}
+    for line in data.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "STAT" and parts[2].isdigit():
+            stats[parts[1]] = int(parts[2])
+    return stats
+
+
+def test_memcached_stopped_killed_and_restarted_under_load(tmp_path: Path) -> None:
+    """Session requests get 503 within the session timeout; others carry on; all recovers by itself."""
+    server = Memcached(tmp_path / "mc", free_port()).start()
+    port = free_port()
+    gateway = Gateway(
+        tmp_path / "gw",
+        [
+            "--uwsgi",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--sessions",
+            f"memcached://127.0.0.1:{server.port}",
+            "--session-timeout",
+            "1",
+            "tests.apps:app",
+        ],
+        env=ENV,
+    ).start()
+    try:
+        session_id = call(port, "/session/set", "n=1").cookie_id
+        assert session_id is not None
+        with load(port, "/hello", concurrency=2, seconds=12) as background:
+            for outage in ("pause", "kill"):
+                getattr(server, outage)()
+                started = time.monotonic()
+                reply = call(port, "/session/get", cookie=_cookie(session_id))
+                assert reply.status == 503
+                assert time.monotonic() - started < 1 + 1
+                for _ in range(10):  # requests without a session are unaffected meanwhile
+                    started = time.monotonic()
+                    assert call(port, "/hello").status == 200
+                    assert time.monotonic() - started < 0.5
+                if outage == "pause":
+                    server.resume()
+                else:
+                    server.restart()
+                wait_for(
+                    lambda: call(port, "/session/set", "n=2", _cookie(session_id)).status == 200,
+                    10,
+                    f"recovery after memcached {outage}",
+                )
+        assert background.total > 100
+        assert background.failures == 0, (background.statuses, background.errors[:3])
+        # After the restart the memory of memcached is empty: the old id is not adopted, a new session starts.
+        assert call(port, "/session/set", "n=3").status == 200
+        assert "session store unavailable" in gateway.log_text()
+    finally:
+        gateway.stop()
+        server.stop()
+
+
+def test_serialized_sessions_run_one_at_a_time(tmp_path: Path) -> None:
+    port = free_port()
+    gateway = Gateway(
+        tmp_path,
+        ["--uwsgi", f"127.0.0.1:{port}", "--workers", "2", "--session-serialize", "tests.apps:app"],
+        env=ENV,
+    ).start()
+    try:
+        session_id = call(port, "/session/set", "a=1").cookie_id
+        assert session_id is not None
+        started = time.monotonic()
+        threads = [
+            threading.Thread(target=call, args=(port, "/session/set", f"k{i}=v&sleep=0.5", _cookie(session_id)))
+            for i in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert time.monotonic() - started >= 1.0, "the two requests of one session overlapped"
+        data = call(port, "/session/get", cookie=_cookie(session_id)).json()["data"]
+        assert data == {"a": "1", "k0": "v", "k1": "v"}
+    finally:
+        gateway.stop()
+
+
+def test_two_gateways_share_sessions_through_nutcracker(tmp_path: Path) -> None:
+    servers = [Memcached(tmp_path / "mc", free_port()).start() for _ in range(2)]
+    proxy = Nutcracker(tmp_path / "proxy", free_port(), [server.port for server in servers]).start()
+    ports = [free_port(), free_port()]
+    gateways = [
+        Gateway(
+            tmp_path / f"gw{index}",
+            [
+                "--uwsgi",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--sessions",
+                f"memcached://127.0.0.1:{proxy.port}",
+                "tests.apps:app",
+            ],
+            env=ENV,
+        ).start()
+        for index, port in enumerate(ports)
+    ]
+    try:
+        session_ids = []
+        for index in range(8):  # enough sessions that ketama spreads them over both servers
+            session_id = call(ports[0], "/session/set", f"made_by=gw0&n={index}").cookie_id
+            assert session_id is not None
+            reply = call(ports[1], "/session/set", "seen_by=gw1", _cookie(session_id))
+            assert reply.json()["data"] == {"made_by": "gw0", "n": str(index), "seen_by": "gw1"}
+            session_ids.append(session_id)
+        for session_id in session_ids:
+            assert call(ports[0], "/session/get", cookie=_cookie(session_id)).json()["data"]["seen_by"] == "gw1"
+        assert all(_stats(server.port)["curr_items"] > 0 for server in servers), "ketama used both servers"
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        proxy.stop()
+        for server in servers:
+            server.stop()
+
+
+def test_demo_counter_through_nginx(tmp_path: Path) -> None:
+    fcgi, uwsgi = free_port(), free_port()
+    gateway = Gateway(
+        tmp_path, ["--fcgi", f"127.0.0.1:{fcgi}", "--uwsgi", f"127.0.0.1:{uwsgi}", "--workers", "2"], env=ENV
+    ).start()
+    nginx = Nginx(tmp_path, free_port(), f"127.0.0.1:{fcgi}", f"127.0.0.1:{uwsgi}").start()
+    try:
+        first = request(nginx.url, "GET", "/")
+        assert b"<b id=visits>1</b>" in first.body
+        cookie = first.header("Set-Cookie")
+        assert cookie is not None
+        pair = cookie.split(";", 1)[0]
+        for expected, path in ((2, "/"), (3, "/uwsgi/"), (4, "/")):
+            reply = request(nginx.url, "GET", path, headers=[("Cookie", pair)])
+            assert f"<b id=visits>{expected}</b>".encode() in reply.body
+    finally:
+        nginx.stop()
+        gateway.stop()
