@@ -7,10 +7,9 @@ answered on its own; their output records interleave on the one connection in th
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from gateway.front import FrontConnection, FrontContext
-from gateway.request import Request, respond_error
+from gateway.request import Request
 from gateway.spool import RequestBody
 from protocols.errors import RemoteProtocolError
 from protocols.fastcgi import (
@@ -22,8 +21,6 @@ from protocols.fastcgi import (
     RequestHead,
     ServerConnection,
 )
-
-log = logging.getLogger("gateway.fastcgi")
 
 _STATUS_PREFIX = b"Status: "
 
@@ -121,12 +118,7 @@ class FastCGIConnection(FrontConnection):
                 assert isinstance(event, BodyTooLarge)
                 exchange = self.exchanges.get(event.request_id)
                 if exchange is not None:
-                    log.warning(
-                        "fastcgi %s: request body exceeds %d bytes (--max-body-size); answered 413",
-                        self.peer,
-                        event.limit,
-                    )
-                    respond_error(exchange, "413 Content Too Large")
+                    self.body_too_large(exchange, event.limit)
 
     def eof_received(self) -> bool | None:
         try:

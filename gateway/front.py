@@ -18,6 +18,7 @@ from typing import cast
 
 from gateway.config import Config, IPNetwork
 from gateway.dispatch import Dispatcher
+from gateway.request import ResponseSink, respond_error
 from gateway.spool import OutputBuffer, RequestBody
 
 log = logging.getLogger("gateway.front")
@@ -107,6 +108,12 @@ class FrontConnection(asyncio.Protocol):
         """Bad input from the peer: one log line, this connection closed, nothing else touched."""
         log.warning("%s %s: %s; connection closed", self.protocol_name, self.peer, reason)
         self.abort_connection()
+
+    def body_too_large(self, sink: ResponseSink, limit: int) -> None:
+        log.warning(
+            "%s %s: request body exceeds %d bytes (--max-body-size); answered 413", self.protocol_name, self.peer, limit
+        )
+        respond_error(sink, "413 Content Too Large")
 
     def abort_connection(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from gateway.front import FrontConnection, FrontContext
-from gateway.request import Request, respond_error
+from gateway.request import Request
 from gateway.spool import RequestBody
 from protocols.errors import RemoteProtocolError
 from protocols.uwsgi import (
@@ -19,8 +18,6 @@ from protocols.uwsgi import (
     ServerConnection,
     encode_pong,
 )
-
-log = logging.getLogger("gateway.uwsgi")
 
 
 class UwsgiConnection(FrontConnection):
@@ -74,12 +71,7 @@ class UwsgiConnection(FrontConnection):
                 self.finish()
             elif event_type is BodyTooLarge:
                 assert isinstance(event, BodyTooLarge)
-                log.warning(
-                    "uwsgi %s: request body exceeds %d bytes (--max-body-size); answered 413",
-                    self.peer,
-                    event.limit,
-                )
-                respond_error(self, "413 Content Too Large")
+                self.body_too_large(self, event.limit)
 
     def eof_received(self) -> bool | None:
         try:

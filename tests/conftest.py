@@ -1,6 +1,6 @@
 """Fixtures: a real gateway and a real nginx on loopback, each with its own scratch directory.
 
-A missing nginx makes these fixtures fail (never skip): CI must not pass without the real components.
+A missing nginx or memcached makes these fixtures fail (never skip): CI must not pass without the real components.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.devstack import Gateway, Nginx, free_port
+from tests.servers import Memcached
 
 
 @dataclass
@@ -62,3 +63,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         nginx.stop()
         gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Memcached]:
+    """One real memcached for the tests that leave it running; their sessions never collide (random ids)."""
+    server = Memcached(tmp_path_factory.mktemp("memcached"), free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -40,16 +40,6 @@ from tests.servers import Memcached, Nutcracker, _binary
 PREFIX = b"gw:s:"
 
 
-@pytest.fixture(scope="module")
-def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Memcached]:
-    """One memcached shared by the tests that leave it running; sessions never collide (random ids)."""
-    server = Memcached(tmp_path_factory.mktemp("memcached"), free_port()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def fragile_memcached(tmp_path: Path) -> Iterator[Memcached]:
     """A memcached of the test's own, for tests that stop, kill or restart it."""

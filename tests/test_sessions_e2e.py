@@ -75,15 +75,6 @@ def call(port: int, path: str, query: str = "", cookie: str | None = None, *, ht
     return Reply(b"".join(chunks))
 
 
-@pytest.fixture(scope="module")
-def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Memcached]:
-    server = Memcached(tmp_path_factory.mktemp("memcached"), free_port()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module", params=["memory", "memcached"])
 def gateway_port(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, memcached: Memcached
