@@ -132,7 +132,7 @@ class FastCGIConnection(FrontConnection):
         if exchange is None:
             return
         loop = asyncio.get_running_loop()
-        exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", self.peer, loop.time())
+        exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", loop.time())
         self.context.dispatcher.submit(exchange.request)
 
     def _aborted(self, request_id: int) -> None:

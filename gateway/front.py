@@ -64,7 +64,7 @@ class FrontConnection(asyncio.Protocol):
         self.context = context
         self.transport: asyncio.Transport | None = None
         self.output: OutputBuffer | None = None
-        self.peer = context.label
+        self._peer: str | None = None
         self.closed = False
         # Timeout bookkeeping, read by FrontContext.sweep once a second: plain floats, no timer per connection.
         now = context.clock()
@@ -77,11 +77,9 @@ class FrontConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without always subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        peername = transport.get_extra_info("peername")
-        if isinstance(peername, tuple) and peername:
-            host = peername[0]
-            self.peer = f"{host}:{peername[1]}"
-            if self.context.allowed and not _allowed(host, self.context.allowed):
+        if self.context.allowed:
+            peername = transport.get_extra_info("peername")
+            if isinstance(peername, tuple) and peername and not _allowed(peername[0], self.context.allowed):
                 log.warning(
                     "%s %s: peer is not in the allow-list (--allow-from / FCGI_WEB_SERVER_ADDRS); closed",
                     self.protocol_name,
@@ -95,6 +93,16 @@ class FrontConnection(asyncio.Protocol):
         self.context.connections.add(self)
         if self.context.on_count_changed is not None:
             self.context.on_count_changed()
+
+    @property
+    def peer(self) -> str:
+        """HOST:PORT of the other end (the listener for unix sockets); looked up only when a log line needs it."""
+        peer = self._peer
+        if peer is None:
+            peername = self.transport.get_extra_info("peername") if self.transport is not None else None
+            peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) and peername else self.context.label
+            self._peer = peer
+        return peer
 
     def pause_writing(self) -> None:
         if self.output is not None:

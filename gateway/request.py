@@ -57,7 +57,6 @@ class Request:
     body: RequestBody
     sink: ResponseSink
     protocol: str
-    peer: str
     received_at: float
     #: Filled by before-dispatch hooks (sessions), read by after-response hooks; never sent to the worker.
     state: dict[str, Any] = field(default_factory=dict)

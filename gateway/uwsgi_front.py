@@ -64,7 +64,7 @@ class UwsgiConnection(FrontConnection):
                 assert self.params is not None
                 assert self.body is not None
                 loop = asyncio.get_running_loop()
-                self.request = Request(self.params, self.body, self, "uwsgi", self.peer, loop.time())
+                self.request = Request(self.params, self.body, self, "uwsgi", loop.time())
                 self.context.dispatcher.submit(self.request)
             elif event_type is Ping:
                 self.write(encode_pong())

@@ -116,34 +116,41 @@ def encode_pairs(pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
 
 def decode_pairs(data: bytes | bytearray, max_pairs: int) -> list[tuple[str, str]]:
     """Parse a complete name-value pair block; raise RemoteProtocolError on truncation or too many pairs."""
+    # latin-1 maps each byte to one code point, so offsets into the decoded text are offsets into ``data``: one
+    # decode for the whole block, then string slices.
+    text = data.decode("latin-1")
+    unpack_long = _LONG_LENGTH.unpack_from
     pairs: list[tuple[str, str]] = []
     position = 0
     end = len(data)
     while position < end:
         if len(pairs) >= max_pairs:
             raise RemoteProtocolError(f"more than {max_pairs} params (raise --max-params if this is legitimate)")
-        lengths = []
-        for _ in range(2):
-            if position >= end:
-                raise RemoteProtocolError("params block ends inside a name-value length")
-            first = data[position]
-            if first < 0x80:
-                lengths.append(first)
-                position += 1
-            else:
-                if position + 4 > end:
-                    raise RemoteProtocolError("params block ends inside a four-byte name-value length")
-                lengths.append(_LONG_LENGTH.unpack_from(data, position)[0] & ~_LONG_FLAG)
-                position += 4
-        name_length, value_length = lengths
-        if position + name_length + value_length > end:
+        name_length = data[position]
+        if name_length < 0x80:
+            position += 1
+        elif position + 4 <= end:
+            name_length = unpack_long(data, position)[0] & ~_LONG_FLAG
+            position += 4
+        else:
+            raise RemoteProtocolError("params block ends inside a four-byte name-value length")
+        if position >= end:
+            raise RemoteProtocolError("params block ends inside a name-value length")
+        value_length = data[position]
+        if value_length < 0x80:
+            position += 1
+        elif position + 4 <= end:
+            value_length = unpack_long(data, position)[0] & ~_LONG_FLAG
+            position += 4
+        else:
+            raise RemoteProtocolError("params block ends inside a four-byte name-value length")
+        name_end = position + name_length
+        value_end = name_end + value_length
+        if value_end > end:
             raise RemoteProtocolError(
                 f"name-value pair claims {name_length}+{value_length} bytes but the params block has "
                 f"{end - position} left"
             )
-        name = data[position : position + name_length].decode("latin-1")
-        position += name_length
-        value = data[position : position + value_length].decode("latin-1")
-        position += value_length
-        pairs.append((name, value))
+        pairs.append((text[position:name_end], text[name_end:value_end]))
+        position = value_end
     return pairs
