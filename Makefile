@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: run test lint bench system-deps test-deps clean
+.PHONY: run test lint bench bench-slow system-deps test-deps clean
 
 $(STAMP): pyproject.toml
 	@python3 -c 'import venv, ensurepip' 2>/dev/null || { $(APT_GET) update && $(APT_GET) install python3-venv python3-dev; }
@@ -35,6 +35,9 @@ lint: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(PY) -m benchmarks $(ARGS)
+
+bench-slow: $(STAMP) system-deps
+	$(PY) -m benchmarks --slow $(ARGS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,94 @@
+"""The WSGI apps every server in the benchmarks serves, one callable routed by the last path segment.
+
+Standard library only: uWSGI, gunicorn, waitress, flup and fcgisgi import this module from the peers' virtualenv,
+where our project's dependencies are not installed. Routing looks at SCRIPT_NAME + PATH_INFO because the servers
+split the URL differently (nginx's ``fastcgi_params`` sends the whole path as SCRIPT_NAME and no PATH_INFO; flup
+passes that through, our gateway and uWSGI derive PATH_INFO), and at the last segment only, so one nginx
+``location`` prefix per server needs no rewriting.
+
+| segment | what it measures |
+|---|---|
+| ``hello`` | the fixed cost of a request: 12 bytes out |
+| ``64k`` | moving a 64 KiB response |
+| ``upload`` | a request body read fully by the app (the benchmark sends 1 MiB) |
+| ``sleep`` | an app waiting 5 ms on I/O: concurrency, not CPU |
+| ``cpu`` | 2 ms of CPU in the app |
+| ``big?size=N`` | a large streamed response (default 16 MiB) for the slow-reader clients |
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+
+HELLO = b"Hello world\n"
+SIXTY_FOUR_K = b"x" * 65536
+CHUNK = 65536
+SLEEP_SECONDS = 0.005
+CPU_SECONDS = 0.002
+BIG_DEFAULT = 16 << 20
+
+
+def _plain(start_response: StartResponse, body: bytes, status: str = "200 OK") -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _read_all(environ: Environ) -> int:
+    """Read the whole body in 64 KiB reads, as a form parser would; return how many bytes came."""
+    stream = environ["wsgi.input"]
+    left = int(environ.get("CONTENT_LENGTH") or 0)
+    total = 0
+    while left > 0:
+        chunk = stream.read(min(left, CHUNK))
+        if not chunk:
+            break
+        total += len(chunk)
+        left -= len(chunk)
+    return total
+
+
+def _burn(seconds: float) -> int:
+    """Spin until this thread has used ``seconds`` of CPU (thread time, so preemption does not shorten it)."""
+    start = time.thread_time()
+    spins = 0
+    while time.thread_time() - start < seconds:
+        spins += 1
+    return spins
+
+
+def _stream(size: int) -> Iterator[bytes]:
+    block = b"y" * CHUNK
+    sent = 0
+    while sent < size:
+        piece = block[: min(CHUNK, size - sent)]
+        sent += len(piece)
+        yield piece
+
+
+def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    if name == "hello":
+        return _plain(start_response, HELLO)
+    if name == "64k":
+        return _plain(start_response, SIXTY_FOUR_K)
+    if name == "upload":
+        return _plain(start_response, f"{_read_all(environ)}\n".encode())
+    if name == "sleep":
+        time.sleep(SLEEP_SECONDS)
+        return _plain(start_response, HELLO)
+    if name == "cpu":
+        _burn(CPU_SECONDS)
+        return _plain(start_response, HELLO)
+    if name == "big":
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        size = int(query.get("size", [str(BIG_DEFAULT)])[0])
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
+        return _stream(size)
+    return _plain(start_response, f"no route {path!r}\n".encode(), "404 Not Found")

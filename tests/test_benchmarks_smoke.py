@@ -1,0 +1,174 @@
+"""Smoke tests for the benchmarks: the harness end to end at ``--quick`` size, and the slowloris tool against a real
+gateway. Numbers are never judged here (the machine is small and noisy), only that they are produced: a row per
+server with a positive req/s, counts that add up, a gateway that still answers while slow clients hold connections.
+
+wrk and nginx are real dependencies of these tests: a missing one is installed (wrk, with apt-get, as root) or
+fails the test in CI (``CI=true``); only on a developer's machine without them is it a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks import slowloris
+from benchmarks.harness import QUICK_SERVERS, BenchError, ensure_nginx, ensure_wrk
+from gateway.devstack import Gateway, free_port
+from tests.load import uwsgi_get
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench_tools() -> None:
+    try:
+        ensure_wrk()
+        ensure_nginx()
+    except BenchError as err:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must have the benchmark tools: {err}")
+        pytest.skip(str(err))
+
+
+def _run_bench(tmp_path: Path, *args: str, timeout: float) -> tuple[Path, str]:
+    output = tmp_path / "RESULTS.md"
+    command = [sys.executable, "-m", "benchmarks", "--quick", *args, "--output", str(output)]
+    command += ["--work-dir", str(tmp_path / "work")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert output.exists(), log[-4000:]
+    return output, log
+
+
+def _section(text: str, key: str) -> str:
+    match = re.search(rf"<!-- BEGIN {key} .*?-->(.*?)<!-- END {key} -->", text, re.DOTALL)
+    assert match, f"no {key} section in:\n{text}"
+    return match.group(1)
+
+
+def _first_number(row: str, column: int) -> float:
+    cell = row.split("|")[column + 1].strip()
+    return float(cell.split()[0])
+
+
+def _row(section: str, server: str) -> str:
+    rows = [line for line in section.splitlines() if line.startswith(f"| {server} | ")]
+    assert rows, f"no row for {server} in:\n{section}"
+    return rows[0]
+
+
+@pytest.mark.nginx
+@pytest.mark.usefixtures("bench_tools")
+def test_throughput_quick(tmp_path: Path) -> None:
+    output, log = _run_bench(tmp_path, timeout=300)
+    section = _section(output.read_text(), "throughput")
+    for server in QUICK_SERVERS:
+        assert _first_number(_row(section, server), 1) > 0, section
+    assert "machine:" in section and "python -m benchmarks --quick" in section
+    assert "## History" in output.read_text()
+    chart = output.parent / "charts" / "throughput.png"
+    assert chart.read_bytes().startswith(PNG_MAGIC), log[-2000:]
+    assert (output.parent / "data" / "throughput.json").exists()
+    assert "round 1 hello" in log  # progress lines while it runs
+
+
+@pytest.mark.nginx
+@pytest.mark.usefixtures("bench_tools")
+def test_slow_quick(tmp_path: Path) -> None:
+    output, log = _run_bench(tmp_path, "--slow", timeout=300)
+    section = _section(output.read_text(), "slow")
+    summary = section.split("### Summary", 1)[1].split("\n### ", 1)[0]
+    for server in QUICK_SERVERS:
+        row = _row(summary, server)
+        assert _first_number(row, 1) > 0, summary  # unloaded req/s
+        assert row.split("|")[3].strip(), summary  # the http-body share is present
+    memory = _row(section, "fcgi-params")
+    assert _first_number(memory, 1) > 0, section  # connections held for the memory measurement
+    assert (output.parent / "charts" / "slow.png").read_bytes().startswith(PNG_MAGIC), log[-2000:]
+    # The throughput section of the same file is left for its own command.
+    assert "_Not run yet._" in _section(output.read_text(), "throughput")
+
+
+@pytest.fixture(scope="module")
+def uwsgi_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = free_port()
+    gateway = Gateway(
+        tmp_path_factory.mktemp("slowloris"),
+        ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "tests.apps:app"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).start()
+    try:
+        yield port
+    finally:
+        gateway.stop()
+
+
+async def _attack_while_serving(config: slowloris.Config, port: int) -> tuple[slowloris.Summary, int, bytes]:
+    """Run the tool and, once its connections are open, make one normal request beside them."""
+    attack = asyncio.ensure_future(slowloris.run(config))
+    await asyncio.sleep(config.ramp + 0.7)
+    status, _, body = await asyncio.to_thread(uwsgi_get, port, "/hello", "", 10.0)
+    return await attack, status, body
+
+
+@pytest.mark.parametrize(
+    ("mode", "path"),
+    [("uwsgi-vars", "/hello"), ("uwsgi-body", "/echo"), ("slow-reader", "/download?size=8000000")],
+)
+async def test_slowloris_against_gateway(uwsgi_gateway: int, mode: str, path: str) -> None:
+    config = slowloris.Config(
+        mode=mode, port=uwsgi_gateway, connections=40, duration=2.0, interval=0.1, path=path, ramp=0.3,
+        protocol="uwsgi",
+    )  # fmt: skip
+    summary, status, body = await _attack_while_serving(config, uwsgi_gateway)
+    assert (status, body) == (200, b"hello"), "the gateway must keep serving beside the slow connections"
+    assert summary.failed == 0, summary.report()
+    assert summary.peak_open == config.connections, summary.report()
+    assert summary.opened >= config.connections
+    assert summary.open_at_end + summary.closed_by_server + summary.completed >= config.connections
+    assert summary.bytes_sent > 0
+    assert 1.5 < summary.elapsed < 5
+    if mode == "slow-reader":
+        assert summary.bytes_received > 0
+        assert summary.completed == 0  # 8 MB at 16 bytes per 0.1 s cannot finish in 2 s
+
+
+def test_slowloris_cli(uwsgi_gateway: int) -> None:
+    command = [sys.executable, "-m", "benchmarks.slowloris", "--mode", "uwsgi-vars", "--port", str(uwsgi_gateway)]
+    command += ["--connections", "5", "--duration", "1.5", "--interval", "0.2"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "open     5" in result.stdout  # a progress line
+    assert "slowloris summary" in result.stdout and "peak open             5" in result.stdout
+
+
+def test_slowloris_refuses_unowned_remote_targets_and_unbounded_runs() -> None:
+    tool = [sys.executable, "-m", "benchmarks.slowloris", "--mode", "fcgi-params", "--port", "9"]
+    cases = [
+        # 192.0.2.1 is TEST-NET-1: never contacted, the refusal comes before any connection.
+        (["--host", "192.0.2.1", "--duration", "1"], "--i-own-this-target 192.0.2.1"),
+        (["--duration", "1", "--connections", "20001"], "--connections must be 1..20000"),
+        (["--duration", "3601"], "--duration must be in (0, 3600]"),
+        ([], "--duration"),
+    ]
+    for args, message in cases:
+        result = subprocess.run([*tool, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, args
+        assert message in result.stderr, (args, result.stderr)
+
+
+def test_slowloris_helpers() -> None:
+    assert slowloris.is_loopback("127.0.0.2") and slowloris.is_loopback("::1")
+    assert slowloris.is_loopback("::ffff:127.0.0.1") and not slowloris.is_loopback("10.0.0.1")
+    assert list(slowloris.regroup([b"abcde", b"fg"], 3)) == [b"abc", b"def", b"g"]
+    with pytest.raises(ValueError, match="connections"):
+        slowloris.Config(mode="fcgi-params", port=1, connections=0).validate()
