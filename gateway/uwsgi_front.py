@@ -79,10 +79,9 @@ class UwsgiConnection(FrontConnection):
         except RemoteProtocolError as err:
             self.protocol_error(err)
             return None
-        if self.request is None:
-            return None  # closed before sending anything: nothing to answer
-        # The web server half-closed after sending the request; keep our side open for the response.
-        return True
+        # nginx never half-closes a uwsgi connection: end of input means its client went away, so the request is
+        # dropped if it still waits for a worker (cancelled if it runs) instead of occupying one for nobody.
+        return None
 
     def busy(self) -> bool:
         return self.request is not None

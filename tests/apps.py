@@ -95,6 +95,9 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             ],
         )
         return pattern(size)
+    if path == "/grow":
+        _HELD.append(bytearray(int(query["mb"][0]) << 20))  # kept: the worker's resident memory grows
+        return _json(start_response, {"pid": os.getpid()})
     if path.startswith("/session/"):
         return _session_route(environ, start_response, path, query)
     if path == "/status":
@@ -161,6 +164,10 @@ def _fail_after_first() -> Iterator[bytes]:
 
 
 validated_app = validator(app)
+
+
+#: Memory the /grow route holds on to, so a worker's RSS grows across requests.
+_HELD: list[bytearray] = []
 
 
 class _NotJSON:

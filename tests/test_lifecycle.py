@@ -6,6 +6,7 @@ Each test starts its own gateway (uwsgi on a loopback port) and drives it with t
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import signal
@@ -19,6 +20,7 @@ import pytest
 
 from gateway.cli import build_config
 from gateway.devstack import Gateway, free_port
+from protocols.uwsgi import encode_request
 from tests.load import children, load, uwsgi_get, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +98,41 @@ def test_max_requests_recycles_without_a_single_failure(tmp_path: Path) -> None:
         assert result.failures == 0, (result.statuses, result.errors[:3])
         assert gateway.log_text().count("(--max-requests)") >= 2000 // 120 - 1
         wait_for(lambda: len(children(_pid(gateway))) == 2, 10, "the pool at 2 workers")
+    finally:
+        gateway.stop()
+
+
+def test_max_rss_recycles_a_worker_between_requests(tmp_path: Path) -> None:
+    gateway, port = _start(tmp_path, "--workers", "1", "--max-rss", "80")
+    try:
+        first = uwsgi_get(port, "/grow", "mb=100")
+        assert first[0] == 200
+        grown_pid = json.loads(first[2])["pid"]
+        wait_for(lambda: grown_pid not in children(_pid(gateway)), 10, "the grown worker to exit")
+        assert len(children(_pid(gateway))) == 1
+        second = uwsgi_get(port, "/grow", "mb=1")
+        assert json.loads(second[2])["pid"] != grown_pid
+        assert "over --max-rss 80 MiB" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_queued_request_whose_client_left_never_reaches_a_worker(tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    gateway, port = _start(tmp_path, "--workers", "1", "--access-log", str(access))
+    try:
+        with load(port, "/sleep?s=1", concurrency=1, requests=1):
+            time.sleep(0.3)  # the only worker is busy
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(
+                    encode_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/echo", "QUERY_STRING": "tag=dropped"})
+                )
+                time.sleep(0.2)  # queued; now the client goes away
+        assert uwsgi_get(port, "/hello")[2] == b"hello"
+        wait_for(lambda: "/hello" in access.read_text(), 5, "the access log line of /hello")
+        log = access.read_text()
+        assert "/sleep" in log
+        assert "tag=dropped" not in log, "the abandoned request reached a worker"
     finally:
         gateway.stop()
 
