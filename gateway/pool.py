@@ -378,9 +378,10 @@ class WorkerPool:
         message = f"the application {self.config.app!r} could not be loaded (see the worker's error above)"
         if self._startup is not None and not self._startup.done():
             self._startup.set_exception(AppLoadFailed(message))
-        elif worker.generation > 0 and self.in_rotation:
+        elif worker.generation > 0 and any(w.pid in self._ready_pids for w in self.in_rotation):
             log.critical("%s; reload abandoned, the running workers keep serving the previous code", message)
-            self.generation = max(w.generation for w in self.in_rotation)
+            # Back to the newest generation that actually serves, so no more of the old workers are retired.
+            self.generation = max(w.generation for w in self.in_rotation if w.pid in self._ready_pids)
         elif self.fatal is not None and not self.fatal.done() and not self.workers:
             self.fatal.set_result(message)
         else:

@@ -156,6 +156,23 @@ def test_sighup_reload_under_load_fails_nothing_and_serves_new_code(tmp_path: Pa
         gateway.stop()
 
 
+def test_reload_with_code_that_cannot_be_imported_keeps_the_old_workers(tmp_path: Path) -> None:
+    app_dir = tmp_path / "app"
+    _versioned_app(app_dir, "1")
+    gateway, port = _start(tmp_path, "--workers", "2", app="versioned:application", cwd=app_dir)
+    try:
+        (app_dir / "versioned.py").write_text("def application(:\n")  # a syntax error
+        os.kill(_pid(gateway), signal.SIGHUP)
+        wait_for(lambda: "reload abandoned" in gateway.log_text(), 15, "the failed reload to be noticed")
+        with load(port, "/", concurrency=2, requests=200) as result:
+            pass
+        assert result.failures == 0, (result.statuses, result.errors[:3])
+        assert set(result.bodies) == {b"1"}
+        assert len(children(_pid(gateway))) == 2
+    finally:
+        gateway.stop()
+
+
 def test_full_queue_answers_503_at_once(tmp_path: Path) -> None:
     gateway, port = _start(tmp_path, "--workers", "1", "--queue-size", "1")
     try:
