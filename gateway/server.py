@@ -85,6 +85,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
+            session_hook = self._session_hook()
             self.listeners = self._bind()
             if config.access_log:
                 self.access_log = AccessLog(config.access_log, config.access_log_format or DEFAULT_FORMAT)
@@ -99,7 +100,6 @@ class Gateway:
         )
         spool_dir = tempfile.mkdtemp(prefix="gateway-spool-", dir=config.spool_dir)
         pool = WorkerPool(config, access_log=self.access_log)
-        session_hook = self._session_hook()
         dispatcher = Dispatcher(pool, [session_hook] if session_hook is not None else [])
         watcher: asyncio.Task[None] | None = None
         sweeper: asyncio.Task[None] | None = None

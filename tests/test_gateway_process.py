@@ -421,3 +421,18 @@ def test_body_over_max_body_size_is_answered_413(tmp_path: Path) -> None:
         assert gateway.log_text().count("(--max-body-size); answered 413") == 2
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize("store", ["memcached://localhost", "redis://127.0.0.1:6379", "memcached://h:99999"])
+def test_bad_session_store_is_a_clear_error(store: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--uwsgi", f"127.0.0.1:{free_port()}", "--sessions", store],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "memcached://HOST:PORT" in result.stderr
+    assert "Traceback" not in result.stderr
