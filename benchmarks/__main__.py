@@ -4,6 +4,9 @@ Both start every selected server with the same worker count and the same apps be
 the peers into ``benchmarks/.peers-venv`` and wrk (apt-get) when missing, print a line per measurement, and
 rewrite their own section of ``benchmarks/RESULTS.md`` (or ``--output``) plus a PNG chart beside it.
 
+``--curves`` (opt-in) measures how cost grows instead: concurrency, memory against body size, worker count, and
+sessions (``benchmarks.curves``), in its own section after the throughput one.
+
 ``--quick`` is the smoke-test size: our three rows and gunicorn, hello world only (``--slow``: the http-body mode
 with 20 slow connections), one round of 2 s cells at concurrency 8. Explicit options override what it picks.
 """
@@ -16,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import slow, throughput
+from benchmarks import curves, slow, throughput
 from benchmarks.harness import BENCH_DIR, QUICK_SERVERS, SERVERS, WORK_DIR, BenchError, Options, log
 
 MAX_CELL_SECONDS = 3600.0
@@ -45,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         + ", ".join(throughput.SCENARIO_NAMES) + ". Slow modes (--slow --scenarios): " + ", ".join(slow.MODES) + ".",
     )  # fmt: skip
     parser.add_argument("--slow", action="store_true", help="run the slow-client benchmark (make bench-slow)")
+    parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="how cost grows: concurrency, body size (memory), worker count, sessions (~6 min; not in make bench)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke-test size (see above)")
     parser.add_argument("--servers", type=_names, help="comma-separated server names (default: all)")
     parser.add_argument("--scenarios", type=_names, help="comma-separated scenarios, or slow modes with --slow")
@@ -71,7 +79,7 @@ def options_from(argv: Sequence[str]) -> Options:
     args = parser.parse_args(argv)
     quick = args.quick
     options = Options(
-        servers=args.servers or (list(QUICK_SERVERS) if quick else None),
+        servers=args.servers or (list(QUICK_SERVERS) if quick and not args.curves else None),
         scenarios=args.scenarios or (list(throughput.QUICK_SCENARIOS) if quick and not args.slow else None),
         workers=args.workers,
         concurrency=args.concurrency or (8 if quick else 32),
@@ -83,6 +91,7 @@ def options_from(argv: Sequence[str]) -> Options:
         install=args.install,
         quick=quick,
         slow=args.slow,
+        curves=args.curves,
         command=shlex.join(["python", "-m", "benchmarks", *argv]),
         slow_counts=args.slow_counts or ([20] if quick else [50, 1000]),
         slow_interval=args.slow_interval,
@@ -104,7 +113,9 @@ def options_from(argv: Sequence[str]) -> Options:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     options = options_from(arguments)
-    which = slow if options.slow else throughput
+    if options.slow and options.curves:
+        _parser().error("--slow and --curves are separate runs")
+    which = slow if options.slow else curves if options.curves else throughput
     try:
         output = which.run(options)
     except BenchError as err:

@@ -13,7 +13,8 @@ passes that through, our gateway and uWSGI derive PATH_INFO), and at the last se
 | ``upload`` | a request body read fully by the app (the benchmark sends 1 MiB) |
 | ``sleep`` | an app waiting 5 ms on I/O: concurrency, not CPU |
 | ``cpu`` | 2 ms of CPU in the app |
-| ``big?size=N`` | a large streamed response (default 16 MiB) for the slow-reader clients |
+| ``big?size=N`` | a large streamed response (default 16 MiB) for the slow-reader clients and the memory curve |
+| ``session`` | read and write ``environ["gateway.session"]`` (our gateway only; 501 elsewhere) |
 """
 
 from __future__ import annotations
@@ -91,4 +92,11 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         size = int(query.get("size", [str(BIG_DEFAULT)])[0])
         start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
         return _stream(size)
+    if name == "session":
+        session = environ.get("gateway.session")
+        if session is None:
+            return _plain(start_response, b"no gateway.session here\n", "501 Not Implemented")
+        count = int(session.get("count", 0)) + 1
+        session["count"] = count
+        return _plain(start_response, f"{count}\n".encode())
     return _plain(start_response, f"no route {path!r}\n".encode(), "404 Not Found")

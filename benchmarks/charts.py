@@ -78,13 +78,67 @@ def slow(data: dict[str, Any], out: Path) -> None:
     figure.savefig(out, dpi=110)
 
 
+def curves(data: dict[str, Any], out: Path) -> None:
+    """Three panels: req/s against connections, peak RSS against body size, req/s against workers."""
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.5))
+    for server in data["servers"]:
+        points = sorted((p["connections"], p["wrk"]) for p in data["concurrency"] if p["server"] == server)
+        if points:
+            left.plot(
+                [x for x, _ in points],
+                [w["requests"] / (w["seconds"] or 1) for _, w in points],
+                "o-",
+                color=_colour(server),
+                label=server,
+            )
+        points = sorted((p["workers"], p["wrk"]) for p in data["workers"] if p["server"] == server)
+        if points:
+            right.plot(
+                [x for x, _ in points],
+                [w["requests"] / (w["seconds"] or 1) for _, w in points],
+                "o-",
+                color=_colour(server),
+                label=server,
+            )
+        for direction, style in (("upload", "o-"), ("download", "s--")):
+            rows = sorted(
+                (r["size"], r["master_mib"])
+                for r in data["memory"]
+                if r["server"] == server and r["direction"] == direction
+            )
+            if rows:
+                middle.plot(
+                    [size / (1 << 20) for size, _ in rows],
+                    [mib for _, mib in rows],
+                    style,
+                    color=_colour(server),
+                    label=f"{server} {direction}",
+                )
+    left.set_xscale("log")
+    left.set(title="hello world: req/s against connections", xlabel="wrk connections", ylabel="req/s")
+    middle.set_xscale("log")
+    middle.set(title="master peak RSS against body size", xlabel="body MiB", ylabel="MiB")
+    middle.set_ylim(bottom=0)
+    right.set(title="2 ms CPU app: req/s against workers", xlabel="workers", ylabel="req/s")
+    right.set_ylim(bottom=0)
+    for axis in (left, middle, right):
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    figure.suptitle(data.get("title", "How cost grows"), fontsize=11)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
+KINDS = {"throughput": throughput, "slow": slow, "curves": curves}
+
+
 def main(argv: Sequence[str]) -> int:
-    if len(argv) != 3 or argv[0] not in ("throughput", "slow"):
-        print("usage: python -m benchmarks.charts throughput|slow DATA.json OUT.png", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in KINDS:
+        print("usage: python -m benchmarks.charts throughput|slow|curves DATA.json OUT.png", file=sys.stderr)
         return 2
     kind, data_path, out = argv
     data = json.loads(Path(data_path).read_text())
-    (throughput if kind == "throughput" else slow)(data, Path(out))
+    KINDS[kind](data, Path(out))
     return 0
 
 

@@ -72,6 +72,7 @@ class Options:
     slow_counts: list[int]
     slow_interval: float
     memory_connections: int
+    curves: bool = False
 
 
 # -- the servers ------------------------------------------------------------------------------------------------
@@ -260,6 +261,8 @@ class Backend:
     process: subprocess.Popen[bytes] | None = None
     gateway: Gateway | None = None
     restarts: int = 0
+    #: extra command-line options for our gateway (the curves: --sessions, --max-body-size)
+    extra_args: tuple[str, ...] = ()
 
     @property
     def log_path(self) -> Path:
@@ -298,7 +301,7 @@ class Backend:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
         if self.name == "ours":
             args = ["--fcgi", f"127.0.0.1:{self.ports['fcgi']}", "--uwsgi", f"127.0.0.1:{self.ports['uwsgi']}",
-                    "--workers", str(self.workers), APP]  # fmt: skip
+                    "--workers", str(self.workers), *self.extra_args, APP]  # fmt: skip
             self.gateway = Gateway(self.scratch / "ours", args, env=env, cwd=ROOT).start()
             return
         with self.log_path.open("ab") as log_file:
@@ -346,7 +349,9 @@ def _location(spec: ServerSpec, prefix: str, *, buffered: bool) -> str:
     return f"        location {prefix}/{spec.name}/ {{\n            {body}\n        }}"
 
 
-def render_nginx_conf(scratch: Path, port: int, servers: Sequence[tuple[ServerSpec, int]]) -> str:
+def render_nginx_conf(
+    scratch: Path, port: int, servers: Sequence[tuple[ServerSpec, int]], max_body: str = "64m"
+) -> str:
     """One nginx, ``worker_processes 1``, everything under ``scratch``; access logging off (it would be a cost
     shared by all, and disk noise on a small machine); buffers large enough that the 64 KiB response and the 1 MiB
     upload stay in memory rather than in nginx's temp files."""
@@ -372,7 +377,7 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     proxy_temp_path {temp}/proxy;
     scgi_temp_path {temp}/scgi;
-    client_max_body_size 64m;
+    client_max_body_size {max_body};
     client_body_buffer_size 2m;
     fastcgi_buffers 16 16k;
     uwsgi_buffers 16 16k;
@@ -392,6 +397,7 @@ class Nginx:
     port: int
     servers: Sequence[tuple[ServerSpec, int]]
     process: subprocess.Popen[bytes] | None = None
+    max_body: str = "64m"
 
     @property
     def error_log(self) -> Path:
@@ -401,7 +407,7 @@ class Nginx:
         self.scratch.mkdir(parents=True, exist_ok=True)
         (self.scratch / "nginx-temp").mkdir(exist_ok=True)
         conf = self.scratch / "nginx.conf"
-        conf.write_text(render_nginx_conf(self.scratch, self.port, self.servers))
+        conf.write_text(render_nginx_conf(self.scratch, self.port, self.servers, self.max_body))
         with (self.scratch / "nginx-stderr.log").open("ab") as stderr:
             self.process = subprocess.Popen(
                 [find_nginx(), "-p", str(self.scratch), "-c", str(conf), "-e", str(self.error_log)],
@@ -608,6 +614,8 @@ class Stack:
     #: server name -> why it has no results (install failure, start failure).
     unavailable: dict[str, str] = field(default_factory=dict)
     nginx: Nginx | None = None
+    ours_args: tuple[str, ...] = ()
+    max_body: str = "64m"
 
     @property
     def port(self) -> int:
@@ -629,7 +637,8 @@ class Stack:
                 ports = {"fcgi": free_port(), "uwsgi": free_port()} if spec.backend == "ours" else {}
                 if not ports:
                     ports = {spec.protocol: free_port()}
-                backend = Backend(spec.backend, self.scratch, self.workers, ports)
+                extra = self.ours_args if spec.backend == "ours" else ()
+                backend = Backend(spec.backend, self.scratch, self.workers, ports, extra_args=extra)
                 log(f"starting {spec.backend} ({self.workers} workers)")
                 try:
                     backend.start()
@@ -646,7 +655,7 @@ class Stack:
         if not routes:
             reasons = "; ".join(f"{name}: {why}" for name, why in self.unavailable.items())
             raise BenchError(f"no server could be started: {reasons}")
-        self.nginx = Nginx(self.scratch / "nginx", free_port(), routes)
+        self.nginx = Nginx(self.scratch / "nginx", free_port(), routes, max_body=self.max_body)
         try:
             self.nginx.start()
         except StackError as err:
@@ -694,8 +703,16 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(scratch: Path, specs: list[ServerSpec], workers: int, peers: Peers) -> Iterator[Stack]:
-    stack = Stack(scratch, specs, workers, peers)
+def running_stack(
+    scratch: Path,
+    specs: list[ServerSpec],
+    workers: int,
+    peers: Peers,
+    *,
+    ours_args: Sequence[str] = (),
+    max_body: str = "64m",
+) -> Iterator[Stack]:
+    stack = Stack(scratch, specs, workers, peers, ours_args=tuple(ours_args), max_body=max_body)
     try:
         yield stack.start()
     finally:
@@ -749,8 +766,10 @@ def machine_description(wrk: str | None, peers: Peers) -> list[str]:
     return lines
 
 
-SECTION_KEYS = ("throughput", "slow")
-SECTION_TITLES = {"throughput": "Throughput", "slow": "Slow clients"}
+SECTION_KEYS = ("throughput", "curves", "slow")
+SECTION_TITLES = {"throughput": "Throughput", "curves": "Throughput: how cost grows", "slow": "Slow clients"}
+#: A section missing from an existing file goes right after this one (the curves extend the throughput part).
+_SECTION_AFTER = {"curves": "throughput"}
 _TEMPLATE = """# Benchmarks
 
 Produced by `python -m benchmarks` (`make bench`: throughput) and `python -m benchmarks --slow`
@@ -778,6 +797,11 @@ def write_section(path: Path, key: str, text: str) -> None:
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
         if pattern.search(current):
             path.write_text(pattern.sub(lambda _: block, current, count=1))
+            return
+        anchor = _markers(_SECTION_AFTER.get(key, ""))[1]
+        if key in _SECTION_AFTER and anchor in current:
+            head, _, rest = current.partition(anchor)
+            path.write_text(f"{head}{anchor}\n\n{block}{rest}")
             return
         if "\n## History" in current:
             head, _, rest = current.partition("\n## History")

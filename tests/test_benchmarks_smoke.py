@@ -98,6 +98,33 @@ def test_slow_quick(tmp_path: Path) -> None:
     assert "_Not run yet._" in _section(output.read_text(), "throughput")
 
 
+@pytest.mark.nginx
+@pytest.mark.usefixtures("bench_tools")
+def test_curves_quick(tmp_path: Path) -> None:
+    """``--curves --quick``: concurrency 1 and 10, one 1 MiB upload and download, 1 and 2 workers, sessions."""
+    output, log = _run_bench(tmp_path, "--curves", timeout=240)
+    text = output.read_text()
+    section = _section(text, "curves")
+    for heading in ("### Concurrency", "### Memory against body size", "### Workers", "### Sessions"):
+        assert heading in section, section
+    concurrency = section.split("### Concurrency", 1)[1].split("\n### ", 1)[0]
+    for connections in (1, 10):
+        row = [line for line in concurrency.splitlines() if line.startswith(f"| {connections} | ")]
+        assert row and _first_number(row[0], 1) > 0, concurrency  # ours-fcgi-keep's req/s
+    memory = section.split("### Memory", 1)[1].split("\n### ", 1)[0]
+    for direction in ("upload", "download"):
+        rows = [line for line in memory.splitlines() if f"| ours-fcgi-keep | {direction} | 1 MiB | yes |" in line]
+        assert rows, memory
+    workers = section.split("### Workers", 1)[1].split("\n### ", 1)[0]
+    assert "| 1 | " in workers and "| 2 | " in workers, workers
+    sessions = section.split("### Sessions", 1)[1]
+    assert _first_number(_row(sessions, "memory"), 2) > 0, sessions  # req/s with the memory store
+    # The curves extend the throughput part: their section follows it, and the others are left alone.
+    assert text.index("BEGIN throughput") < text.index("BEGIN curves") < text.index("BEGIN slow")
+    assert "_Not run yet._" in _section(text, "throughput")
+    assert (output.parent / "charts" / "curves.png").read_bytes().startswith(PNG_MAGIC), log[-2000:]
+
+
 @pytest.fixture(scope="module")
 def uwsgi_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
