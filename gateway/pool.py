@@ -171,13 +171,17 @@ class Worker:
             request.params.get("REQUEST_METHOD"),
             request.params.get("REQUEST_URI", ""),
         )
+        self.fail(request, "502 Bad Gateway")
+
+    def fail(self, request: Request, status: str) -> None:
+        """End ``request``, which this worker will never finish: ``status`` if its head is not out yet, else cut."""
         if request.sink.client_gone:
             request.release()
         elif self._head_sent:
-            request.sink.abort()
             request.release()
+            request.sink.abort()
         else:
-            self.pool.answer(request, "502 Bad Gateway", worker=self)
+            self.pool.answer(request, status, worker=self)
 
     def rss(self) -> int:
         """Resident memory in bytes, from /proc (0 where unavailable)."""
@@ -504,13 +508,7 @@ class WorkerPool:
             self.config.timeout,
         )
         if request is not None:
-            if request.sink.client_gone:
-                request.release()
-            elif worker._head_sent:
-                request.sink.abort()
-                request.release()
-            else:
-                self.answer(request, "504 Gateway Timeout", worker=worker)
+            worker.fail(request, "504 Gateway Timeout")
         self._retire(worker, "killed after --timeout")
         with contextlib.suppress(ProcessLookupError):
             worker.process.terminate()
