@@ -29,9 +29,11 @@ run: $(STAMP) system-deps
 test: $(STAMP) test-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Tools run as modules of the venv's Python: a console script's shebang may name another interpreter when pip
+# installs it from a prebuilt wheel (seen on these machines), and that interpreter lacks our dependencies.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 bench: $(STAMP) system-deps
 	$(PY) -m benchmarks $(ARGS)
