@@ -6,8 +6,6 @@ answered on its own; their output records interleave on the one connection in th
 
 from __future__ import annotations
 
-import asyncio
-
 from gateway.front import FrontConnection, FrontContext
 from gateway.request import Request
 from gateway.spool import RequestBody
@@ -131,8 +129,7 @@ class FastCGIConnection(FrontConnection):
         exchange = self.exchanges.get(request_id)
         if exchange is None:
             return
-        loop = asyncio.get_running_loop()
-        exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", loop.time())
+        exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", self.context.clock())
         self.context.dispatcher.submit(exchange.request)
 
     def _aborted(self, request_id: int) -> None:

@@ -42,13 +42,17 @@ class FrontContext:
     connections: set[FrontConnection] = field(default_factory=set)
     #: Told when a connection opens or closes, to enforce --max-connections across listeners.
     on_count_changed: Callable[[], None] | None = None
+    # The loop's bound methods, looked up once: asyncio.get_running_loop() costs a getpid() syscall per call.
     clock: Callable[[], float] = field(init=False)
+    call_soon: Callable[..., object] = field(init=False)
 
     def new_body(self) -> RequestBody:
         return RequestBody(self.config.body_spool_threshold, self.spool_dir)
 
     def __post_init__(self) -> None:
-        self.clock = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        self.clock = loop.time
+        self.call_soon = loop.call_soon
 
     def sweep(self, now: float) -> None:
         for connection in list(self.connections):
@@ -89,7 +93,9 @@ class FrontConnection(asyncio.Protocol):
                 transport.abort()
                 return
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
-        self.output = OutputBuffer(transport, self.context.config.response_spool_threshold, self.context.spool_dir)
+        self.output = OutputBuffer(
+            transport, self.context.config.response_spool_threshold, self.context.spool_dir, self.context.call_soon
+        )
         self.context.connections.add(self)
         if self.context.on_count_changed is not None:
             self.context.on_count_changed()

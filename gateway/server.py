@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import grp
 import logging
 import os
@@ -116,6 +117,9 @@ class Gateway:
                 await pool.stop(0)
                 return EXIT_APP_LOAD
             await self._serve(dispatcher, spool_dir)
+            # Everything imported and built so far lives as long as the process: keep the collector from
+            # rescanning it on every full collection while requests churn short-lived objects.
+            gc.freeze()
             sweeper = loop.create_task(self._sweep())
             sizes = (
                 f"{config.workers}"

@@ -11,6 +11,7 @@ import contextlib
 import os
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from typing import IO
 
 #: How much of a spooled response is read back from its file per write to the client.
@@ -92,7 +93,13 @@ class OutputBuffer:
         "transport",
     )
 
-    def __init__(self, transport: asyncio.WriteTransport, memory_limit: int, spool_dir: str | None) -> None:
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        memory_limit: int,
+        spool_dir: str | None,
+        call_soon: Callable[..., object] | None = None,
+    ) -> None:
         self.transport = transport
         self._memory_limit = memory_limit
         self._spool_dir = spool_dir
@@ -104,7 +111,7 @@ class OutputBuffer:
         self._paused = False
         self._close_when_drained = False
         self._batch: list[bytes] | None = None
-        self._call_soon = asyncio.get_running_loop().call_soon
+        self._call_soon = call_soon or asyncio.get_running_loop().call_soon
 
     @property
     def pending(self) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from gateway.front import FrontConnection, FrontContext
 from gateway.request import Request
 from gateway.spool import RequestBody
@@ -63,8 +61,7 @@ class UwsgiConnection(FrontConnection):
             elif event_type is RequestComplete:
                 assert self.params is not None
                 assert self.body is not None
-                loop = asyncio.get_running_loop()
-                self.request = Request(self.params, self.body, self, "uwsgi", loop.time())
+                self.request = Request(self.params, self.body, self, "uwsgi", self.context.clock())
                 self.context.dispatcher.submit(self.request)
             elif event_type is Ping:
                 self.write(encode_pong())

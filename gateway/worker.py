@@ -9,6 +9,7 @@ as soon as the app is done, however slowly the client reads.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -192,6 +193,7 @@ def main(argv: list[str]) -> int:
         log.critical("%s", err)
         log.debug("%s", traceback.format_exc())
         return APP_LOAD_ERROR
+    gc.freeze()  # the app's modules live as long as the worker: never rescan them
     # BrokenPipe/ConnectionReset: the loop went away (it may be shutting down while we started), so nothing is
     # left to answer.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):

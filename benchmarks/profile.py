@@ -1,0 +1,165 @@
+"""``python -m benchmarks.profile``: where our gateway spends its time under load, per process.
+
+Starts our gateway (and nothing else) behind the benchmark's nginx, loads one scenario with wrk, and meanwhile
+samples the event loop's process and one worker with py-spy (installed into our virtualenv when missing). Prints
+req/s, each process's CPU share (from /proc: a process at 100% is the bottleneck) and, per process, the
+functions where samples land (self time) and the ones under which they land (inclusive time). This is how the
+optimisations in RESULTS.md's history were found; run it before and after a change to the hot path.
+
+    python -m benchmarks.profile --server ours-fcgi-keep --scenario hello -d 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.harness import (
+    WORK_DIR,
+    BenchError,
+    Peers,
+    ensure_nginx,
+    ensure_wrk,
+    fresh_scratch,
+    log,
+    run_wrk,
+    select_servers,
+    tree_pids,
+)
+from benchmarks.throughput import select_scenarios
+
+_CLOCK_TICKS = 100  # USER_HZ, as /proc/PID/stat counts
+
+
+def _ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if Path(found).exists():
+        return found
+    log("py-spy is missing: pip install py-spy")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=True, timeout=600)
+    return str(Path(sys.executable).with_name("py-spy"))
+
+
+def _record(py_spy: str, pid: int, seconds: int, output: Path, native: bool) -> subprocess.Popen[bytes]:
+    command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250", "--format",
+               "raw", "--output", str(output)]  # fmt: skip
+    # --native needs the process stopped while it is sampled; Python frames alone can be read on the fly.
+    command.append("--native" if native else "--nonblocking")
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def summarize(collapsed: Path, top: int) -> list[str]:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks ("a;b;c COUNT")."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [frame.split(" (")[0] + " (" + frame.rsplit("/", 1)[-1] if " (" in frame else frame
+                  for frame in stack.split(";")]  # fmt: skip
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return ["  (no samples)"]
+    lines = [f"  {total} samples; self time:"]
+    lines += [f"    {count / total:6.1%}  {frame}" for frame, count in own.most_common(top)]
+    lines.append("  inclusive time:")
+    lines += [f"    {count / total:6.1%}  {frame}" for frame, count in inclusive.most_common(top)]
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default="ours-fcgi-keep", help="one of our rows (default ours-fcgi-keep)")
+    parser.add_argument("--scenario", default="hello", help="a throughput scenario (default hello)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("-c", "--concurrency", type=int, default=32)
+    parser.add_argument("-d", "--duration", type=int, default=10, help="seconds of load (default 10)")
+    parser.add_argument("--top", type=int, default=25, help="functions listed per process")
+    parser.add_argument("--native", action="store_true", help="include C frames (syscalls, uvloop)")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="CPU shares only")
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    args = parser.parse_args(argv)
+    try:
+        (spec,) = select_servers([args.server])
+        (scenario,) = select_scenarios([args.scenario])
+        if spec.backend != "ours":
+            raise BenchError("the profiler samples our gateway's processes; pick one of the ours-* rows")
+        ensure_nginx()
+        wrk = ensure_wrk()
+        py_spy = _py_spy() if args.profile else ""
+        return _run(args, spec, scenario, wrk, py_spy)
+    except BenchError as err:
+        print(f"benchmarks.profile: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str) -> int:  # type: ignore[no-untyped-def]
+    from benchmarks.harness import running_stack  # noqa: PLC0415 - keeps --help fast
+
+    scratch = fresh_scratch(args.work_dir, "profile")
+    with running_stack(scratch, [spec], args.workers, Peers()) as stack:
+        master = stack.backend_for(spec).pid
+        assert master is not None
+        workers = [pid for pid in tree_pids(master) if pid != master]
+        url = f"http://127.0.0.1:{stack.port}/t/{spec.name}{scenario.path}"
+        log(f"profiling {spec.name} / {scenario.name}: master {master}, workers {workers}, {args.duration} s")
+        before = {pid: _ticks(pid) for pid in [master, *workers]}
+        recorders: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        if py_spy:
+            # The first and last second of a wrk run are ramps: sample the steady middle only.
+            seconds = max(args.duration - 2, 1)
+
+            def start_recorders() -> None:
+                time.sleep(1)
+                for role, pid in (("master", master), ("worker", workers[0])):
+                    output = scratch / f"{role}.collapsed"
+                    recorders.append((role, _record(py_spy, pid, seconds, output, args.native), output))
+
+            starter = threading.Thread(target=start_recorders)
+            starter.start()
+        started = time.monotonic()
+        result = run_wrk(wrk, url, connections=args.concurrency, duration=args.duration,
+                         body_bytes=scenario.body_bytes)  # fmt: skip
+        elapsed = time.monotonic() - started
+        after = {pid: _ticks(pid) for pid in before}
+        if py_spy:
+            starter.join()
+            for _, recorder, _ in recorders:
+                recorder.wait(timeout=60)
+    print(f"{spec.name} / {scenario.name}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+          f"p99 {result.p99_ms:.2f} ms, errors {result.error_count}")  # fmt: skip
+    for pid, ticks in before.items():
+        share = (after[pid] - ticks) / _CLOCK_TICKS / elapsed
+        print(f"  CPU {'master' if pid == master else 'worker'} {pid}: {share:.0%} of one core")
+    for role, recorder, output in recorders:
+        print(f"{role}:")
+        if output.exists():
+            print("\n".join(summarize(output, args.top)))
+        else:
+            stderr = recorder.stderr.read().decode(errors="replace") if recorder.stderr else ""
+            print(f"  py-spy failed: {stderr.strip()[-300:]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
