@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import shlex
 import shutil
 import subprocess
 import sys
@@ -98,6 +99,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--native", action="store_true", help="include C frames (syscalls, uvloop)")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="CPU shares only")
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    parser.add_argument(
+        "--gateway-args", default="", help="extra options for our gateway, e.g. '--pipeline 0' (one string)"
+    )
     args = parser.parse_args(argv)
     try:
         (spec,) = select_servers([args.server])
@@ -117,7 +121,8 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str) -> int
     from benchmarks.harness import running_stack  # noqa: PLC0415 - keeps --help fast
 
     scratch = fresh_scratch(args.work_dir, "profile")
-    with running_stack(scratch, [spec], args.workers, Peers()) as stack:
+    extra = shlex.split(args.gateway_args)
+    with running_stack(scratch, [spec], args.workers, Peers(), ours_args=extra) as stack:
         master = stack.backend_for(spec).pid
         assert master is not None
         workers = [pid for pid in tree_pids(master) if pid != master]

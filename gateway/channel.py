@@ -4,7 +4,9 @@ A frame is a 5-byte header (payload length u32 little-endian, kind u8) and its p
 frame whose payload is the environ serialised with orjson followed by the body (or the name of the temporary file
 holding it); responses travel back as a HEAD frame (status line and header block, already encoded, so the loop
 only prefixes ``Status:`` or ``HTTP/1.1``), BODY frames as the app produces them, and END. A worker runs one
-request at a time, so frames need no request id. This module does no I/O: both sides wrap it with their own.
+request at a time and answers in order, so response frames need no request id; the loop may hand a busy worker
+its next request ahead of time (``--pipeline``), and both sides number requests by their order on the channel
+(1, 2, ...), which is what a CANCEL names. This module does no I/O: both sides wrap it with their own.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class Kind(IntEnum):
     """Frame kinds. Loop to worker: REQUEST, CANCEL. Worker to loop: the rest."""
 
     REQUEST = 1
-    CANCEL = 2  # the client went away: stop producing output (checked between chunks)
+    CANCEL = 2  # payload: the request's number; its client went away: skip it, or stop its output between chunks
     READY = 10  # the app is imported; payload is JSON {"pid": ...}
     HEAD = 11  # b"200 OK\r\nName: value\r\n\r\n"
     BODY = 12
@@ -41,6 +43,13 @@ class ChannelError(Exception):
 
 def encode_frame(kind: Kind, payload: bytes = b"") -> bytes:
     return FRAME_HEADER.pack(len(payload), kind) + payload
+
+
+CANCEL_PAYLOAD = struct.Struct("<I")
+
+
+def encode_cancel(number: int) -> bytes:
+    return encode_frame(Kind.CANCEL, CANCEL_PAYLOAD.pack(number))
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,7 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="MIB",
-        help="recycle a worker whose resident memory exceeds this, checked between requests (default: never)",
+        help="recycle a worker whose resident memory exceeds this, checked 4 times a second (default: never)",
+    )
+    life.add_argument(
+        "--pipeline",
+        type=int,
+        default=2,
+        metavar="N",
+        help="while at least as many requests wait as there are workers, hand each worker up to N of them ahead "
+        "of time, so it never waits for the loop between requests (0: off; default: %(default)s)",
     )
     life.add_argument(
         "--queue-size",
@@ -350,6 +358,7 @@ def build_config(argv: Sequence[str] | None = None) -> Config:
         max_requests=args.max_requests,
         max_requests_jitter=args.max_requests_jitter,
         max_rss=args.max_rss,
+        pipeline=args.pipeline,
         queue_size=args.queue_size,
         queue_timeout=args.queue_timeout,
         scale_down_after=args.scale_down_after,

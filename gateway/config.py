@@ -120,6 +120,7 @@ class Config:
     max_requests: int = 0  # recycle a worker after this many requests; 0 = never
     max_requests_jitter: int = 0
     max_rss: int = 0  # MiB; recycle a worker whose resident memory grew beyond it; 0 = never
+    pipeline: int = 2  # requests a busy worker may be handed ahead of time
     queue_size: int = 1024
     queue_timeout: float = 30.0
     scale_down_after: float = 30.0
@@ -168,7 +169,8 @@ class Config:
         for name in ("header_timeout", "body_timeout", "read_timeout", "keepalive_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
-        for name in ("timeout", "queue_timeout", "scale_down_after", "max_requests", "max_requests_jitter", "max_rss"):
+        negatives = ("pipeline", "timeout", "queue_timeout", "scale_down_after", "max_requests", "max_requests_jitter")
+        for name in (*negatives, "max_rss"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
         if not 1 <= self.max_params_size <= MAX_PARAMS_SIZE_CEILING:

@@ -24,7 +24,7 @@ from typing import Any, cast
 import orjson
 
 from gateway.accesslog import AccessLog
-from gateway.channel import ChannelError, FrameDecoder, Kind, WorkerRequest, encode_frame
+from gateway.channel import ChannelError, FrameDecoder, Kind, WorkerRequest, encode_cancel
 from gateway.config import Config
 from gateway.request import Request, respond_error
 from gateway.session_hook import worker_settings
@@ -43,6 +43,9 @@ _MAX_BACKOFF = 5.0
 _STOP_GRACE = 5.0
 
 
+#: --pipeline hands a request ahead of time only to a worker whose running request started this recently: one
+#: that has already run long is the likeliest to run longer.
+_PIPELINE_BEHIND = 0.05
 #: How often the supervisor looks at running requests, the queue and idle workers.
 _TICK = 0.25
 #: After --timeout, a worker gets SIGTERM, then SIGKILL this much later.
@@ -66,16 +69,19 @@ class Worker:
 
     __slots__ = (
         "_head_sent",
+        "_outgoing",
         "busy_since",
         "decoder",
+        "dispatched",
         "generation",
+        "head_answered",
         "idle_since",
         "killed",
         "max_requests",
         "pid",
         "pool",
         "process",
-        "request",
+        "requests",
         "retiring",
         "sent",
         "served",
@@ -96,39 +102,75 @@ class Worker:
         self.state = _State.STARTING
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder()
-        self.request: Request | None = None
+        #: Requests handed to this worker, in order: the first one runs, the others wait in its channel.
+        self.requests: deque[Request] = deque()
+        #: How many requests were ever handed over; the worker numbers them the same way (CANCEL names one).
+        self.dispatched = 0
+        #: The running request was already answered by the pool (--timeout): its late output is dropped.
+        self.head_answered = False
         self._head_sent = False
+        self._outgoing: list[bytes] | None = None
         self.busy_since = 0.0
         self.idle_since = started_at
         self.served = 0
         self.max_requests = pool.draw_max_requests()
         #: Taken out of rotation: its channel is closed once it is idle, and it exits.
         self.retiring = False
-        #: Killed for running past --timeout: its request was already answered.
+        #: Killed for running past --timeout.
         self.killed = False
         self.status = 0
         self.sent = 0
 
+    @property
+    def request(self) -> Request | None:
+        """The request this worker runs now."""
+        return self.requests[0] if self.requests else None
+
     def run(self, request: Request) -> None:
-        assert self.transport is not None
-        self.state = _State.BUSY
-        self.request = request
+        """Hand ``request`` over: it runs at once if the worker is idle, else after those before it."""
+        if not self.requests:
+            self.state = _State.BUSY
+            self._started(self.pool.now())
+        self.requests.append(request)
+        self.served += 1
+        self.dispatched += 1
+        body = request.body.finish()
+        self._send(WorkerRequest(request.params, body, request.body.path, request.protocol, request.session).encode())
+
+    def _started(self, now: float) -> None:
         self._head_sent = False
+        self.head_answered = False
         self.status = 0
         self.sent = 0
-        self.served += 1
-        self.busy_since = self.pool.now()
-        body = request.body.finish()
-        frame = WorkerRequest(request.params, body, request.body.path, request.protocol, request.session).encode()
-        self.transport.write(frame)
+        self.busy_since = now
 
-    def cancel(self) -> None:
-        if self.transport is not None and self.state is _State.BUSY:
-            self.transport.write(encode_frame(Kind.CANCEL))
+    def _send(self, frame: bytes) -> None:
+        # Frames queued in one turn of the loop (requests for a pipelining worker, cancels) leave in one write.
+        outgoing = self._outgoing
+        if outgoing is None:
+            self._outgoing = [frame]
+            self.pool.call_soon(self._flush)
+        else:
+            outgoing.append(frame)
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, None
+        if outgoing and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+
+    def cancel(self, request: Request) -> None:
+        """``request``'s client is gone: the worker stops its output, or skips it if it has not started."""
+        if self.transport is None or self.state is not _State.BUSY:
+            return
+        for position, waiting in enumerate(self.requests):
+            if waiting is request:
+                self._send(encode_cancel(self.dispatched - len(self.requests) + 1 + position))
+                return
 
     def close_channel(self) -> None:
         """EOF on the worker's channel: it finishes what it runs, then exits."""
         if self.transport is not None:
+            self._flush()
             self.transport.close()
 
     def on_frames(self, frames: list[tuple[int, bytes]]) -> None:
@@ -136,21 +178,27 @@ class Worker:
             request = self.request
             if kind == Kind.BODY:
                 self.sent += len(payload)
-                if request is not None and not request.sink.client_gone:
+                if request is not None and not self.head_answered and not request.sink.client_gone:
                     request.sink.send_body(payload)
             elif kind == Kind.HEAD:
                 self._head_sent = True
                 self.status = _status_code(payload)
-                if request is not None and not request.sink.client_gone:
+                if request is not None and not self.head_answered and not request.sink.client_gone:
                     request.sink.send_head(payload)
             elif kind in (Kind.END, Kind.ABORT):
-                self.request = None
-                if self.state is _State.BUSY:
+                answered = self.head_answered
+                if self.requests:
+                    self.requests.popleft()
+                if self.requests:
+                    self._started(self.pool.now())
+                elif self.state is _State.BUSY:
                     self.state = _State.IDLE
-                if request is not None:
+                if request is not None and not answered:
                     self.pool.request_done(self, request, aborted=kind == Kind.ABORT, extras=payload)
                 if self.state is _State.IDLE:
                     self.pool.worker_idle(self)
+                elif self.state is _State.BUSY:
+                    self.pool.worker_has_room(self)
             elif kind == Kind.READY:
                 self.state = _State.IDLE
                 self.pool.worker_ready(self, orjson.loads(payload))
@@ -158,20 +206,28 @@ class Worker:
                 raise ChannelError(f"worker {self.pid} sent an unknown frame kind {kind}")
 
     def lost(self) -> None:
-        """The channel closed: the process died or is exiting. Fail what it was running."""
+        """The channel closed: the process died or is exiting. Fail what it ran; requeue what it never started."""
         if self.state is _State.GONE:
             return
         self.state = _State.GONE
-        request, self.request = self.request, None
-        if request is None:
+        requests = list(self.requests)
+        self.requests.clear()
+        if not requests:
+            return
+        running, waiting = requests[0], requests[1:]
+        if waiting:
+            log.warning("worker %d is gone with %d requests it had not started: they wait for another worker",
+                        self.pid, len(waiting))  # fmt: skip
+            self.pool.requeue(waiting)
+        if self.head_answered:
             return
         log.error(
             "worker %d died while running %s %s",
             self.pid,
-            request.params.get("REQUEST_METHOD"),
-            request.params.get("REQUEST_URI", ""),
+            running.params.get("REQUEST_METHOD"),
+            running.params.get("REQUEST_URI", ""),
         )
-        self.fail(request, "502 Bad Gateway")
+        self.fail(running, "502 Bad Gateway")
 
     def fail(self, request: Request, status: str) -> None:
         """End ``request``, which this worker will never finish: ``status`` if its head is not out yet, else cut."""
@@ -271,6 +327,10 @@ class WorkerPool:
     def now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon(callback)
 
     def draw_max_requests(self) -> int:
         """This worker's request budget: --max-requests plus jitter, so workers do not all recycle at once."""
@@ -484,6 +544,7 @@ class WorkerPool:
             await asyncio.sleep(_TICK)
             now = self.now()
             self._enforce_timeout(now)
+            self._enforce_max_rss()
             self._expire_queue(now)
             self._shrink(now)
 
@@ -496,8 +557,9 @@ class WorkerPool:
                 self._kill_overdue(worker, now - worker.busy_since)
 
     def _kill_overdue(self, worker: Worker, elapsed: float) -> None:
-        request, worker.request = worker.request, None
+        request = worker.request
         worker.killed = True
+        worker.head_answered = True  # requests waiting behind it are requeued once the process is gone
         params = request.params if request is not None else {}
         log.error(
             "worker %d ran %s %s for %.1f s, over --timeout %g s: answered 504, killing and replacing the worker",
@@ -521,6 +583,15 @@ class WorkerPool:
             log.warning("worker %d ignored SIGTERM for %.0f s; sending SIGKILL", worker.pid, _KILL_GRACE)
             with contextlib.suppress(ProcessLookupError):
                 worker.process.kill()
+
+    def _enforce_max_rss(self) -> None:
+        """--max-rss, checked here rather than per request: a pipelining worker may never be idle under load."""
+        max_rss = self.config.max_rss
+        if not max_rss:
+            return
+        for worker in self.in_rotation:
+            if worker.state in (_State.IDLE, _State.BUSY) and (rss := worker.rss()) > max_rss << 20:
+                self._retire(worker, f"resident memory {rss >> 20} MiB over --max-rss {max_rss} MiB")
 
     def _expire_queue(self, now: float) -> None:
         queue = self.queue
@@ -582,36 +653,63 @@ class WorkerPool:
             self._retire(worker, f"served {worker.served} requests (--max-requests)")
 
     def cancel(self, request: Request) -> None:
-        """The client of ``request`` went away: drop it if it still waits, tell its worker if it runs."""
+        """The client of ``request`` went away: drop it if it still waits here, tell its worker if it has it."""
         try:
             self.queue.remove(request)
         except ValueError:
             for worker in self.workers:
-                if worker.request is request:
-                    worker.cancel()
+                if request in worker.requests:
+                    worker.cancel(request)
                     return
         else:
             request.release()
+
+    def requeue(self, requests: list[Request]) -> None:
+        """Requests a dead worker never started go back to the head of the queue, in their order."""
+        self.queue.extendleft(reversed(requests))
+        while self.queue and self.idle:
+            self.worker_idle(self.idle.popleft())
 
     def worker_idle(self, worker: Worker) -> None:
         worker.idle_since = self.now()
         if worker.retiring:
             worker.close_channel()
             return
-        max_rss = self.config.max_rss
-        if max_rss and worker.rss() > max_rss << 20:
-            self._retire(worker, f"resident memory {worker.rss() >> 20} MiB over --max-rss {max_rss} MiB")
-            worker.close_channel()
-            return
+        if not self._feed(worker):
+            self.idle.append(worker)
+
+    def worker_has_room(self, worker: Worker) -> None:
+        """A worker finished one request and runs the next it was handed: top it up from the queue."""
+        if not worker.retiring:
+            self._feed(worker)
+
+    def _feed(self, worker: Worker) -> bool:
+        """Hand ``worker`` the next queued request if it has none; True if it got one.
+
+        With --pipeline, while the queue is at least as deep as the pool (every request in it will wait anyway),
+        a worker also gets up to that many more ahead of time, so it goes from one to the next without waiting
+        for the loop, and the loop writes several requests (and reads several responses) per system call. Never
+        when fewer wait: what a worker holds cannot move to another worker that frees up sooner.
+        """
         queue = self.queue
+        fed = False
         while queue:
+            held = len(worker.requests)
+            if held and (
+                held > self.config.pipeline
+                or len(queue) < len(self.workers)
+                or worker.busy_since < self.now() - _PIPELINE_BEHIND
+            ):
+                break
             request = queue.popleft()
             if request.sink.client_gone:
                 request.release()
                 continue
             self._run(worker, request)
-            return
-        self.idle.append(worker)
+            fed = True
+            if worker.retiring:
+                break
+        return fed
 
     def request_done(self, worker: Worker, request: Request, aborted: bool, extras: bytes) -> None:
         request.body.discard()

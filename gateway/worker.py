@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import setproctitle
 
-from gateway.channel import FRAME_HEADER, Kind, WorkerRequest, encode_frame
+from gateway.channel import CANCEL_PAYLOAD, FRAME_HEADER, Kind, WorkerRequest, encode_frame
 from gateway.log import configure_logging
 from gateway.worker_session import WorkerSession
 from gateway.wsgi import WSGIApp, body_stream, build_environ, run_app
@@ -58,14 +58,20 @@ def load_app(spec: str) -> WSGIApp:
 
 
 class Channel:
-    """The worker's end of the socket pair: blocking reads of requests, batched writes of responses."""
+    """The worker's end of the socket pair: blocking reads of requests, batched writes of responses.
+
+    Requests are numbered in the order they arrive (the loop counts the same way); ``number`` is the one running.
+    A CANCEL names a number: the running request's stops its output, a later one's makes us skip that request
+    when its turn comes (the loop may have handed it to us ahead of time, while we ran another).
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._rbuf = bytearray()
         self._out: list[bytes] = []
         self._out_size = 0
-        self._cancelled = False
+        self.number = 0
+        self._cancelled: set[int] = set()
 
     def read_frame(self) -> tuple[int, bytes] | None:
         """Block until one whole frame is here; None when the loop closed the channel."""
@@ -86,6 +92,61 @@ class Channel:
                 return None
             buffer += chunk
 
+    def next_request(self) -> tuple[int, bytes] | None:
+        """The next request to run as (number, payload), skipping cancelled ones; None when the loop closed."""
+        while True:
+            waited = len(self._rbuf) >= FRAME_HEADER.size  # it was here before we asked: it waited behind another
+            frame = self.read_frame()
+            if frame is None:
+                return None
+            kind, payload = frame
+            if kind == Kind.CANCEL:
+                self._note_cancel(payload)
+                continue
+            if kind != Kind.REQUEST:
+                continue
+            self.number += 1
+            if waited:
+                self._poll_cancels()  # its client may have left while it waited
+            if self._cancelled:
+                if self.number in self._cancelled:
+                    self._cancelled.discard(self.number)
+                    log.debug("request %d skipped: its client left while it waited in this worker", self.number)
+                    self.finish(Kind.END)  # never started: the loop only needs to know it is over
+                    continue
+                self._cancelled = {number for number in self._cancelled if number > self.number}
+            return self.number, payload
+
+    def _note_cancel(self, payload: bytes) -> None:
+        (number,) = CANCEL_PAYLOAD.unpack(payload)
+        if number >= self.number:
+            self._cancelled.add(number)
+
+    def _poll_cancels(self) -> None:
+        """Read what the loop sent meanwhile without blocking, and take the CANCEL frames out of it."""
+        try:
+            chunk = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            chunk = None
+        if chunk == b"":
+            self._cancelled.add(self.number)  # the loop itself is gone
+            return
+        buffer = self._rbuf
+        if chunk:
+            buffer += chunk
+        header_size = FRAME_HEADER.size
+        offset = 0
+        while len(buffer) - offset >= header_size:
+            length, kind = FRAME_HEADER.unpack_from(buffer, offset)
+            end = offset + header_size + length
+            if end > len(buffer):
+                break
+            if kind == Kind.CANCEL:
+                self._note_cancel(bytes(buffer[offset + header_size : end]))
+                del buffer[offset:end]
+            else:
+                offset = end
+
     # ResponseOutput
     def send_head(self, head: bytes) -> None:
         self._queue(encode_frame(Kind.HEAD, head))
@@ -97,29 +158,14 @@ class Channel:
             self.flush()
 
     def cancelled(self) -> bool:
-        """Whether the loop said the client is gone; a non-blocking peek costs one syscall per chunk."""
-        if self._cancelled:
-            return True
-        try:
-            chunk = self.sock.recv(1 << 12, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
-        if not chunk:
-            self._cancelled = True  # the loop itself is gone
-            return True
-        self._rbuf += chunk
-        while len(self._rbuf) >= FRAME_HEADER.size:
-            length, kind = FRAME_HEADER.unpack_from(self._rbuf)
-            if kind != Kind.CANCEL:
-                break
-            del self._rbuf[: FRAME_HEADER.size + length]
-            self._cancelled = True
-        return self._cancelled
+        """Whether the loop said the running request's client is gone; a non-blocking read per call."""
+        if self.number not in self._cancelled:
+            self._poll_cancels()
+        return self.number in self._cancelled
 
     def finish(self, kind: Kind, payload: bytes = b"") -> None:
         self._queue(encode_frame(kind, payload))
         self.flush()
-        self._cancelled = False
 
     def _queue(self, data: bytes) -> None:
         self._out.append(data)
@@ -131,26 +177,16 @@ class Channel:
             self._out.clear()
             self._out_size = 0
 
-    def drop_stale_cancels(self) -> None:
-        """A CANCEL that raced with the end of its request means nothing for the next one."""
-        while len(self._rbuf) >= FRAME_HEADER.size:
-            length, kind = FRAME_HEADER.unpack_from(self._rbuf)
-            if kind != Kind.CANCEL:
-                return
-            del self._rbuf[: FRAME_HEADER.size + length]
-
 
 def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
     script_name: str = settings.get("script_name", "")
     debug: bool = settings.get("debug", False)
     session_settings: dict[str, Any] = settings.get("session", {})
     while True:
-        frame = channel.read_frame()
+        frame = channel.next_request()
         if frame is None:
             return
-        kind, payload = frame
-        if kind != Kind.REQUEST:
-            continue  # a CANCEL for a request that already ended
+        _, payload = frame
         request = WorkerRequest.decode(payload)
         body = body_stream(request.body, request.body_path)
         try:
@@ -172,7 +208,6 @@ def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
             channel.finish(Kind.END, session.end_payload(environ) if session is not None else b"")
         finally:
             body.close()
-        channel.drop_stale_cancels()
 
 
 def main(argv: list[str]) -> int:

@@ -135,6 +135,11 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     if path == "/sleep":
         time.sleep(float(query["s"][0]))
         return _json(start_response, {"pid": os.getpid(), "id": query.get("id", [""])[0]})
+    if path == "/record":
+        # A side effect a test can look for: proof that the app ran (or never ran) this request.
+        with open(query["file"][0], "a") as record:
+            record.write(query["id"][0] + "\n")
+        return _json(start_response, {"pid": os.getpid(), "id": query["id"][0]})
     if path == "/error":
         raise RuntimeError("the app failed on purpose")
     if path == "/error-after":

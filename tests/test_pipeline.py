@@ -1,0 +1,99 @@
+"""--pipeline: requests handed to a busy worker ahead of time, through a real gateway with one worker.
+
+With one worker, every request beyond the running one makes the queue as deep as the pool, so the next ones are
+handed over ahead of time. What must hold: each response still reaches its own request, a request whose client
+leaves while it waits inside the worker never runs, and requests a dying worker held but never started are
+served by its replacement.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.devstack import Gateway, free_port
+from protocols.fastcgi import encode_abort, encode_request
+from tests.load import wait_for
+from tests.test_raw_sockets import FastCGIClient, _params, _split_response
+
+ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[Gateway, int]]:
+    port = free_port()
+    args = ["--fcgi", f"127.0.0.1:{port}", "--workers", "1", "--pipeline", "2", "--log-level", "debug"]
+    gateway = Gateway(tmp_path, [*args, "tests.apps:app"], env=ENV).start()
+    try:
+        yield gateway, port
+    finally:
+        gateway.stop()
+
+
+def _body(client: FastCGIClient, request_id: int) -> tuple[str, dict[str, str]]:
+    head, body = _split_response(bytes(client.stdout[request_id]))
+    return head, json.loads(body)
+
+
+def test_each_response_reaches_its_own_request(gateway: tuple[Gateway, int]) -> None:
+    _, port = gateway
+    client = FastCGIClient(port)
+    try:
+        ids = range(1, 41)
+        client.send(b"".join(encode_request(i, _params("/sleep", f"s=0.005&id={i}"), keep_conn=True) for i in ids))
+        client.wait_ended(set(ids))
+        for i in ids:
+            head, answer = _body(client, i)
+            assert head.startswith("Status: 200"), head
+            assert answer["id"] == str(i)
+    finally:
+        client.close()
+
+
+def test_a_request_whose_client_left_while_it_waited_in_the_worker_never_runs(
+    gateway: tuple[Gateway, int], tmp_path: Path
+) -> None:
+    server, port = gateway
+    record = tmp_path / "ran.txt"
+    client = FastCGIClient(port)
+    try:
+        client.send(encode_request(1, _params("/sleep", "s=0.5&id=1"), keep_conn=True))
+        time.sleep(0.2)  # request 1 runs
+        # Request 2 waits in the queue; when 1 ends, the worker takes 2 and gets 3 and 4 ahead of time.
+        client.send(encode_request(2, _params("/sleep", "s=1&id=2"), keep_conn=True))
+        for i in (3, 4):
+            client.send(encode_request(i, _params("/record", f"file={record}&id={i}"), keep_conn=True))
+        client.wait_ended({1})
+        time.sleep(0.3)  # request 2 runs; 3 and 4 wait inside the worker
+        client.send(encode_abort(3))
+        client.wait_ended({2, 3, 4})
+        assert _body(client, 4)[1]["id"] == "4"
+        assert record.read_text().split() == ["4"], "the aborted request 3 must never reach the app"
+        assert not client.stdout.get(3), "an aborted request gets END_REQUEST and no output"
+        wait_for(lambda: "request 3 skipped" in server.log_text(), 5, "the worker's debug line about the skip")
+    finally:
+        client.close()
+
+
+def test_requests_a_dead_worker_held_are_served_by_its_replacement(gateway: tuple[Gateway, int]) -> None:
+    server, port = gateway
+    client = FastCGIClient(port)
+    try:
+        client.send(encode_request(1, _params("/sleep", "s=0.5&id=1"), keep_conn=True))
+        time.sleep(0.2)
+        client.send(encode_request(2, _params("/crash"), keep_conn=True))
+        for i in (3, 4):
+            client.send(encode_request(i, _params("/sleep", f"s=0&id={i}"), keep_conn=True))
+        client.wait_ended({1, 2, 3, 4})
+        assert _split_response(bytes(client.stdout[2]))[0].startswith("Status: 502")
+        for i in (3, 4):
+            head, answer = _body(client, i)
+            assert head.startswith("Status: 200"), head
+            assert answer["id"] == str(i)
+        assert "with 2 requests it had not started" in server.log_text()
+    finally:
+        client.close()
