@@ -666,6 +666,10 @@ class WorkerPool:
 
     def requeue(self, requests: list[Request]) -> None:
         """Requests a dead worker never started go back to the head of the queue, in their order."""
+        if not self._running:
+            for request in requests:
+                self.answer(request, "503 Service Unavailable", retry_after=True)
+            return
         self.queue.extendleft(reversed(requests))
         while self.queue and self.idle:
             self.worker_idle(self.idle.popleft())
