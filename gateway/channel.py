@@ -57,26 +57,22 @@ class WorkerRequest:
     """What a worker needs to run one request."""
 
     environ: dict[str, str]
-    body: bytes  # the body itself, unless body_path is set
+    body: bytes | bytearray  # the body itself, unless body_path is set
     body_path: str | None
     protocol: str  # "fastcgi" or "uwsgi", for the log only
     #: (id, data) of the session the loop loaded, (None, None) for none; None when sessions are off.
     session: tuple[str | None, dict[str, Any] | None] | None = None
 
-    def encode(self) -> bytes:
+    def encode(self) -> tuple[bytes, bytes | bytearray]:
+        """The frame as (header and metadata, body): a writer sends both without joining, so a large body is
+        never copied to build the frame."""
         meta = orjson.dumps((self.environ, self.body_path, self.protocol, self.session))
         payload_length = _REQUEST_PREFIX.size + len(meta) + len(self.body)
-        return b"".join(
-            (
-                FRAME_HEADER.pack(payload_length, Kind.REQUEST),
-                _REQUEST_PREFIX.pack(len(meta)),
-                meta,
-                self.body,
-            )
-        )
+        prefix = FRAME_HEADER.pack(payload_length, Kind.REQUEST) + _REQUEST_PREFIX.pack(len(meta)) + meta
+        return prefix, self.body
 
     @classmethod
-    def decode(cls, payload: bytes | memoryview) -> WorkerRequest:
+    def decode(cls, payload: bytes | bytearray | memoryview) -> WorkerRequest:
         (meta_length,) = _REQUEST_PREFIX.unpack_from(payload)
         meta_end = _REQUEST_PREFIX.size + meta_length
         environ, body_path, protocol, session = orjson.loads(payload[_REQUEST_PREFIX.size : meta_end])

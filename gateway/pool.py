@@ -109,7 +109,7 @@ class Worker:
         #: The running request was already answered by the pool (--timeout): its late output is dropped.
         self.head_answered = False
         self._head_sent = False
-        self._outgoing: list[bytes] | None = None
+        self._outgoing: list[bytes | bytearray] | None = None
         self.busy_since = 0.0
         self.idle_since = started_at
         self.served = 0
@@ -134,8 +134,12 @@ class Worker:
         self.requests.append(request)
         self.served += 1
         self.dispatched += 1
-        body = request.body.finish()
-        self._send(WorkerRequest(request.params, body, request.body.path, request.protocol, request.session).encode())
+        body = request.body
+        frame = WorkerRequest(request.params, body.finish(), body.path, request.protocol, request.session)
+        prefix, data = frame.encode()
+        self._send(prefix)
+        if data:
+            self._send(data)
 
     def _started(self, now: float) -> None:
         self._head_sent = False
@@ -144,7 +148,7 @@ class Worker:
         self.sent = 0
         self.busy_since = now
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, frame: bytes | bytearray) -> None:
         # Frames queued in one turn of the loop (requests for a pipelining worker, cancels) leave in one write.
         outgoing = self._outgoing
         if outgoing is None:
@@ -156,7 +160,10 @@ class Worker:
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, None
         if outgoing and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+            if len(outgoing) == 1:
+                self.transport.write(outgoing[0])
+            else:
+                self.transport.writelines(outgoing)  # one vectored write, no joined copy
 
     def cancel(self, request: Request) -> None:
         """``request``'s client is gone: the worker stops its output, or skips it if it has not started."""

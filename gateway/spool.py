@@ -49,13 +49,16 @@ class RequestBody:
             file.write(self._buffer)
             self._buffer = bytearray()
 
-    def finish(self) -> bytes:
-        """The body for the worker: its bytes, or b"" with ``path`` naming the file (flushed and closed)."""
+    def finish(self) -> bytes | bytearray:
+        """The body for the worker: its bytes, or b"" with ``path`` naming the file (flushed and closed).
+
+        The buffer itself, not a copy: nothing writes to it any more (``discard`` replaces it).
+        """
         if self._file is not None:
             self._file.close()
             self._file = None
             return b""
-        return bytes(self._buffer)
+        return self._buffer
 
     def discard(self) -> None:
         if self._file is not None:

@@ -278,7 +278,7 @@ def _debug_page(err: BaseException) -> bytes:
     return f"<!doctype html><title>500 {escape(type(err).__name__)}</title><pre>{trace}</pre>".encode()
 
 
-def body_stream(body: bytes, path: str | None) -> IO[bytes]:
+def body_stream(body: bytes | bytearray, path: str | None) -> IO[bytes]:
     if path is not None:
         return open(path, "rb")  # closed by the worker when the request ends
     return io.BytesIO(body)

@@ -77,6 +77,9 @@ class _State(Enum):
 
 def decode_vars(block: bytes | bytearray, max_vars: int) -> list[tuple[str, str]]:
     """Parse a complete vars block; raise RemoteProtocolError on truncation or too many vars."""
+    # latin-1 maps each byte to one code point, so offsets into the decoded text are offsets into ``block``: one
+    # decode for the whole block, then string slices.
+    text = block.decode("latin-1")
     pairs: list[tuple[str, str]] = []
     position = 0
     end = len(block)
@@ -84,19 +87,23 @@ def decode_vars(block: bytes | bytearray, max_vars: int) -> list[tuple[str, str]
     while position < end:
         if len(pairs) >= max_vars:
             raise RemoteProtocolError(f"more than {max_vars} vars (raise --max-params if this is legitimate)")
-        strings = []
-        for what in ("key", "value"):
-            if position + 2 > end:
-                raise RemoteProtocolError(f"vars block ends inside a {what} length")
-            (length,) = unpack_length(block, position)
-            position += 2
-            if position + length > end:
-                raise RemoteProtocolError(
-                    f"a {what} claims {length} bytes but the vars block has {end - position} left"
-                )
-            strings.append(block[position : position + length].decode("latin-1"))
-            position += length
-        pairs.append((strings[0], strings[1]))
+        if position + 2 > end:
+            raise RemoteProtocolError("vars block ends inside a key length")
+        (key_length,) = unpack_length(block, position)
+        key_start = position + 2
+        key_end = key_start + key_length
+        if key_end > end:
+            raise RemoteProtocolError(f"a key claims {key_length} bytes but the vars block has {end - key_start} left")
+        if key_end + 2 > end:
+            raise RemoteProtocolError("vars block ends inside a value length")
+        (value_length,) = unpack_length(block, key_end)
+        value_start = key_end + 2
+        position = value_start + value_length
+        if position > end:
+            raise RemoteProtocolError(
+                f"a value claims {value_length} bytes but the vars block has {end - value_start} left"
+            )
+        pairs.append((text[key_start:key_end], text[value_start:position]))
     return pairs
 
 
