@@ -46,6 +46,8 @@ _STOP_GRACE = 5.0
 #: --pipeline hands a request ahead of time only to a worker whose running request started this recently: one
 #: that has already run long is the likeliest to run longer.
 _PIPELINE_BEHIND = 0.05
+#: Frames for a worker smaller than this together are joined into one buffer; larger ones go out vectored.
+_JOIN_BELOW = 1 << 16
 #: How often the supervisor looks at running requests, the queue and idle workers.
 _TICK = 0.25
 #: After --timeout, a worker gets SIGTERM, then SIGKILL this much later.
@@ -162,8 +164,10 @@ class Worker:
         if outgoing and self.transport is not None and not self.transport.is_closing():
             if len(outgoing) == 1:
                 self.transport.write(outgoing[0])
+            elif sum(map(len, outgoing)) <= _JOIN_BELOW:
+                self.transport.write(b"".join(outgoing))
             else:
-                self.transport.writelines(outgoing)  # one vectored write, no joined copy
+                self.transport.writelines(outgoing)  # one vectored write: a large body is not copied
 
     def cancel(self, request: Request) -> None:
         """``request``'s client is gone: the worker stops its output, or skips it if it has not started."""
@@ -661,14 +665,13 @@ class WorkerPool:
 
     def cancel(self, request: Request) -> None:
         """The client of ``request`` went away: drop it if it still waits here, tell its worker if it has it."""
-        try:
+        # Membership first: deque.remove of a missing item builds an error message with the request's repr.
+        for worker in self.workers:
+            if request in worker.requests:
+                worker.cancel(request)
+                return
+        if request in self.queue:
             self.queue.remove(request)
-        except ValueError:
-            for worker in self.workers:
-                if request in worker.requests:
-                    worker.cancel(request)
-                    return
-        else:
             request.release()
 
     def requeue(self, requests: list[Request]) -> None:

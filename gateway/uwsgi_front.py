@@ -105,9 +105,11 @@ class UwsgiConnection(FrontConnection):
         self.write(data)
 
     def finish(self) -> None:
+        self.request = None  # answered: nothing left to cancel when the connection closes
         if self.output is not None:
             self.output.close_when_drained()
 
     def abort(self) -> None:
         # uwsgi responses end at connection close, so a plain close would look like success: reset instead.
+        self.request = None
         self.reset_connection()
