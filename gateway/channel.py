@@ -89,22 +89,32 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buffer = self._buffer
-        buffer += data
+        # Usually nothing is left over from the last read: frames are cut straight out of ``data`` (one copy per
+        # payload), and only an incomplete tail is kept.
+        source: bytes | bytearray = data
+        if buffer:
+            buffer += data
+            source = buffer
+        view = memoryview(source)
         frames: list[tuple[int, bytes]] = []
         offset = 0
-        available = len(buffer)
+        available = len(source)
         header_size = FRAME_HEADER.size
         while available - offset >= header_size:
-            length, kind = FRAME_HEADER.unpack_from(buffer, offset)
+            length, kind = FRAME_HEADER.unpack_from(source, offset)
             if length > MAX_FRAME:
                 raise ChannelError(f"frame of {length} bytes exceeds the channel maximum")
             end = offset + header_size + length
             if end > available:
                 break
-            frames.append((kind, bytes(buffer[offset + header_size : end])))
+            frames.append((kind, view[offset + header_size : end].tobytes()))
             offset = end
-        if offset:
-            del buffer[:offset]
+        view.release()
+        if source is buffer:
+            if offset:
+                del buffer[:offset]
+        elif offset < available:
+            buffer += memoryview(data)[offset:]
         return frames
 
     @property

@@ -16,6 +16,8 @@ from typing import IO
 
 #: How much of a spooled response is read back from its file per write to the client.
 _DRAIN_CHUNK = 1 << 18
+#: A turn's pieces smaller than this together are joined into one buffer; larger ones are written vectored.
+_JOIN_BELOW = 1 << 16
 
 
 class RequestBody:
@@ -155,7 +157,12 @@ class OutputBuffer:
         self._batch = None
         if self.transport.is_closing():
             return
-        self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        if len(batch) == 1:
+            self.transport.write(batch[0])
+        elif sum(map(len, batch)) < _JOIN_BELOW:
+            self.transport.write(b"".join(batch))
+        else:
+            self.transport.writelines(batch)  # one vectored write: large pieces are not copied into one
 
     def pause_writing(self) -> None:
         self._paused = True
