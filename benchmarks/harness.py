@@ -695,6 +695,29 @@ class Stack:
         self._wait_ready(spec)
         return spec.name not in self.unavailable
 
+    def restart(self, spec: ServerSpec) -> None:
+        """A fresh process for ``spec``'s server (ours serves three rows: all of them restart)."""
+        backend = self.backend_for(spec)
+        try:
+            backend.stop()
+            backend.start()
+        except (StackError, OSError) as err:
+            self.unavailable[spec.name] = f"failed to restart: {str(err).splitlines()[0]}"
+            return
+        self._wait_ready(spec)
+
+    def wait_quiet(self, spec: ServerSpec, *, limit: float = 15.0, window: float = 0.5, idle: float = 0.05) -> None:
+        """Wait (up to ``limit`` s) until nginx and ``spec``'s server use under ``idle`` of a core."""
+        roots = [pid for pid in (self.backend_for(spec).pid, self.nginx.process.pid if self.nginx and
+                                 self.nginx.process else None) if pid is not None]  # fmt: skip
+        deadline = time.monotonic() + limit
+        time.sleep(1.0)
+        while time.monotonic() < deadline:
+            before = sum(cpu_seconds(pid) for pid in roots)
+            time.sleep(window)
+            if sum(cpu_seconds(pid) for pid in roots) - before < idle * window:
+                return
+
     def stop(self) -> None:
         if self.nginx is not None:
             self.nginx.stop()

@@ -284,7 +284,9 @@ def render(
         "nginx's unbuffered location. Slow clients: `benchmarks.slowloris`, one byte (or one read of 16 bytes "
         f"from a 4 KiB receive buffer) every {options.slow_interval:g} s, reconnecting when closed; FastCGI and "
         "uwsgi modes straight to the server's port, HTTP modes through nginx with `*_request_buffering off` and "
-        f"`*_buffering off`. {options.workers} workers everywhere, {options.rounds} round(s) (medians). "
+        f"`*_buffering off`. {options.workers} workers everywhere, {options.rounds} round(s) (medians); in each "
+        "round every server's cells start from a freshly started process, and after each slow cell the harness "
+        "waits until nginx and that server are idle. "
         "**held**: slow connections open (from the client's side: the kernel completes connections into a listen "
         "backlog the server has not accepted from) when the fast clients started; **failed**: slow connection "
         "attempts that were refused or timed out (5 s; each is retried); **closed**: slow connections the server "
@@ -376,6 +378,10 @@ async def _run_cells(stack: Stack, wrk: str, modes: list[str], options: Options)
     for round_number in range(1, options.rounds + 1):
         shift = (round_number - 1) % max(len(plan), 1)
         for spec, names in plan[shift:] + plan[:shift]:
+            # Every server's block starts from a fresh process: a peer stalled by the last round's slow clients
+            # (flup never recovers) must not read as 0 req/s unloaded, nor may one server's leftovers slow the next.
+            if spec.name not in stack.unavailable:
+                await asyncio.to_thread(stack.restart, spec)
             steps: list[tuple[SlowMode | None, int]] = [(None, 0)]
             steps += [(MODES[name], count) for name in names for count in counts_for(name, options.slow_counts)]
             for mode, count in steps:
@@ -390,7 +396,9 @@ async def _run_cells(stack: Stack, wrk: str, modes: list[str], options: Options)
                     f"p99 {cell.wrk.p99_ms:8.2f} ms  errors {cell.wrk.error_count}"
                 )
                 if mode is not None:
-                    await asyncio.sleep(1.0)  # let the server finish closing what the slow clients left
+                    # Let nginx and the server finish with what the slow clients left (nginx may still be pushing
+                    # a slow reader's response into a closed socket) before anything else is measured.
+                    await asyncio.to_thread(stack.wait_quiet, spec)
     return cells
 
 
