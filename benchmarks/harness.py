@@ -172,6 +172,19 @@ def cpu_seconds(root: int) -> float:
     return ticks / _CLK_TCK
 
 
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine spent on anything but idling or waiting for I/O, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / _CLK_TCK
+
+
+def _dirty_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Dirty:"):
+            return int(line.split()[1]) << 10
+    return 0
+
+
 def rss_bytes(pids: Sequence[int]) -> int:
     """Sum of resident set sizes. Forked workers share pages with their master, so this overstates what the
     tree really costs the machine; it is the number ``ps`` and most monitoring show, and the same for every server."""
@@ -706,16 +719,16 @@ class Stack:
             return
         self._wait_ready(spec)
 
-    def wait_quiet(self, spec: ServerSpec, *, limit: float = 15.0, window: float = 0.5, idle: float = 0.05) -> None:
-        """Wait (up to ``limit`` s) until nginx and ``spec``'s server use under ``idle`` of a core."""
-        roots = [pid for pid in (self.backend_for(spec).pid, self.nginx.process.pid if self.nginx and
-                                 self.nginx.process else None) if pid is not None]  # fmt: skip
+    def wait_quiet(self, *, limit: float = 20.0, window: float = 0.5, idle: float = 0.1) -> None:
+        """Wait (up to ``limit`` s) until the whole machine is nearly idle: under ``idle`` of one core busy over
+        a ``window``, and dirty pages written back. Not just nginx and the server: a peer that spooled a slow
+        reader's responses to disk leaves the kernel writing them back, which slowed the next measured row."""
         deadline = time.monotonic() + limit
         time.sleep(1.0)
         while time.monotonic() < deadline:
-            before = sum(cpu_seconds(pid) for pid in roots)
+            before = _busy_seconds()
             time.sleep(window)
-            if sum(cpu_seconds(pid) for pid in roots) - before < idle * window:
+            if _busy_seconds() - before < idle * window and _dirty_bytes() < 64 << 20:
                 return
 
     def stop(self) -> None:

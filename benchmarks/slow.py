@@ -286,7 +286,7 @@ def render(
         "uwsgi modes straight to the server's port, HTTP modes through nginx with `*_request_buffering off` and "
         f"`*_buffering off`. {options.workers} workers everywhere, {options.rounds} round(s) (medians); in each "
         "round every server's cells start from a freshly started process, and after each slow cell the harness "
-        "waits until nginx and that server are idle. "
+        "waits until the machine is idle (under 10% of a core busy, dirty pages written back; at most 20 s). "
         "**held**: slow connections open (from the client's side: the kernel completes connections into a listen "
         "backlog the server has not accepted from) when the fast clients started; **failed**: slow connection "
         "attempts that were refused or timed out (5 s; each is retried); **closed**: slow connections the server "
@@ -396,9 +396,9 @@ async def _run_cells(stack: Stack, wrk: str, modes: list[str], options: Options)
                     f"p99 {cell.wrk.p99_ms:8.2f} ms  errors {cell.wrk.error_count}"
                 )
                 if mode is not None:
-                    # Let nginx and the server finish with what the slow clients left (nginx may still be pushing
-                    # a slow reader's response into a closed socket) before anything else is measured.
-                    await asyncio.to_thread(stack.wait_quiet, spec)
+                    # Let nginx, the server and the kernel finish with what the slow clients left (responses still
+                    # in flight, a peer's spool files being written back) before anything else is measured.
+                    await asyncio.to_thread(stack.wait_quiet)
     return cells
 
 

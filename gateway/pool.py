@@ -700,8 +700,8 @@ class WorkerPool:
     def _feed(self, worker: Worker) -> bool:
         """Hand ``worker`` the next queued request if it has none; True if it got one.
 
-        With --pipeline, while the queue is at least as deep as the pool (every request in it will wait anyway),
-        a worker also gets up to that many more ahead of time, so it goes from one to the next without waiting
+        With --pipeline N, while the queue is at least as deep as the pool (every request in it will wait
+        anyway), a worker also gets up to N more ahead of time, so it goes from one to the next without waiting
         for the loop, and the loop writes several requests (and reads several responses) per system call. Never
         when fewer wait: what a worker holds cannot move to another worker that frees up sooner.
         """

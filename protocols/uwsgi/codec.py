@@ -83,28 +83,25 @@ def decode_vars(block: bytes | bytearray, max_vars: int) -> list[tuple[str, str]
     pairs: list[tuple[str, str]] = []
     position = 0
     end = len(block)
-    unpack_length = _VAR_LENGTH.unpack_from
     while position < end:
         if len(pairs) >= max_vars:
             raise RemoteProtocolError(f"more than {max_vars} vars (raise --max-params if this is legitimate)")
-        if position + 2 > end:
-            raise RemoteProtocolError("vars block ends inside a key length")
-        (key_length,) = unpack_length(block, position)
-        key_start = position + 2
-        key_end = key_start + key_length
-        if key_end > end:
-            raise RemoteProtocolError(f"a key claims {key_length} bytes but the vars block has {end - key_start} left")
-        if key_end + 2 > end:
-            raise RemoteProtocolError("vars block ends inside a value length")
-        (value_length,) = unpack_length(block, key_end)
-        value_start = key_end + 2
-        position = value_start + value_length
-        if position > end:
-            raise RemoteProtocolError(
-                f"a value claims {value_length} bytes but the vars block has {end - value_start} left"
-            )
+        key_start, key_end = _string_span(block, position, end, "key")
+        value_start, position = _string_span(block, key_end, end, "value")
         pairs.append((text[key_start:key_end], text[value_start:position]))
     return pairs
+
+
+def _string_span(block: bytes | bytearray, position: int, end: int, what: str) -> tuple[int, int]:
+    """Where the u16-length-prefixed string at ``position`` lies: (start, stop)."""
+    if position + 2 > end:
+        raise RemoteProtocolError(f"vars block ends inside a {what} length")
+    (length,) = _VAR_LENGTH.unpack_from(block, position)
+    start = position + 2
+    stop = start + length
+    if stop > end:
+        raise RemoteProtocolError(f"a {what} claims {length} bytes but the vars block has {end - start} left")
+    return start, stop
 
 
 class ServerConnection:
