@@ -700,24 +700,21 @@ class Stack:
         if backend.alive():
             return True
         log(f"  {backend.name} died (see {backend.log_path}); restarting it")
-        try:
-            backend.restart()
-        except (StackError, OSError) as err:
-            self.unavailable[spec.name] = f"died and failed to restart: {str(err).splitlines()[0]}"
-            return False
-        self._wait_ready(spec)
-        return spec.name not in self.unavailable
+        backend.restarts += 1
+        return self.restart(spec, failure="died and failed to restart")
 
-    def restart(self, spec: ServerSpec) -> None:
-        """A fresh process for ``spec``'s server (ours serves three rows: all of them restart)."""
+    def restart(self, spec: ServerSpec, failure: str = "failed to restart") -> bool:
+        """A fresh process for ``spec``'s server (ours serves three rows: all of them restart); False, and the
+        row marked unavailable with ``failure``, if it will not come back."""
         backend = self.backend_for(spec)
         try:
             backend.stop()
             backend.start()
         except (StackError, OSError) as err:
-            self.unavailable[spec.name] = f"failed to restart: {str(err).splitlines()[0]}"
-            return
+            self.unavailable[spec.name] = f"{failure}: {str(err).splitlines()[0]}"
+            return False
         self._wait_ready(spec)
+        return spec.name not in self.unavailable
 
     def wait_quiet(self, *, limit: float = 20.0, window: float = 0.5, idle: float = 0.1) -> None:
         """Wait (up to ``limit`` s) until the whole machine is nearly idle: under ``idle`` of one core busy over

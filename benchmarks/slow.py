@@ -166,6 +166,34 @@ async def _wrk(wrk: str, url: str, options: Options) -> WrkResult:
     return parse_wrk(output.decode(errors="replace"))
 
 
+class _Attack:
+    """A slowloris run in the background for the length of an ``async with``; ``open`` is its latest count of
+    open connections, ``summary`` its final report once the block is left."""
+
+    def __init__(self, config: slowloris.Config) -> None:
+        self._config = config
+        self._latest: slowloris.Summary | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Future[slowloris.Summary] | None = None
+        self.summary: slowloris.Summary | None = None
+
+    @property
+    def open(self) -> int:
+        return self._latest.open if self._latest is not None else 0
+
+    def _keep(self, summary: slowloris.Summary) -> None:
+        self._latest = summary
+
+    async def __aenter__(self) -> _Attack:
+        self._task = asyncio.ensure_future(slowloris.run(self._config, stop=self._stop, on_progress=self._keep))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        self.summary = await self._task
+
+
 async def _cell(
     stack: Stack, wrk: str, spec: ServerSpec, mode: SlowMode | None, count: int, options: Options
 ) -> SlowCell:
@@ -173,22 +201,14 @@ async def _cell(
     if mode is None or count == 0:
         return SlowCell(spec.name, "none", 0, await _wrk(wrk, url, options))
     config = _slow_config(stack, spec, mode, count, options)
-    latest: list[slowloris.Summary] = []
-
-    def keep(summary: slowloris.Summary) -> None:
-        latest[:] = [summary]
-
-    stop = asyncio.Event()
-    attack = asyncio.ensure_future(slowloris.run(config, stop=stop, on_progress=keep))
-    try:
+    async with _Attack(config) as attack:
         # Every connection open, and each has trickled (or read) at least once before the fast clients start.
         await asyncio.sleep(config.ramp + SETTLE + options.slow_interval)
-        held = latest[0].open if latest else 0
+        held = attack.open
         result = await _wrk(wrk, url, options)
-        held_end = latest[0].open if latest else 0
-    finally:
-        stop.set()
-        summary = await attack
+        held_end = attack.open
+    summary = attack.summary
+    assert summary is not None
     return SlowCell(
         spec.name,
         mode.name,
@@ -211,23 +231,13 @@ async def _memory(stack: Stack, spec: ServerSpec, mode: SlowMode, count: int, op
     await asyncio.sleep(1.0)
     before = rss_bytes([pid])
     config = _slow_config(stack, spec, mode, count, options)
-    latest: list[slowloris.Summary] = []
-
-    def keep(summary: slowloris.Summary) -> None:
-        latest[:] = [summary]
-
-    stop = asyncio.Event()
-    attack = asyncio.ensure_future(slowloris.run(config, stop=stop, on_progress=keep))
-    try:
+    async with _Attack(config) as attack:
         deadline = time.monotonic() + config.ramp + 15
-        while time.monotonic() < deadline and not (latest and latest[0].open >= count):
+        while time.monotonic() < deadline and attack.open < count:
             await asyncio.sleep(0.25)
         await asyncio.sleep(SETTLE + options.slow_interval)
         after = rss_bytes([pid])
-        held = latest[0].open if latest else 0
-    finally:
-        stop.set()
-        await attack
+        held = attack.open
     return MemoryRow(mode.name, count, held, before, after)
 
 
