@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shlex
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from benchmarks.harness import (
     BenchError,
     Peers,
     ensure_nginx,
+    ensure_peers,
     ensure_wrk,
     fresh_scratch,
     log,
@@ -44,6 +46,23 @@ def _ticks(pid: int) -> int:
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs together, from /proc/stat."""
+    fields = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def _switches(pid: int) -> int:
+    """Context switches so far, voluntary and not: each voluntary one is a sleep and a wake-up."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in lines if "ctxt_switches:" in line)
 
 
 def _py_spy() -> str:
@@ -90,7 +109,11 @@ def summarize(collapsed: Path, top: int) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="ours-fcgi-keep", help="one of our rows (default ours-fcgi-keep)")
+    parser.add_argument(
+        "--server",
+        default="ours-fcgi-keep",
+        help="one of our rows (default ours-fcgi-keep); a peer's row (uwsgi, gunicorn...) with --no-profile",
+    )
     parser.add_argument("--scenario", default="hello", help="a throughput scenario (default hello)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("-c", "--concurrency", type=int, default=32)
@@ -106,29 +129,32 @@ def main(argv: list[str]) -> int:
     try:
         (spec,) = select_servers([args.server])
         (scenario,) = select_scenarios([args.scenario])
-        if spec.backend != "ours":
-            raise BenchError("the profiler samples our gateway's processes; pick one of the ours-* rows")
+        if spec.backend != "ours" and args.profile:
+            raise BenchError("py-spy samples our gateway's processes only; add --no-profile for a peer's numbers")
         ensure_nginx()
         wrk = ensure_wrk()
         py_spy = _py_spy() if args.profile else ""
-        return _run(args, spec, scenario, wrk, py_spy)
+        peers = ensure_peers([spec.package]) if spec.package else Peers()
+        return _run(args, spec, scenario, wrk, py_spy, peers)
     except BenchError as err:
         print(f"benchmarks.profile: {err}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str) -> int:  # type: ignore[no-untyped-def]
+def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers: Peers) -> int:  # type: ignore[no-untyped-def]
     from benchmarks.harness import running_stack  # noqa: PLC0415 - keeps --help fast
 
     scratch = fresh_scratch(args.work_dir, "profile")
     extra = shlex.split(args.gateway_args)
-    with running_stack(scratch, [spec], args.workers, Peers(), ours_args=extra) as stack:
+    with running_stack(scratch, [spec], args.workers, peers, ours_args=extra) as stack:
         master = stack.backend_for(spec).pid
         assert master is not None
         workers = [pid for pid in tree_pids(master) if pid != master]
         url = f"http://127.0.0.1:{stack.port}/t/{spec.name}{scenario.path}"
         log(f"profiling {spec.name} / {scenario.name}: master {master}, workers {workers}, {args.duration} s")
         before = {pid: _ticks(pid) for pid in [master, *workers]}
+        switches_before = {pid: _switches(pid) for pid in before}
+        machine_before = _machine_ticks()
         recorders: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         if py_spy:
             # The first and last second of a wrk run are ramps: sample the steady middle only.
@@ -147,15 +173,22 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str) -> int
                          body_bytes=scenario.body_bytes)  # fmt: skip
         elapsed = time.monotonic() - started
         after = {pid: _ticks(pid) for pid in before}
+        machine_after = _machine_ticks()
+        switches = {pid: _switches(pid) - count for pid, count in switches_before.items()}
         if py_spy:
             starter.join()
             for _, recorder, _ in recorders:
                 recorder.wait(timeout=60)
     print(f"{spec.name} / {scenario.name}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
           f"p99 {result.p99_ms:.2f} ms, errors {result.error_count}")  # fmt: skip
+    busy = machine_after[0] - machine_before[0]
+    total = max(machine_after[1] - machine_before[1], 1)
+    print(f"  machine: {busy / total:.0%} of its {os.cpu_count()} cores busy (everything: nginx, wrk, the gateway)")
     for pid, ticks in before.items():
         share = (after[pid] - ticks) / _CLOCK_TICKS / elapsed
-        print(f"  CPU {'master' if pid == master else 'worker'} {pid}: {share:.0%} of one core")
+        requests = max(result.rps * elapsed, 1)
+        print(f"  CPU {'master' if pid == master else 'child'} {pid}: {share:.0%} of one core, "
+              f"{switches[pid] / requests:.2f} context switches per request")  # fmt: skip
     for role, recorder, output in recorders:
         print(f"{role}:")
         if output.exists():

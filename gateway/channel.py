@@ -3,7 +3,9 @@
 A frame is a 5-byte header (payload length u32 little-endian, kind u8) and its payload. Requests travel as one
 frame whose payload is the environ serialised with orjson followed by the body (or the name of the temporary file
 holding it); responses travel back as a HEAD frame (status line and header block, already encoded, so the loop
-only prefixes ``Status:`` or ``HTTP/1.1``), BODY frames as the app produces them, and END. A worker runs one
+only prefixes ``Status:`` or ``HTTP/1.1``), BODY frames as the app produces them, and END. A response the app
+produced whole (the usual list of one string) travels as one RESPONSE frame instead: head, body and end together,
+so the loop decodes and relays one frame, and frames it for the web server in one record. A worker runs one
 request at a time and answers in order, so response frames need no request id; the loop may hand a busy worker
 its next request ahead of time (``--pipeline``), and both sides number requests by their order on the channel
 (1, 2, ...), which is what a CANCEL names. This module does no I/O: both sides wrap it with their own.
@@ -35,6 +37,11 @@ class Kind(IntEnum):
     BODY = 12
     END = 13  # the response is complete; payload is JSON extras for the loop (empty when none)
     ABORT = 14  # the app failed after its head was sent: the loop must cut the client's response short
+    RESPONSE = 15  # HEAD, BODY and END in one: see encode_response
+
+
+#: A RESPONSE payload starts with the lengths of the END extras and of the head; the body is the rest.
+RESPONSE_PREFIX = struct.Struct("<II")
 
 
 class ChannelError(Exception):
@@ -46,6 +53,26 @@ def encode_frame(kind: Kind, payload: bytes = b"") -> bytes:
 
 
 CANCEL_PAYLOAD = struct.Struct("<I")
+
+
+def encode_response(head: bytes, body: list[bytes], extras: bytes) -> list[bytes]:
+    """A whole response as one RESPONSE frame, in pieces to send joined (the body is never copied here).
+
+    Extras come first so that head and body are contiguous: the loop relays them as one slice.
+    """
+    size = RESPONSE_PREFIX.size + len(extras) + len(head) + sum(map(len, body))
+    return [FRAME_HEADER.pack(size, Kind.RESPONSE) + RESPONSE_PREFIX.pack(len(extras), len(head)) + extras + head,
+            *body]  # fmt: skip
+
+
+def decode_response(payload: bytes) -> tuple[memoryview, int, bytes]:
+    """(head and body as one view, the head's length, END extras) of a RESPONSE payload."""
+    extras_length, head_length = RESPONSE_PREFIX.unpack_from(payload)
+    start = RESPONSE_PREFIX.size + extras_length
+    if start + head_length > len(payload):
+        raise ChannelError(f"RESPONSE frame of {len(payload)} bytes claims a {head_length}-byte head")
+    extras = payload[RESPONSE_PREFIX.size : start] if extras_length else b""
+    return memoryview(payload)[start:], head_length, extras
 
 
 def encode_cancel(number: int) -> bytes:

@@ -48,6 +48,10 @@ class _Exchange:
         connection = self.connection
         connection.write(connection.codec.send_stdout(self.request_id, data))
 
+    def send_response(self, response: bytes | memoryview, head_length: int) -> None:
+        connection = self.connection
+        connection.write(connection.codec.send_stdout(self.request_id, _STATUS_PREFIX + response))
+
     def finish(self) -> None:
         self.connection.end(self, app_status=0)
 

@@ -24,7 +24,7 @@ from typing import Any, cast
 import orjson
 
 from gateway.accesslog import AccessLog
-from gateway.channel import ChannelError, FrameDecoder, Kind, WorkerRequest, encode_cancel
+from gateway.channel import ChannelError, FrameDecoder, Kind, WorkerRequest, decode_response, encode_cancel
 from gateway.config import Config
 from gateway.request import Request, respond_error
 from gateway.session_hook import worker_settings
@@ -187,7 +187,15 @@ class Worker:
     def on_frames(self, frames: list[tuple[int, bytes]]) -> None:
         for kind, payload in frames:
             request = self.request
-            if kind == Kind.BODY:
+            if kind == Kind.RESPONSE:
+                response, head_length, extras = decode_response(payload)
+                self._head_sent = True
+                self.status = _status_code(response[:3].tobytes())
+                self.sent += len(response) - head_length
+                if request is not None and not self.head_answered and not request.sink.client_gone:
+                    request.sink.send_response(response, head_length)
+                self._ended(request, Kind.END, extras)
+            elif kind == Kind.BODY:
                 self.sent += len(payload)
                 if request is not None and not self.head_answered and not request.sink.client_gone:
                     request.sink.send_body(payload)
@@ -197,24 +205,28 @@ class Worker:
                 if request is not None and not self.head_answered and not request.sink.client_gone:
                     request.sink.send_head(payload)
             elif kind in (Kind.END, Kind.ABORT):
-                answered = self.head_answered
-                if self.requests:
-                    self.requests.popleft()
-                if self.requests:
-                    self._started(self.pool.now())
-                elif self.state is _State.BUSY:
-                    self.state = _State.IDLE
-                if request is not None and not answered:
-                    self.pool.request_done(self, request, aborted=kind == Kind.ABORT, extras=payload)
-                if self.state is _State.IDLE:
-                    self.pool.worker_idle(self)
-                elif self.state is _State.BUSY:
-                    self.pool.worker_has_room(self)
+                self._ended(request, kind, payload)
             elif kind == Kind.READY:
                 self.state = _State.IDLE
                 self.pool.worker_ready(self, orjson.loads(payload))
             else:
                 raise ChannelError(f"worker {self.pid} sent an unknown frame kind {kind}")
+
+    def _ended(self, request: Request | None, kind: int, extras: bytes) -> None:
+        """The running request's response is complete (END) or cut short (ABORT): on to the next one."""
+        answered = self.head_answered
+        if self.requests:
+            self.requests.popleft()
+        if self.requests:
+            self._started(self.pool.now())
+        elif self.state is _State.BUSY:
+            self.state = _State.IDLE
+        if request is not None and not answered:
+            self.pool.request_done(self, request, aborted=kind == Kind.ABORT, extras=extras)
+        if self.state is _State.IDLE:
+            self.pool.worker_idle(self)
+        elif self.state is _State.BUSY:
+            self.pool.worker_has_room(self)
 
     def lost(self) -> None:
         """The channel closed: the process died or is exiting. Fail what it ran; requeue what it never started."""

@@ -53,6 +53,22 @@ HANDLED_SIGNALS = (
 )
 
 
+def session_hook_for(config: Config) -> SessionHook | None:
+    """The hook that loads and stores sessions in the loop, or None with ``--sessions off``."""
+    store = open_store(
+        config.sessions,
+        idle_ttl=config.session_ttl,
+        max_age=config.session_max_age or None,
+        timeout=config.session_timeout,
+        prefix=config.session_prefix,
+        pool_size=config.session_pool_size,
+    )
+    if store is None:
+        return None
+    log.info("sessions: %s store (idle %g s)", config.sessions, config.session_ttl)
+    return SessionHook(store, config)
+
+
 def raise_file_limit() -> None:
     """Every connection costs a descriptor: raise the soft limit to the hard one (often 1024 → 524288)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -86,7 +102,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
-            session_hook = self._session_hook()
+            session_hook = session_hook_for(self.config)
             self.listeners = self._bind()
             if config.access_log:
                 self.access_log = AccessLog(config.access_log, config.access_log_format or DEFAULT_FORMAT)
@@ -150,21 +166,6 @@ class Gateway:
                     os.unlink(config.pidfile)
             if session_hook is not None:
                 await session_hook.close()
-
-    def _session_hook(self) -> SessionHook | None:
-        config = self.config
-        store = open_store(
-            config.sessions,
-            idle_ttl=config.session_ttl,
-            max_age=config.session_max_age or None,
-            timeout=config.session_timeout,
-            prefix=config.session_prefix,
-            pool_size=config.session_pool_size,
-        )
-        if store is None:
-            return None
-        log.info("sessions: %s store (idle %g s)", config.sessions, config.session_ttl)
-        return SessionHook(store, config)
 
     def _bind(self) -> list[BoundListener]:
         config = self.config

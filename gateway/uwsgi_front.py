@@ -104,6 +104,9 @@ class UwsgiConnection(FrontConnection):
     def send_body(self, data: bytes) -> None:
         self.write(data)
 
+    def send_response(self, response: bytes | memoryview, head_length: int) -> None:
+        self.write(self.http_version + response)
+
     def finish(self) -> None:
         self.request = None  # answered: nothing left to cancel when the connection closes
         if self.output is not None:

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import setproctitle
 
-from gateway.channel import CANCEL_PAYLOAD, FRAME_HEADER, Kind, WorkerRequest, encode_frame
+from gateway.channel import CANCEL_PAYLOAD, FRAME_HEADER, Kind, WorkerRequest, encode_frame, encode_response
 from gateway.log import configure_logging
 from gateway.worker_session import WorkerSession
 from gateway.wsgi import WSGIApp, body_stream, build_environ, run_app
@@ -70,6 +70,10 @@ class Channel:
         self._rbuf = bytearray()
         self._out: list[bytes] = []
         self._out_size = 0
+        # The head and the body chunks sent after it, held until the response ends (they leave as one RESPONSE
+        # frame) or until something must go out now (a flush, or more than _COALESCE bytes).
+        self._head: bytes | None = None
+        self._held: list[bytes] = []
         self.number = 0
         self._cancelled: set[int] = set()
 
@@ -149,13 +153,34 @@ class Channel:
 
     # ResponseOutput
     def send_head(self, head: bytes) -> None:
-        self._queue(encode_frame(Kind.HEAD, head))
+        self._release_head()
+        self._head = head
 
     def send_body(self, data: bytes, flush: bool) -> None:
+        if self._head is not None:
+            self._held.append(data)
+            self._out_size += len(data)
+            if flush or self._out_size >= _COALESCE:
+                self._release_head()
+                self.flush()
+            return
         self._queue(FRAME_HEADER.pack(len(data), Kind.BODY))
         self._queue(data)
         if flush or self._out_size >= _COALESCE:
             self.flush()
+
+    def _release_head(self) -> None:
+        """The held head and body go out as HEAD and BODY frames: the response continues after them."""
+        head = self._head
+        if head is None:
+            return
+        held, self._held = self._held, []
+        self._head = None
+        self._out_size -= sum(map(len, held))
+        self._queue(encode_frame(Kind.HEAD, head))
+        for data in held:
+            self._queue(FRAME_HEADER.pack(len(data), Kind.BODY))
+            self._queue(data)
 
     def cancelled(self) -> bool:
         """Whether the loop said the running request's client is gone; a non-blocking read per call."""
@@ -164,7 +189,15 @@ class Channel:
         return self.number in self._cancelled
 
     def finish(self, kind: Kind, payload: bytes = b"") -> None:
-        self._queue(encode_frame(kind, payload))
+        if kind == Kind.END and self._head is not None:
+            head, held = self._head, self._held
+            self._head, self._held = None, []
+            self._out_size -= sum(map(len, held))
+            for piece in encode_response(head, held, payload):
+                self._queue(piece)
+        else:
+            self._release_head()
+            self._queue(encode_frame(kind, payload))
         self.flush()
 
     def _queue(self, data: bytes) -> None:
@@ -179,35 +212,42 @@ class Channel:
 
 
 def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
-    script_name: str = settings.get("script_name", "")
-    debug: bool = settings.get("debug", False)
-    session_settings: dict[str, Any] = settings.get("session", {})
     while True:
         frame = channel.next_request()
         if frame is None:
             return
-        _, payload = frame
-        request = WorkerRequest.decode(payload)
-        body = body_stream(request.body, request.body_path)
+        run_request(channel, app, settings, frame[1])
+
+
+def run_request(channel: Channel, app: WSGIApp, settings: dict[str, Any], payload: bytes) -> None:
+    """One REQUEST frame through the app, its response sent on ``channel``."""
+    request = WorkerRequest.decode(payload)
+    body = body_stream(request.body, request.body_path)
+    try:
+        environ = build_environ(request.environ, body, script_name=settings.get("script_name", ""))
+        session = None
+        if request.session is not None:
+            session = WorkerSession(request.session, settings.get("session", {}), environ)
+            environ["gateway.session"] = session.session
         try:
-            environ = build_environ(request.environ, body, script_name=script_name)
-            session = None
-            if request.session is not None:
-                session = WorkerSession(request.session, session_settings, environ)
-                environ["gateway.session"] = session.session
-            try:
-                run_app(app, environ, channel, debug=debug, head_hook=session.head_headers if session else None)
-            except Exception:
-                log.exception(
-                    "%s %s failed after its response had started; the response is cut short",
-                    environ.get("REQUEST_METHOD"),
-                    environ.get("REQUEST_URI", environ.get("PATH_INFO")),
-                )
-                channel.finish(Kind.ABORT)
-                continue
-            channel.finish(Kind.END, session.end_payload(environ) if session is not None else b"")
-        finally:
-            body.close()
+            run_app(
+                app,
+                environ,
+                channel,
+                debug=settings.get("debug", False),
+                head_hook=session.head_headers if session else None,
+            )
+        except Exception:
+            log.exception(
+                "%s %s failed after its response had started; the response is cut short",
+                environ.get("REQUEST_METHOD"),
+                environ.get("REQUEST_URI", environ.get("PATH_INFO")),
+            )
+            channel.finish(Kind.ABORT)
+            return
+        channel.finish(Kind.END, session.end_payload(environ) if session is not None else b"")
+    finally:
+        body.close()
 
 
 def main(argv: list[str]) -> int:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 
-def merge_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+def merge_params(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     """The request's meta-variables as a dict.
 
     nginx passes a header that the client repeated as repeated ``HTTP_*`` variables; RFC 3875 (4.1.18) and
@@ -13,7 +13,10 @@ def merge_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     cookie parsers accept). Any other repeated name is configuration (``fastcgi_param`` given twice): the last
     one wins, as in PHP-FPM.
     """
-    params: dict[str, str] = {}
+    params = dict(pairs)
+    if len(params) == len(pairs):
+        return params  # no name repeated: the usual case, built in C
+    params = {}
     for name, value in pairs:
         previous = params.get(name)
         if previous is not None and name.startswith("HTTP_"):

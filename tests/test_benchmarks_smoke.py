@@ -197,3 +197,19 @@ def test_slowloris_helpers() -> None:
     assert list(slowloris.regroup([b"abcde", b"fg"], 3)) == [b"abc", b"def", b"g"]
     with pytest.raises(ValueError, match="connections"):
         slowloris.Config(mode="fcgi-params", port=1, connections=0).validate()
+
+
+def test_loop_cost_drives_every_mode_and_counts_both_sides() -> None:
+    """The in-process driver answers every request (it raises otherwise) and reports work on both sides."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loop_cost", "--requests", "256", "--repeat", "1", "--opcodes"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^(\S+)\s+loop\s+(\d+) opcodes/request\s+worker\s+(\d+) opcodes/request$", result.stdout, re.M)
+    assert [mode for mode, _, _ in rows] == ["fcgi-keep", "fcgi", "uwsgi"]
+    assert all(int(loop) > 0 and int(worker) > 0 for _, loop, worker in rows)

@@ -1,12 +1,30 @@
-"""The loop-worker framing (gateway.channel), fed whole, byte by byte, in random cuts and with trailing data."""
+"""The loop-worker framing (gateway.channel), fed whole, byte by byte, in random cuts and with trailing data; and
+which frames a worker sends for each kind of response."""
 
 from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.channel import MAX_FRAME, ChannelError, FrameDecoder, Kind, WorkerRequest, encode_cancel, encode_frame
+from gateway.channel import (
+    MAX_FRAME,
+    RESPONSE_PREFIX,
+    ChannelError,
+    FrameDecoder,
+    Kind,
+    WorkerRequest,
+    decode_response,
+    encode_cancel,
+    encode_frame,
+    encode_response,
+)
+from gateway.worker import Channel
+from gateway.wsgi import run_app
 
 FRAMES = [(Kind.HEAD, b"200 OK\r\n\r\n"), (Kind.BODY, b"x" * 70000), (Kind.BODY, b""), (Kind.END, b"")]
 STREAM = b"".join(encode_frame(kind, payload) for kind, payload in FRAMES)
@@ -64,3 +82,83 @@ def test_request_round_trip_and_cancel_numbering() -> None:
     assert kind == Kind.REQUEST
     assert WorkerRequest.decode(payload) == WorkerRequest({"PATH_INFO": "/é"}, b"body", None, "fastcgi", session)
     assert FrameDecoder().feed(encode_cancel(7)) == [(Kind.CANCEL, (7).to_bytes(4, "little"))]
+
+
+@pytest.mark.parametrize("extras", [b"", b'{"session":"stored"}'])
+def test_response_frame_round_trip(extras: bytes) -> None:
+    head = b"200 OK\r\nContent-Length: 4\r\n\r\n"
+    stream = b"".join(encode_response(head, [b"ab", b"cd"], extras)) + encode_frame(Kind.BODY, b"next")
+    (kind, payload), following = FrameDecoder().feed(stream)
+    assert kind == Kind.RESPONSE
+    response, head_length, decoded_extras = decode_response(payload)
+    assert (bytes(response), head_length, decoded_extras) == (head + b"abcd", len(head), extras)
+    assert following == (Kind.BODY, b"next")
+
+
+def test_response_frame_with_a_head_longer_than_itself_is_a_channel_error() -> None:
+    ((_, payload),) = FrameDecoder().feed(b"".join(encode_response(b"200 OK\r\n\r\n", [], b"")))
+    forged = RESPONSE_PREFIX.pack(0, 1000) + payload[RESPONSE_PREFIX.size :]
+    with pytest.raises(ChannelError, match="claims a 1000-byte head"):
+        decode_response(forged)
+
+
+# -- the worker's end: what run_app's output becomes on the wire ---------------------------------------------------
+def _worker_frames(app: Callable[..., Iterable[bytes]], finish: Kind = Kind.END) -> list[tuple[int, bytes]]:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+
+        def worker() -> None:
+            channel = Channel(theirs)
+            channel.number = 1
+            run_app(app, {"REQUEST_URI": "/"}, channel)
+            channel.finish(finish)
+            theirs.shutdown(socket.SHUT_WR)
+
+        # The worker's writes block once the socket buffer is full: read them while it runs, as the loop does.
+        thread = threading.Thread(target=worker)
+        thread.start()
+        decoder = FrameDecoder()
+        frames: list[tuple[int, bytes]] = []
+        while chunk := ours.recv(1 << 20):
+            frames += decoder.feed(chunk)
+        thread.join()
+    return frames
+
+
+def _list_app(body: bytes) -> Callable[..., Iterable[bytes]]:
+    def app(environ: dict[str, object], start_response: Callable[..., object]) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body[: len(body) // 2], body[len(body) // 2 :]]
+
+    return app
+
+
+def test_a_list_response_leaves_the_worker_as_one_response_frame() -> None:
+    ((kind, payload),) = _worker_frames(_list_app(b"hello world"))
+    assert kind == Kind.RESPONSE
+    response, head_length, extras = decode_response(payload)
+    assert bytes(response[:head_length]) == b"200 OK\r\nContent-Length: 11\r\n\r\n"
+    assert bytes(response[head_length:]) == b"hello world"
+    assert extras == b""
+
+
+def test_a_list_response_beyond_the_coalescing_size_streams_as_head_and_body_frames() -> None:
+    body = bytes(range(256)) * 1024  # 256 KiB
+    frames = _worker_frames(_list_app(body))
+    assert [kind for kind, _ in frames] == [Kind.HEAD, Kind.BODY, Kind.BODY, Kind.END]
+    assert b"".join(payload for kind, payload in frames if kind == Kind.BODY) == body
+
+
+def test_a_generator_response_streams_each_chunk_as_it_comes() -> None:
+    def app(environ: dict[str, object], start_response: Callable[..., object]) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"one"
+        yield b"two"
+
+    frames = _worker_frames(app)
+    assert frames == [(Kind.HEAD, b"200 OK\r\n\r\n"), (Kind.BODY, b"one"), (Kind.BODY, b"two"), (Kind.END, b"")]
+
+
+def test_an_abort_after_a_held_head_sends_the_head_and_body_first() -> None:
+    frames = _worker_frames(_list_app(b"partial"), finish=Kind.ABORT)
+    assert [kind for kind, _ in frames] == [Kind.HEAD, Kind.BODY, Kind.BODY, Kind.ABORT]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pytest
 from hypothesis import given, settings
@@ -36,6 +36,7 @@ from protocols.uwsgi import (
     encode_request,
     encode_vars,
 )
+from protocols.uwsgi.codec import _decode_vars_checked
 
 #: modifier1, vars block size (little-endian u16), modifier2.
 HEADER = struct.Struct("<BHB")
@@ -438,3 +439,28 @@ def test_mutated_valid_requests_give_events_or_a_remote_error(flips: list[tuple[
         mutated[index] ^= mask
     chunks = [bytes(mutated[start : start + chunk]) for start in range(0, len(mutated), chunk)]
     assert_only_remote_errors(ServerConnection(Limits(max_body_size=5)), [*chunks, b""])
+
+
+def _outcome(decode: Callable[[bytes, int], list[tuple[str, str]]], block: bytes, limit: int) -> object:
+    try:
+        return decode(block, limit)
+    except RemoteProtocolError as err:
+        return str(err)
+
+
+@given(
+    pairs=st.lists(
+        st.tuples(st.text(alphabet=latin1_text, max_size=300), st.text(alphabet=latin1_text, max_size=300)),
+        max_size=20,
+    ),
+    cut=st.integers(0, 5),
+    garbage=st.binary(max_size=40),
+    limit=st.integers(1, 25),
+)
+def test_the_fast_vars_decoder_agrees_with_the_careful_one(
+    pairs: list[tuple[str, str]], cut: int, garbage: bytes, limit: int
+) -> None:
+    """Same vars, or the same error message, for whole, truncated and garbled blocks and any --max-params."""
+    block = encode_vars(pairs)
+    for candidate in (block, block[: len(block) - cut], block + garbage, garbage):
+        assert _outcome(decode_vars, candidate, limit) == _outcome(_decode_vars_checked, candidate, limit)

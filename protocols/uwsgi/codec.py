@@ -76,9 +76,37 @@ class _State(Enum):
 
 
 def decode_vars(block: bytes | bytearray, max_vars: int) -> list[tuple[str, str]]:
-    """Parse a complete vars block; raise RemoteProtocolError on truncation or too many vars."""
+    """Parse a complete vars block; raise RemoteProtocolError on truncation or too many vars.
+
+    This runs in the event loop for every request, so the loop below checks only what keeps it in bounds, once
+    per pair; a block it cannot parse is parsed again by the careful version, which says what is wrong.
+    """
     # latin-1 maps each byte to one code point, so offsets into the decoded text are offsets into ``block``: one
     # decode for the whole block, then string slices.
+    text = block.decode("latin-1")
+    pairs: list[tuple[str, str]] = []
+    append = pairs.append
+    position = 0
+    end = len(block)
+    while position < end:
+        key_start = position + 2
+        if key_start > end:
+            return _decode_vars_checked(block, max_vars)
+        key_end = key_start + (block[position] | block[position + 1] << 8)
+        value_start = key_end + 2
+        if value_start > end:
+            return _decode_vars_checked(block, max_vars)
+        position = value_start + (block[key_end] | block[key_end + 1] << 8)
+        if position > end:
+            return _decode_vars_checked(block, max_vars)
+        append((text[key_start:key_end], text[value_start:position]))
+    if len(pairs) > max_vars:
+        raise RemoteProtocolError(f"more than {max_vars} vars (raise --max-params if this is legitimate)")
+    return pairs
+
+
+def _decode_vars_checked(block: bytes | bytearray, max_vars: int) -> list[tuple[str, str]]:
+    """decode_vars checking every step, to name what is wrong with a block the fast loop could not parse."""
     text = block.decode("latin-1")
     pairs: list[tuple[str, str]] = []
     position = 0
