@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -40,12 +41,13 @@ from benchmarks.throughput import select_scenarios
 _CLOCK_TICKS = 100  # USER_HZ, as /proc/PID/stat counts
 
 
-def _ticks(pid: int) -> int:
+def _ticks(pid: int) -> tuple[int, int]:
+    """(user, system) CPU ticks of ``pid`` so far."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
     except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime + stime
+        return 0, 0
+    return int(fields[11]), int(fields[12])
 
 
 def _machine_ticks() -> tuple[int, int]:
@@ -54,6 +56,20 @@ def _machine_ticks() -> tuple[int, int]:
     idle = fields[3] + fields[4]  # idle + iowait
     total = sum(fields[:8])  # guest time is already counted in user
     return total - idle, total
+
+
+def _ticks_by_command() -> dict[int, tuple[str, int]]:
+    """Every process's (command name, CPU ticks so far), to see where the rest of the machine goes."""
+    found: dict[int, tuple[str, int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_bytes()
+        except OSError:
+            continue
+        name = raw[raw.index(b"(") + 1 : raw.rindex(b")")].decode(errors="replace").split()[0]
+        fields = raw.rsplit(b")", 1)[1].split()
+        found[int(stat.parent.name)] = (name, int(fields[11]) + int(fields[12]))
+    return found
 
 
 def _switches(pid: int) -> int:
@@ -155,6 +171,7 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
         before = {pid: _ticks(pid) for pid in [master, *workers]}
         switches_before = {pid: _switches(pid) for pid in before}
         machine_before = _machine_ticks()
+        everyone_before = _ticks_by_command()
         recorders: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         if py_spy:
             # The first and last second of a wrk run are ramps: sample the steady middle only.
@@ -169,11 +186,17 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
             starter = threading.Thread(target=start_recorders)
             starter.start()
         started = time.monotonic()
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = run_wrk(wrk, url, connections=args.concurrency, duration=args.duration,
                          body_bytes=scenario.body_bytes)  # fmt: skip
         elapsed = time.monotonic() - started
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wrk_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+            children_before.ru_utime + children_before.ru_stime
+        )
         after = {pid: _ticks(pid) for pid in before}
         machine_after = _machine_ticks()
+        everyone_after = _ticks_by_command()
         switches = {pid: _switches(pid) - count for pid, count in switches_before.items()}
         if py_spy:
             starter.join()
@@ -183,11 +206,21 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
           f"p99 {result.p99_ms:.2f} ms, errors {result.error_count}")  # fmt: skip
     busy = machine_after[0] - machine_before[0]
     total = max(machine_after[1] - machine_before[1], 1)
-    print(f"  machine: {busy / total:.0%} of its {os.cpu_count()} cores busy (everything: nginx, wrk, the gateway)")
-    for pid, ticks in before.items():
-        share = (after[pid] - ticks) / _CLOCK_TICKS / elapsed
+    by_command: collections.Counter[str] = collections.Counter()
+    for pid, (name, ticks) in everyone_after.items():
+        by_command[name] += ticks - everyone_before.get(pid, (name, 0))[1]
+    shares = ", ".join(
+        f"{name} {ticks / _CLOCK_TICKS / elapsed:.0%}" for name, ticks in by_command.most_common(4) if ticks > 0
+    )
+    print(f"  machine: {busy / total:.0%} of its {os.cpu_count()} cores busy; in cores: {shares}, "
+          f"wrk {wrk_cpu / elapsed:.0%}")  # fmt: skip
+    for pid, (user, system) in before.items():
+        user_share = (after[pid][0] - user) / _CLOCK_TICKS / elapsed
+        system_share = (after[pid][1] - system) / _CLOCK_TICKS / elapsed
+        share = user_share + system_share
         requests = max(result.rps * elapsed, 1)
-        print(f"  CPU {'master' if pid == master else 'child'} {pid}: {share:.0%} of one core, "
+        role = "master" if pid == master else "child"
+        print(f"  CPU {role} {pid}: {share:.0%} of one core (user {user_share:.0%}, kernel {system_share:.0%}), "
               f"{switches[pid] / requests:.2f} context switches per request")  # fmt: skip
     for role, recorder, output in recorders:
         print(f"{role}:")
