@@ -12,7 +12,7 @@ import contextlib
 import copy
 import itertools
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -51,7 +51,6 @@ from protocols.fastcgi import (
     encode_stdin,
     record,
 )
-from protocols.fastcgi.records import _decode_pairs_checked
 
 #: The record header as the specification draws it: version, type, request id, content length, padding length.
 HEADER = struct.Struct(">BBHHBx")
@@ -865,26 +864,3 @@ def test_mutated_valid_requests_give_events_or_a_remote_error(flips: list[tuple[
         mutated[index] ^= mask
     chunks = [bytes(mutated[start : start + chunk]) for start in range(0, len(mutated), chunk)]
     assert_only_remote_errors(ServerConnection(), [*chunks, b""])
-
-
-def _outcome(decode: Callable[[bytes, int], list[tuple[str, str]]], block: bytes, limit: int) -> object:
-    try:
-        return decode(block, limit)
-    except RemoteProtocolError as err:
-        return str(err)
-
-
-@CODEC_SETTINGS
-@given(
-    pairs=st.lists(st.tuples(st.text(alphabet=latin1_text, max_size=200), st.text(alphabet=latin1_text)), max_size=20),
-    cut=st.integers(0, 5),
-    garbage=st.binary(max_size=40),
-    limit=st.integers(1, 25),
-)
-def test_the_fast_pair_decoder_agrees_with_the_careful_one(
-    pairs: list[tuple[str, str]], cut: int, garbage: bytes, limit: int
-) -> None:
-    """Same pairs, or the same error message, for whole, truncated and garbled blocks and any --max-params."""
-    block = encode_pairs(pairs)
-    for candidate in (block, block[: len(block) - cut], block + garbage, garbage):
-        assert _outcome(decode_pairs, candidate, limit) == _outcome(_decode_pairs_checked, candidate, limit)

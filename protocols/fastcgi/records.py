@@ -115,56 +115,9 @@ def encode_pairs(pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
 
 
 def decode_pairs(data: bytes | bytearray, max_pairs: int) -> list[tuple[str, str]]:
-    """Parse a complete name-value pair block; raise RemoteProtocolError on truncation or too many pairs.
-
-    This runs in the event loop for every request, so the loop below checks only what keeps it in bounds, once
-    per pair; a block it cannot parse is parsed again by the careful version, which says what is wrong.
-    """
-    try:
-        pairs = _decode_pairs_fast(data)
-    except (IndexError, struct.error):
-        pairs = None
-    if pairs is None:
-        return _decode_pairs_checked(data, max_pairs)
-    if len(pairs) > max_pairs:
-        raise RemoteProtocolError(f"more than {max_pairs} params (raise --max-params if this is legitimate)")
-    return pairs
-
-
-def _decode_pairs_fast(data: bytes | bytearray) -> list[tuple[str, str]] | None:
-    """The pairs of a well-formed block; None (or IndexError, struct.error) when it is not."""
+    """Parse a complete name-value pair block; raise RemoteProtocolError on truncation or too many pairs."""
     # latin-1 maps each byte to one code point, so offsets into the decoded text are offsets into ``data``: one
     # decode for the whole block, then string slices.
-    text = data.decode("latin-1")
-    unpack_long = _LONG_LENGTH.unpack_from
-    pairs: list[tuple[str, str]] = []
-    append = pairs.append
-    position = 0
-    end = len(data)
-    while position < end:
-        name_length = data[position]
-        if name_length < 0x80:
-            position += 1
-        else:
-            name_length = unpack_long(data, position)[0] & ~_LONG_FLAG
-            position += 4
-        value_length = data[position]
-        if value_length < 0x80:
-            position += 1
-        else:
-            value_length = unpack_long(data, position)[0] & ~_LONG_FLAG
-            position += 4
-        name_end = position + name_length
-        value_end = name_end + value_length
-        if value_end > end:
-            return None
-        append((text[position:name_end], text[name_end:value_end]))
-        position = value_end
-    return pairs
-
-
-def _decode_pairs_checked(data: bytes | bytearray, max_pairs: int) -> list[tuple[str, str]]:
-    """decode_pairs checking every step, to name what is wrong with a block the fast loop could not parse."""
     text = data.decode("latin-1")
     unpack_long = _LONG_LENGTH.unpack_from
     pairs: list[tuple[str, str]] = []
