@@ -91,12 +91,8 @@ class WorkerRequest:
     session: tuple[str | None, dict[str, Any] | None] | None = None
 
     def encode(self) -> tuple[bytes, bytes | bytearray]:
-        """The frame as (header and metadata, body): a writer sends both without joining, so a large body is
-        never copied to build the frame."""
-        meta = orjson.dumps((self.environ, self.body_path, self.protocol, self.session))
-        payload_length = _REQUEST_PREFIX.size + len(meta) + len(self.body)
-        prefix = FRAME_HEADER.pack(payload_length, Kind.REQUEST) + _REQUEST_PREFIX.pack(len(meta)) + meta
-        return prefix, self.body
+        """The frame as (header and metadata, body); see encode_request."""
+        return encode_request(self.environ, self.body, self.body_path, self.protocol, self.session)
 
     @classmethod
     def decode(cls, payload: bytes | bytearray | memoryview) -> WorkerRequest:
@@ -104,6 +100,20 @@ class WorkerRequest:
         meta_end = _REQUEST_PREFIX.size + meta_length
         environ, body_path, protocol, session = orjson.loads(payload[_REQUEST_PREFIX.size : meta_end])
         return cls(environ, bytes(payload[meta_end:]), body_path, protocol, tuple(session) if session else None)
+
+
+def encode_request(
+    environ: dict[str, str],
+    body: bytes | bytearray,
+    body_path: str | None,
+    protocol: str,
+    session: tuple[str | None, dict[str, Any] | None] | None,
+) -> tuple[bytes, bytes | bytearray]:
+    """A REQUEST frame as (header and metadata, body): a writer sends both without joining, so a large body is
+    never copied to build the frame. The loop calls this per request without building a WorkerRequest."""
+    meta = orjson.dumps((environ, body_path, protocol, session))
+    prefix = FRAME_HEADER.pack(_REQUEST_PREFIX.size + len(meta) + len(body), Kind.REQUEST)
+    return prefix + _REQUEST_PREFIX.pack(len(meta)) + meta, body
 
 
 class FrameDecoder:

@@ -41,7 +41,12 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, request: Request) -> None:
-        if self.hooks and any([hook.prepare(request) for hook in self.hooks]):  # noqa: C419 - every hook prepares
+        hooks = self.hooks
+        if len(hooks) == 1:
+            must_wait = hooks[0].prepare(request)
+        else:
+            must_wait = bool(hooks) and any([hook.prepare(request) for hook in hooks])  # noqa: C419 - all prepare
+        if must_wait:
             self._spawn(self._before_then_submit(request))
         else:
             self.pool.submit(request)

@@ -71,16 +71,17 @@ class FastCGIConnection(FrontConnection):
 
     def __init__(self, context: FrontContext) -> None:
         super().__init__(context)
-        config = context.config
-        self.codec = ServerConnection(
-            Limits(
+        limits = context.codec_limits
+        if not isinstance(limits, Limits):
+            config = context.config
+            limits = context.codec_limits = Limits(
                 max_params_size=config.max_params_size,
                 max_params=config.max_params,
                 max_body_size=config.max_body_size,
                 max_requests_per_connection=config.max_requests_per_connection,
                 max_connections=config.max_connections,
             )
-        )
+        self.codec = ServerConnection(limits)
         self.exchanges: dict[int, _Exchange] = {}
 
     def write(self, data: bytes) -> None:

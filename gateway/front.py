@@ -42,6 +42,8 @@ class FrontContext:
     connections: set[FrontConnection] = field(default_factory=set)
     #: Told when a connection opens or closes, to enforce --max-connections across listeners.
     on_count_changed: Callable[[], None] | None = None
+    #: The listener's codec limits, built from the config by its first connection and shared by the rest.
+    codec_limits: object = None
     # The loop's bound methods, looked up once: asyncio.get_running_loop() costs a getpid() syscall per call.
     clock: Callable[[], float] = field(init=False)
     call_soon: Callable[..., object] = field(init=False)

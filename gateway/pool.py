@@ -24,7 +24,7 @@ from typing import Any, cast
 import orjson
 
 from gateway.accesslog import AccessLog
-from gateway.channel import ChannelError, FrameDecoder, Kind, WorkerRequest, decode_response, encode_cancel
+from gateway.channel import ChannelError, FrameDecoder, Kind, decode_response, encode_cancel, encode_request
 from gateway.config import Config
 from gateway.request import Request, respond_error
 from gateway.session_hook import worker_settings
@@ -137,8 +137,7 @@ class Worker:
         self.served += 1
         self.dispatched += 1
         body = request.body
-        frame = WorkerRequest(request.params, body.finish(), body.path, request.protocol, request.session)
-        prefix, data = frame.encode()
+        prefix, data = encode_request(request.params, body.finish(), body.path, request.protocol, request.session)
         self._send(prefix)
         if data:
             self._send(data)

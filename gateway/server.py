@@ -238,7 +238,9 @@ class Gateway:
         """--max-connections: stop accepting at the cap (the backlog holds new connections), resume below it."""
         if self._stopping:
             return
-        total = sum(len(context.connections) for context in self.contexts)
+        total = 0
+        for context in self.contexts:  # once per connection opened and closed: no generator
+            total += len(context.connections)
         limit = self.config.max_connections
         if not self._accept_paused and total >= limit:
             self._accept_paused = True

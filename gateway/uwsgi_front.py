@@ -25,14 +25,15 @@ class UwsgiConnection(FrontConnection):
 
     def __init__(self, context: FrontContext) -> None:
         super().__init__(context)
-        config = context.config
-        self.codec = ServerConnection(
-            Limits(
+        limits = context.codec_limits
+        if not isinstance(limits, Limits):
+            config = context.config
+            limits = context.codec_limits = Limits(
                 max_vars_size=config.max_params_size,
                 max_vars=config.max_params,
                 max_body_size=config.max_body_size,
             )
-        )
+        self.codec = ServerConnection(limits)
         self.params: dict[str, str] | None = None
         self.body: RequestBody | None = None
         self.request: Request | None = None

@@ -32,7 +32,7 @@ _RECORD_OVERHEAD = 128
 
 
 class WorkerSession:
-    __slots__ = ("_data", "_decided", "_failed", "_https", "_settings", "issued_id", "loaded_id", "session")
+    __slots__ = ("_data", "_decided", "_failed", "_params", "_settings", "issued_id", "loaded_id", "session")
 
     def __init__(
         self,
@@ -43,7 +43,7 @@ class WorkerSession:
         self.loaded_id, self._data = loaded
         self.session = Session(self.loaded_id, self._data)
         self._settings = settings
-        self._https = request_is_https(params)
+        self._params = params  # for the cookie's Secure flag, looked up only when a cookie is written
         self.issued_id: str | None = None
         self._decided = False
         self._failed = False
@@ -64,11 +64,12 @@ class WorkerSession:
             self._failed = True
             raise
         max_age = int(self._settings["max_age"]) or None
+        https = request_is_https(self._params)
         if changes.regenerate or (session.is_new and changes.set):
             self.issued_id = new_session_id()
-            value = set_cookie_value(self._cookie_settings(), self.issued_id, https=self._https, max_age=max_age)
+            value = set_cookie_value(self._cookie_settings(), self.issued_id, https=https, max_age=max_age)
         elif changes.invalidate and self.loaded_id is not None:
-            value = delete_cookie_value(self._cookie_settings(), https=self._https)
+            value = delete_cookie_value(self._cookie_settings(), https=https)
         else:
             return b""
         return f"Set-Cookie: {value}\r\n".encode("latin-1")

@@ -181,6 +181,8 @@ class Session(MutableMapping[str, Any]):
         """Whether the app set, deleted, regenerated, invalidated or mutated anything in place."""
         if self._assigned or self._deleted or self._regenerate or self._invalidated:
             return True
+        if not self._snapshots:
+            return False
         return any(self._changed_in_place(key, snapshot) for key, snapshot in self._snapshots.items())
 
     def changes(self) -> SessionChanges:
