@@ -14,6 +14,7 @@ its next request ahead of time (``--pipeline``), and both sides number requests 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -90,9 +91,10 @@ class WorkerRequest:
     #: (id, data) of the session the loop loaded, (None, None) for none; None when sessions are off.
     session: tuple[str | None, dict[str, Any] | None] | None = None
 
-    def encode(self) -> tuple[bytes, bytes | bytearray]:
-        """The frame as (header and metadata, body); see encode_request."""
-        return encode_request(self.environ, self.body, self.body_path, self.protocol, self.session)
+    def encode(self) -> list[bytes | bytearray]:
+        """The frame's pieces; see encode_request."""
+        return encode_request(self.environ, [self.body] if self.body else [], self.body_path, self.protocol,
+                              self.session)  # fmt: skip
 
     @classmethod
     def decode(cls, payload: bytes | bytearray | memoryview) -> WorkerRequest:
@@ -104,16 +106,17 @@ class WorkerRequest:
 
 def encode_request(
     environ: dict[str, str],
-    body: bytes | bytearray,
+    body: Sequence[bytes | bytearray],
     body_path: str | None,
     protocol: str,
     session: tuple[str | None, dict[str, Any] | None] | None,
-) -> tuple[bytes, bytes | bytearray]:
-    """A REQUEST frame as (header and metadata, body): a writer sends both without joining, so a large body is
-    never copied to build the frame. The loop calls this per request without building a WorkerRequest."""
+) -> list[bytes | bytearray]:
+    """A REQUEST frame as pieces to write in order: the header and metadata, then the body's chunks as they
+    arrived (a writer sends them vectored, so the body is never copied to build the frame). The loop calls this
+    per request without building a WorkerRequest."""
     meta = orjson.dumps((environ, body_path, protocol, session))
-    prefix = FRAME_HEADER.pack(_REQUEST_PREFIX.size + len(meta) + len(body), Kind.REQUEST)
-    return prefix + _REQUEST_PREFIX.pack(len(meta)) + meta, body
+    prefix = FRAME_HEADER.pack(_REQUEST_PREFIX.size + len(meta) + sum(map(len, body)), Kind.REQUEST)
+    return [prefix + _REQUEST_PREFIX.pack(len(meta)) + meta, *body]
 
 
 class FrameDecoder:

@@ -137,10 +137,8 @@ class Worker:
         self.served += 1
         self.dispatched += 1
         body = request.body
-        prefix, data = encode_request(request.params, body.finish(), body.path, request.protocol, request.session)
-        self._send(prefix)
-        if data:
-            self._send(data)
+        for piece in encode_request(request.params, body.finish(), body.path, request.protocol, request.session):
+            self._send(piece)
 
     def _started(self, now: float) -> None:
         self._head_sent = False
