@@ -34,6 +34,8 @@ APP_LOAD_ERROR = 4
 
 #: Below this a body chunk waits for the next one, so a list response leaves in one write.
 _COALESCE = 1 << 16
+#: A frame with more than this still to come is received in place (see Channel._receive_in_place).
+_RECEIVE_IN_PLACE = 1 << 16
 
 
 class AppLoadError(Exception):
@@ -77,7 +79,7 @@ class Channel:
         self.number = 0
         self._cancelled: set[int] = set()
 
-    def read_frame(self) -> tuple[int, bytes] | None:
+    def read_frame(self) -> tuple[int, bytes | memoryview] | None:
         """Block until one whole frame is here; None when the loop closed the channel."""
         header_size = FRAME_HEADER.size
         while True:
@@ -89,6 +91,9 @@ class Channel:
                     payload = bytes(memoryview(buffer)[header_size:end])
                     del buffer[:end]
                     return kind, payload
+                if end - len(buffer) > _RECEIVE_IN_PLACE:
+                    frame = self._receive_in_place(end)
+                    return None if frame is None else (kind, frame[header_size:])
                 chunk = self.sock.recv(max(end - len(buffer), 1 << 16))
             else:
                 chunk = self.sock.recv(1 << 16)
@@ -96,7 +101,21 @@ class Channel:
                 return None
             buffer += chunk
 
-    def next_request(self) -> tuple[int, bytes] | None:
+    def _receive_in_place(self, end: int) -> memoryview | None:
+        """The rest of a large frame (a request body) received straight into one buffer of its size: no growing
+        buffer to copy from and no copy out of it. Reads stop at the frame's end, so the next frames stay queued."""
+        frame = memoryview(bytearray(end))
+        got = len(self._rbuf)
+        frame[:got] = self._rbuf
+        self._rbuf.clear()
+        while got < end:
+            received = self.sock.recv_into(frame[got:])
+            if not received:
+                return None
+            got += received
+        return frame
+
+    def next_request(self) -> tuple[int, bytes | memoryview] | None:
         """The next request to run as (number, payload), skipping cancelled ones; None when the loop closed."""
         while True:
             waited = len(self._rbuf) >= FRAME_HEADER.size  # it was here before we asked: it waited behind another
@@ -121,7 +140,7 @@ class Channel:
                 self._cancelled = {number for number in self._cancelled if number > self.number}
             return self.number, payload
 
-    def _note_cancel(self, payload: bytes) -> None:
+    def _note_cancel(self, payload: bytes | memoryview) -> None:
         (number,) = CANCEL_PAYLOAD.unpack(payload)
         if number >= self.number:
             self._cancelled.add(number)
@@ -219,7 +238,7 @@ def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
         run_request(channel, app, settings, frame[1])
 
 
-def run_request(channel: Channel, app: WSGIApp, settings: dict[str, Any], payload: bytes) -> None:
+def run_request(channel: Channel, app: WSGIApp, settings: dict[str, Any], payload: bytes | memoryview) -> None:
     """One REQUEST frame through the app, its response sent on ``channel``."""
     request = WorkerRequest.decode(payload)
     body = body_stream(request.body, request.body_path)

@@ -163,3 +163,30 @@ def test_a_generator_response_streams_each_chunk_as_it_comes() -> None:
 def test_an_abort_after_a_held_head_sends_the_head_and_body_first() -> None:
     frames = _worker_frames(_list_app(b"partial"), finish=Kind.ABORT)
     assert [kind for kind, _ in frames] == [Kind.HEAD, Kind.BODY, Kind.BODY, Kind.ABORT]
+
+
+@pytest.mark.parametrize("piece", [1, 4096, 1 << 20])
+def test_a_large_frame_is_received_in_place_and_the_frames_after_it_stay_intact(piece: int) -> None:
+    body = bytes(range(256)) * 1200  # 300 KiB: received in place, past the worker's 64 KiB threshold
+    big = WorkerRequest({"PATH_INFO": "/big"}, body, None, "uwsgi").encode()
+    small = WorkerRequest({"PATH_INFO": "/small"}, b"tiny", None, "uwsgi").encode()
+    stream = b"".join([*big, encode_cancel(2), *small])
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+
+        def loop_side() -> None:
+            for start in range(0, len(stream), piece):
+                ours.sendall(stream[start : start + piece])
+            ours.shutdown(socket.SHUT_WR)
+
+        thread = threading.Thread(target=loop_side)
+        thread.start()
+        channel = Channel(theirs)
+        frames = []
+        while (frame := channel.read_frame()) is not None:
+            frames.append(frame)
+        thread.join()
+    assert [kind for kind, _ in frames] == [Kind.REQUEST, Kind.CANCEL, Kind.REQUEST]
+    assert WorkerRequest.decode(frames[0][1]).body == body
+    assert bytes(frames[1][1]) == (2).to_bytes(4, "little")
+    assert WorkerRequest.decode(frames[2][1]).environ == {"PATH_INFO": "/small"}
