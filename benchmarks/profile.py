@@ -72,6 +72,14 @@ def _ticks_by_command() -> dict[int, tuple[str, int]]:
     return found
 
 
+def _faults(pid: int) -> int:
+    """Minor page faults so far: a fresh page the kernel had to zero and map (memory given back and taken again)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[7])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _switches(pid: int) -> int:
     """Context switches so far, voluntary and not: each voluntary one is a sleep and a wake-up."""
     try:
@@ -170,6 +178,7 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
         log(f"profiling {spec.name} / {scenario.name}: master {master}, workers {workers}, {args.duration} s")
         before = {pid: _ticks(pid) for pid in [master, *workers]}
         switches_before = {pid: _switches(pid) for pid in before}
+        faults_before = {pid: _faults(pid) for pid in before}
         machine_before = _machine_ticks()
         everyone_before = _ticks_by_command()
         recorders: list[tuple[str, subprocess.Popen[bytes], Path]] = []
@@ -198,6 +207,7 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
         machine_after = _machine_ticks()
         everyone_after = _ticks_by_command()
         switches = {pid: _switches(pid) - count for pid, count in switches_before.items()}
+        faults = {pid: _faults(pid) - count for pid, count in faults_before.items()}
         if py_spy:
             starter.join()
             for _, recorder, _ in recorders:
@@ -221,7 +231,8 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
         requests = max(result.rps * elapsed, 1)
         role = "master" if pid == master else "child"
         print(f"  CPU {role} {pid}: {share:.0%} of one core (user {user_share:.0%}, kernel {system_share:.0%}), "
-              f"{switches[pid] / requests:.2f} context switches per request")  # fmt: skip
+              f"{switches[pid] / requests:.2f} context switches and {faults[pid] / requests:.1f} page faults "
+              "per request")  # fmt: skip
     for role, recorder, output in recorders:
         print(f"{role}:")
         if output.exists():

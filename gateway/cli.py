@@ -15,6 +15,7 @@ from gateway.accesslog import ATOMS as ACCESS_ATOMS
 from gateway.accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
 from gateway.config import DEMO_APP, Address, Config, ConfigError, Listen, parse_networks
 from gateway.log import configure_logging
+from gateway.memory import tune_malloc
 from gateway.server import EXIT_CONFIG, Gateway
 
 log = logging.getLogger("gateway")
@@ -391,4 +392,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(config.log_level, role=f"gateway {os.getpid()}")
+    tune_malloc()
     return uvloop.run(Gateway(config).run())

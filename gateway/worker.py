@@ -24,6 +24,7 @@ import setproctitle
 
 from gateway.channel import CANCEL_PAYLOAD, FRAME_HEADER, Kind, WorkerRequest, encode_frame, encode_response
 from gateway.log import configure_logging
+from gateway.memory import tune_malloc
 from gateway.worker_session import WorkerSession
 from gateway.wsgi import WSGIApp, body_stream, build_environ, run_app
 
@@ -275,6 +276,7 @@ def main(argv: list[str]) -> int:
     # Ctrl-C reaches the whole process group; the loop decides when workers stop (it closes the channel).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.get("log_level", "info"), role=f"worker {os.getpid()}")
+    tune_malloc()
     setproctitle.setproctitle(f"gateway worker [{settings['app']}]")
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
