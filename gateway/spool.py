@@ -18,24 +18,29 @@ from typing import IO
 _DRAIN_CHUNK = 1 << 18
 #: A turn's pieces smaller than this together are joined into one buffer; larger ones are written vectored.
 _JOIN_BELOW = 1 << 16
+#: Request body chunks smaller than this are packed into buffers of up to _PACK_UP_TO bytes.
+_PACK_BELOW = 1 << 14
+_PACK_UP_TO = 1 << 16
 
 
 class RequestBody:
     """A request body being received: its chunks in memory, or a named temporary file once it grows past the
     threshold.
 
-    Chunks are kept as they arrived (a list, not one growing buffer: appending to a bytearray reallocates and
-    copies what it holds again and again, which cost a 1 MiB upload several MiB of copying) and go to the worker
-    in one vectored write. The file has a name because the worker opens it by name; the loop removes it when the
-    request ends (``discard``), whether it was answered, refused, or its client went away.
+    Large chunks are kept as they arrived (not appended to one growing bytearray, whose reallocations copied a
+    1 MiB upload several times over) and go to the worker in one vectored write. Small ones are packed together,
+    so a client sending its body a byte at a time costs a byte per byte, not an object per byte. The file has a
+    name because the worker opens it by name; the loop removes it when the request ends (``discard``), whether it
+    was answered, refused, or its client went away.
     """
 
-    __slots__ = ("_chunks", "_file", "_spool_dir", "_threshold", "path", "size")
+    __slots__ = ("_chunks", "_file", "_spool_dir", "_tail", "_threshold", "path", "size")
 
     def __init__(self, threshold: int, spool_dir: str | None) -> None:
         self._threshold = threshold
         self._spool_dir = spool_dir
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | bytearray] = []
+        self._tail = bytearray()  # small chunks, packed
         self._file: IO[bytes] | None = None
         self.path: str | None = None
         self.size = 0
@@ -45,20 +50,34 @@ class RequestBody:
         if self._file is not None:
             self._file.write(data)
             return
-        self._chunks.append(data)
+        if len(data) < _PACK_BELOW:
+            self._tail += data
+            if len(self._tail) >= _PACK_UP_TO:
+                self._chunks.append(self._tail)
+                self._tail = bytearray()
+        else:
+            if self._tail:
+                self._chunks.append(self._tail)
+                self._tail = bytearray()
+            self._chunks.append(data)
         if self.size > self._threshold:
             file = tempfile.NamedTemporaryFile(  # noqa: SIM115  # lives as long as the request
                 prefix="body-", dir=self._spool_dir, delete=False
             )
             self._file, self.path = file, file.name
             file.writelines(self._chunks)
+            file.write(self._tail)
             self._chunks = []
+            self._tail = bytearray()
 
-    def finish(self) -> list[bytes]:
+    def finish(self) -> list[bytes | bytearray]:
         """The body for the worker: its chunks, or none with ``path`` naming the file (flushed and closed)."""
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._tail:
+            self._chunks.append(self._tail)
+            self._tail = bytearray()
         return self._chunks
 
     def discard(self) -> None:
@@ -70,6 +89,7 @@ class RequestBody:
                 os.unlink(self.path)
             self.path = None
         self._chunks = []
+        self._tail = bytearray()
 
 
 class OutputBuffer:
