@@ -48,7 +48,7 @@ class _Exchange:
         connection = self.connection
         connection.write(connection.codec.send_stdout(self.request_id, data))
 
-    def send_response(self, response: bytes | memoryview, head_length: int) -> None:
+    def send_response(self, response: bytes | memoryview) -> None:
         connection = self.connection
         connection.write(connection.codec.send_stdout(self.request_id, _STATUS_PREFIX + response))
 

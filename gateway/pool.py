@@ -190,7 +190,7 @@ class Worker:
                 self.status = _status_code(response[:3].tobytes())
                 self.sent += len(response) - head_length
                 if request is not None and not self.head_answered and not request.sink.client_gone:
-                    request.sink.send_response(response, head_length)
+                    request.sink.send_response(response)
                 self._ended(request, Kind.END, extras)
             elif kind == Kind.BODY:
                 self.sent += len(payload)

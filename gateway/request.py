@@ -27,9 +27,9 @@ class ResponseSink(Protocol):
 
     def send_body(self, data: bytes) -> None: ...
 
-    def send_response(self, response: bytes | memoryview, head_length: int) -> None:
-        """A whole response: ``head_length`` bytes of head (as for ``send_head``), then all of the body; ``finish``
-        still follows. One call, so a sink frames it for its web server in one piece."""
+    def send_response(self, response: bytes | memoryview) -> None:
+        """A whole response: the head (as for ``send_head``) directly followed by all of the body; ``finish`` still
+        follows. One call, so a sink frames it for its web server in one piece."""
 
     def finish(self) -> None:
         """The response is complete."""

@@ -105,7 +105,7 @@ class UwsgiConnection(FrontConnection):
     def send_body(self, data: bytes) -> None:
         self.write(data)
 
-    def send_response(self, response: bytes | memoryview, head_length: int) -> None:
+    def send_response(self, response: bytes | memoryview) -> None:
         self.write(self.http_version + response)
 
     def finish(self) -> None:
