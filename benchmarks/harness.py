@@ -172,10 +172,12 @@ def cpu_seconds(root: int) -> float:
     return ticks / _CLK_TCK
 
 
-def _busy_seconds() -> float:
-    """CPU seconds the whole machine spent on anything but idling or waiting for I/O, from /proc/stat."""
+def machine_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of all CPUs together so far, from /proc/stat; busy is anything but idling or
+    waiting for I/O."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / _CLK_TCK
+    total = sum(fields[:8])  # guest time, the fields after these, is already counted in user
+    return (total - fields[3] - fields[4]) / _CLK_TCK, total / _CLK_TCK
 
 
 def _dirty_bytes() -> int:
@@ -723,9 +725,9 @@ class Stack:
         deadline = time.monotonic() + limit
         time.sleep(1.0)
         while time.monotonic() < deadline:
-            before = _busy_seconds()
+            before = machine_seconds()[0]
             time.sleep(window)
-            if _busy_seconds() - before < idle * window and _dirty_bytes() < 64 << 20:
+            if machine_seconds()[0] - before < idle * window and _dirty_bytes() < 64 << 20:
                 return
 
     def stop(self) -> None:

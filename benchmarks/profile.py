@@ -32,6 +32,7 @@ from benchmarks.harness import (
     ensure_wrk,
     fresh_scratch,
     log,
+    machine_seconds,
     run_wrk,
     select_servers,
     tree_pids,
@@ -48,14 +49,6 @@ def _ticks(pid: int) -> tuple[int, int]:
     except OSError:
         return 0, 0
     return int(fields[11]), int(fields[12])
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs together, from /proc/stat."""
-    fields = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # guest time is already counted in user
-    return total - idle, total
 
 
 def _ticks_by_command() -> dict[int, tuple[str, int]]:
@@ -179,7 +172,7 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
         before = {pid: _ticks(pid) for pid in [master, *workers]}
         switches_before = {pid: _switches(pid) for pid in before}
         faults_before = {pid: _faults(pid) for pid in before}
-        machine_before = _machine_ticks()
+        machine_before = machine_seconds()
         everyone_before = _ticks_by_command()
         recorders: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         if py_spy:
@@ -204,7 +197,7 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
             children_before.ru_utime + children_before.ru_stime
         )
         after = {pid: _ticks(pid) for pid in before}
-        machine_after = _machine_ticks()
+        machine_after = machine_seconds()
         everyone_after = _ticks_by_command()
         switches = {pid: _switches(pid) - count for pid, count in switches_before.items()}
         faults = {pid: _faults(pid) - count for pid, count in faults_before.items()}
@@ -215,7 +208,7 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
     print(f"{spec.name} / {scenario.name}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
           f"p99 {result.p99_ms:.2f} ms, errors {result.error_count}")  # fmt: skip
     busy = machine_after[0] - machine_before[0]
-    total = max(machine_after[1] - machine_before[1], 1)
+    total = max(machine_after[1] - machine_before[1], 1e-9)
     by_command: collections.Counter[str] = collections.Counter()
     for pid, (name, ticks) in everyone_after.items():
         by_command[name] += ticks - everyone_before.get(pid, (name, 0))[1]

@@ -53,12 +53,9 @@ class RequestBody:
         if len(data) < _PACK_BELOW:
             self._tail += data
             if len(self._tail) >= _PACK_UP_TO:
-                self._chunks.append(self._tail)
-                self._tail = bytearray()
+                self._seal_tail()
         else:
-            if self._tail:
-                self._chunks.append(self._tail)
-                self._tail = bytearray()
+            self._seal_tail()
             self._chunks.append(data)
         if self.size > self._threshold:
             file = tempfile.NamedTemporaryFile(  # noqa: SIM115  # lives as long as the request
@@ -75,10 +72,14 @@ class RequestBody:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._seal_tail()
+        return self._chunks
+
+    def _seal_tail(self) -> None:
+        """The packed small chunks become a chunk of their own; later ones start a new buffer."""
         if self._tail:
             self._chunks.append(self._tail)
             self._tail = bytearray()
-        return self._chunks
 
     def discard(self) -> None:
         if self._file is not None:

@@ -189,14 +189,19 @@ class Channel:
         if flush or self._out_size >= _COALESCE:
             self.flush()
 
+    def _take_held(self) -> tuple[bytes, list[bytes]]:
+        """The held head and body chunks, no longer held (nor counted as queued)."""
+        head, held = self._head, self._held
+        assert head is not None
+        self._head, self._held = None, []
+        self._out_size -= sum(map(len, held))
+        return head, held
+
     def _release_head(self) -> None:
         """The held head and body go out as HEAD and BODY frames: the response continues after them."""
-        head = self._head
-        if head is None:
+        if self._head is None:
             return
-        held, self._held = self._held, []
-        self._head = None
-        self._out_size -= sum(map(len, held))
+        head, held = self._take_held()
         self._queue(encode_frame(Kind.HEAD, head))
         for data in held:
             self._queue(FRAME_HEADER.pack(len(data), Kind.BODY))
@@ -210,9 +215,7 @@ class Channel:
 
     def finish(self, kind: Kind, payload: bytes = b"") -> None:
         if kind == Kind.END and self._head is not None:
-            head, held = self._head, self._held
-            self._head, self._held = None, []
-            self._out_size -= sum(map(len, held))
+            head, held = self._take_held()
             for piece in encode_response(head, held, payload):
                 self._queue(piece)
         else:

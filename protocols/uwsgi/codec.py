@@ -101,7 +101,7 @@ def decode_vars(block: bytes | bytearray, max_vars: int) -> list[tuple[str, str]
             return _decode_vars_checked(block, max_vars)
         append((text[key_start:key_end], text[value_start:position]))
     if len(pairs) > max_vars:
-        raise RemoteProtocolError(f"more than {max_vars} vars (raise --max-params if this is legitimate)")
+        raise _too_many_vars(max_vars)
     return pairs
 
 
@@ -113,11 +113,15 @@ def _decode_vars_checked(block: bytes | bytearray, max_vars: int) -> list[tuple[
     end = len(block)
     while position < end:
         if len(pairs) >= max_vars:
-            raise RemoteProtocolError(f"more than {max_vars} vars (raise --max-params if this is legitimate)")
+            raise _too_many_vars(max_vars)
         key_start, key_end = _string_span(block, position, end, "key")
         value_start, position = _string_span(block, key_end, end, "value")
         pairs.append((text[key_start:key_end], text[value_start:position]))
     return pairs
+
+
+def _too_many_vars(max_vars: int) -> RemoteProtocolError:
+    return RemoteProtocolError(f"more than {max_vars} vars (raise --max-params if this is legitimate)")
 
 
 def _string_span(block: bytes | bytearray, position: int, end: int, what: str) -> tuple[int, int]:
