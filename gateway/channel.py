@@ -91,7 +91,7 @@ class WorkerRequest:
     #: (id, data) of the session the loop loaded, (None, None) for none; None when sessions are off.
     session: tuple[str | None, dict[str, Any] | None] | None = None
 
-    def encode(self) -> list[bytes | bytearray]:
+    def encode(self) -> list[bytes | bytearray | memoryview]:
         """The frame's pieces; see encode_request."""
         return encode_request(self.environ, [self.body] if self.body else [], self.body_path, self.protocol,
                               self.session)  # fmt: skip
@@ -106,11 +106,11 @@ class WorkerRequest:
 
 def encode_request(
     environ: dict[str, str],
-    body: Sequence[bytes | bytearray],
+    body: Sequence[bytes | bytearray | memoryview],
     body_path: str | None,
     protocol: str,
     session: tuple[str | None, dict[str, Any] | None] | None,
-) -> list[bytes | bytearray]:
+) -> list[bytes | bytearray | memoryview]:
     """A REQUEST frame as pieces to write in order: the header and metadata, then the body's chunks as they
     arrived (a writer sends them vectored, so the body is never copied to build the frame). The loop calls this
     per request without building a WorkerRequest."""

@@ -111,7 +111,7 @@ class Worker:
         #: The running request was already answered by the pool (--timeout): its late output is dropped.
         self.head_answered = False
         self._head_sent = False
-        self._outgoing: list[bytes | bytearray] | None = None
+        self._outgoing: list[bytes | bytearray | memoryview] | None = None
         self.busy_since = 0.0
         self.idle_since = started_at
         self.served = 0
@@ -147,7 +147,7 @@ class Worker:
         self.sent = 0
         self.busy_since = now
 
-    def _send(self, frame: bytes | bytearray) -> None:
+    def _send(self, frame: bytes | bytearray | memoryview) -> None:
         # Frames queued in one turn of the loop (requests for a pipelining worker, cancels) leave in one write.
         outgoing = self._outgoing
         if outgoing is None:

@@ -21,6 +21,9 @@ _JOIN_BELOW = 1 << 16
 #: Request body chunks smaller than this are packed into buffers of up to _PACK_UP_TO bytes.
 _PACK_BELOW = 1 << 14
 _PACK_UP_TO = 1 << 16
+#: A body kept as views may pin at most twice its size plus this much of the reads they were cut from (uvloop
+#: reads up to 256 KB at a time).
+_PINNED_SLACK = 1 << 18
 
 
 class RequestBody:
@@ -29,23 +32,29 @@ class RequestBody:
 
     Large chunks are kept as they arrived (not appended to one growing bytearray, whose reallocations copied a
     1 MiB upload several times over) and go to the worker in one vectored write. Small ones are packed together,
-    so a client sending its body a byte at a time costs a byte per byte, not an object per byte. The file has a
+    so a client sending its body a byte at a time costs a byte per byte, not an object per byte. Chunks that are
+    views of a read (the codecs cut body bytes out of reads without copying) are kept as views while the reads
+    they pin stay within twice the body's size plus one read; beyond that (a read mostly made of other records)
+    the chunk is copied, so views can never make a body cost much more memory than its size. The file has a
     name because the worker opens it by name; the loop removes it when the request ends (``discard``), whether it
     was answered, refused, or its client went away.
     """
 
-    __slots__ = ("_chunks", "_file", "_spool_dir", "_tail", "_threshold", "path", "size")
+    __slots__ = ("_chunks", "_file", "_pinned", "_pinned_read", "_spool_dir", "_tail", "_threshold", "path", "size")
 
     def __init__(self, threshold: int, spool_dir: str | None) -> None:
         self._threshold = threshold
         self._spool_dir = spool_dir
-        self._chunks: list[bytes | bytearray] = []
+        self._chunks: list[bytes | bytearray | memoryview] = []
         self._tail = bytearray()  # small chunks, packed
         self._file: IO[bytes] | None = None
+        #: Bytes of the reads the kept views pin, and the last of those reads (consecutive views share it).
+        self._pinned = 0
+        self._pinned_read: object = None
         self.path: str | None = None
         self.size = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self._file is not None:
             self._file.write(data)
@@ -56,7 +65,7 @@ class RequestBody:
                 self._seal_tail()
         else:
             self._seal_tail()
-            self._chunks.append(data)
+            self._chunks.append(self._keepable(data) if type(data) is memoryview else data)
         if self.size > self._threshold:
             file = tempfile.NamedTemporaryFile(  # noqa: SIM115  # lives as long as the request
                 prefix="body-", dir=self._spool_dir, delete=False
@@ -67,7 +76,17 @@ class RequestBody:
             self._chunks = []
             self._tail = bytearray()
 
-    def finish(self) -> list[bytes | bytearray]:
+    def _keepable(self, view: memoryview) -> bytes | memoryview:
+        """``view`` itself, or a copy if keeping it would pin too much of reads that are not this body."""
+        read = view.obj
+        if read is not self._pinned_read:
+            pinned = self._pinned + memoryview(read).nbytes
+            if pinned > 2 * self.size + _PINNED_SLACK:
+                return bytes(view)
+            self._pinned, self._pinned_read = pinned, read
+        return view
+
+    def finish(self) -> list[bytes | bytearray | memoryview]:
         """The body for the worker: its chunks, or none with ``path`` naming the file (flushed and closed)."""
         if self._file is not None:
             self._file.close()

@@ -48,3 +48,28 @@ def test_past_the_threshold_the_body_moves_to_a_file_and_is_removed_on_discard(t
     assert Path(body.path).read_bytes() == b"".join(chunks)
     body.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_views_of_reads_that_are_mostly_this_body_are_kept_without_a_copy() -> None:
+    body = RequestBody(1 << 30, None)
+    reads = [os.urandom(256_000) for _ in range(4)]
+    views = [memoryview(read)[start : start + 32_768] for read in reads for start in range(8, 220_000, 32_776)]
+    for view in views:
+        body.write(view)
+    held = body.finish()
+    assert all(mine is theirs for mine, theirs in zip(held, views, strict=True))
+
+
+def test_views_pinning_far_more_than_the_body_are_copied() -> None:
+    # A read of 256 KB that carries 16 KiB of this body and other records: each view alone would pin 16 times
+    # its size, so past the allowance the chunks are copied and the reads can be freed.
+    body = RequestBody(1 << 30, None)
+    reads = [os.urandom(256_000) for _ in range(20)]
+    for read in reads:
+        body.write(memoryview(read)[100:16_484])
+    held = body.finish()
+    kept_views = [chunk for chunk in held if isinstance(chunk, memoryview)]
+    assert 1 <= len(kept_views) <= len(reads) // 4
+    pinned = sum(len(chunk.obj) for chunk in kept_views)  # type: ignore[arg-type]
+    assert pinned <= 2 * body.size + (1 << 18)
+    assert b"".join(held) == b"".join(read[100:16_484] for read in reads)

@@ -65,7 +65,7 @@ def coalesce(events: Iterable[Event]) -> list[Event]:
     joined: list[Event] = []
     for event in events:
         if isinstance(event, BodyData) and joined and isinstance(joined[-1], BodyData):
-            joined[-1] = BodyData(joined[-1].data + event.data)
+            joined[-1] = BodyData(bytes(joined[-1].data) + event.data)
         else:
             joined.append(event)
     return joined

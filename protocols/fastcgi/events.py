@@ -18,8 +18,10 @@ class RequestHead:
 
 @dataclass(frozen=True, slots=True)
 class BodyData:
+    """Part of a request's body, as a view of the bytes fed to the codec (no copy)."""
+
     request_id: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,12 @@ class ServerConnection:
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
+        #: An incomplete record that is not streamed: a header cut short, or a record other than STDIN.
         self._buffer = bytearray()
+        #: A STDIN record whose content is passed on as it arrives: its request, content and padding still due.
+        self._stdin_id = 0
+        self._stdin_left = 0
+        self._padding_left = 0
         self._requests: dict[int, _Request] = {}
         self._outgoing: list[bytes] = []
         self._closed = False
@@ -99,7 +104,9 @@ class ServerConnection:
     @property
     def input_pending(self) -> bool:
         """Part of a record, or a request whose params or body have not ended: the web server owes us bytes."""
-        return bool(self._buffer) or any(not request.refused_body for request in self._requests.values())
+        if self._buffer or self._stdin_left or self._padding_left:
+            return True
+        return any(not request.refused_body for request in self._requests.values())
 
     @property
     def head_pending(self) -> bool:
@@ -110,7 +117,13 @@ class ServerConnection:
 
     # -- input -------------------------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[ServerEvent]:
-        """Feed bytes from the web server; ``b""`` means it closed its side."""
+        """Feed bytes from the web server; ``b""`` means it closed its side.
+
+        Body bytes are handed out as views of ``data`` (``BodyData.data``), never copied, so ``data`` must not
+        change afterwards (uvloop and asyncio hand ``bytes``). A STDIN record cut by the end of a read is passed on
+        piece by piece as its content arrives; only the other records cut by a read (headers, params, management
+        records: all bounded and small) are buffered until they are whole.
+        """
         if self._closed:
             if data:
                 raise RemoteProtocolError("data after the end of the connection")
@@ -119,47 +132,93 @@ class ServerConnection:
             self._closed = True
             if self._buffer:
                 raise RemoteProtocolError(f"connection closed inside a record ({len(self._buffer)} bytes pending)")
+            if self._stdin_left or self._padding_left:
+                raise RemoteProtocolError(
+                    f"connection closed inside a STDIN record of request {self._stdin_id} "
+                    f"({self._stdin_left + self._padding_left} bytes pending)"
+                )
             return []
-        # Whole records in a fresh read (the common case) are sliced straight out of it; only a record split
-        # across reads goes through the buffer, which grows in place so a trickled record costs O(n).
-        buffer = self._buffer
-        source: bytes | bytearray
-        if buffer:
-            buffer += data
-            source = buffer
-        else:
-            source = data
         events: list[ServerEvent] = []
+        view = memoryview(data)
         position = 0
-        available = len(source)
+        if self._stdin_left or self._padding_left:
+            position = self._continue_stdin(view, 0, events)
+        elif self._buffer:
+            position = self._complete_buffered(view, events)
+        available = len(data)
+        requests = self._requests
         while available - position >= HEADER_SIZE:
-            version, record_type, request_id, size, padding = _HEADER_UNPACK_FROM(source, position)
+            version, record_type, request_id, size, padding = _HEADER_UNPACK_FROM(data, position)
             if version != VERSION:
                 raise RemoteProtocolError(f"record version {version}, expected {VERSION}")
-            end = position + HEADER_SIZE + size
+            start = position + HEADER_SIZE
+            end = start + size
             if end + padding > available:
+                if record_type == _STDIN and size:
+                    self._stdin_id, self._stdin_left, self._padding_left = request_id, size, padding
+                    position = self._continue_stdin(view, start, events)
                 break
-            content = source[position + HEADER_SIZE : end]
-            self._record(record_type, request_id, content if type(content) is bytes else bytes(content), events)
+            if record_type == _STDIN:
+                request = requests.get(request_id)
+                if request is not None:  # else ended or aborted: the rest of its input is moot
+                    self._stdin(request_id, request, view[start:end], events)
+            else:
+                self._record(record_type, request_id, data[start:end], events)
             position = end + padding
-        if source is buffer:
-            del buffer[:position]
-        elif position < available:
-            buffer += data[position:]
+        if position < available:
+            self._buffer += view[position:]
         return events
+
+    def _continue_stdin(self, view: memoryview, position: int, events: list[ServerEvent]) -> int:
+        """Pass on what ``view`` holds of the streamed STDIN record from ``position``; return where it ends."""
+        available = len(view)
+        if self._stdin_left and position < available:
+            end = min(position + self._stdin_left, available)
+            self._stdin_left -= end - position
+            request = self._requests.get(self._stdin_id)
+            if request is not None:  # an empty piece would read as the end of the body
+                self._stdin(self._stdin_id, request, view[position:end], events)
+            position = end
+        skipped = min(self._padding_left, available - position)
+        self._padding_left -= skipped
+        return position + skipped
+
+    def _complete_buffered(self, view: memoryview, events: list[ServerEvent]) -> int:
+        """Complete the buffered record from the start of ``view``, taking only its own bytes; return how many."""
+        buffer = self._buffer
+        taken = 0
+        if len(buffer) < HEADER_SIZE:
+            taken = min(HEADER_SIZE - len(buffer), len(view))
+            buffer += view[:taken]
+            if len(buffer) < HEADER_SIZE:
+                return taken
+        version, record_type, request_id, size, padding = _HEADER_UNPACK_FROM(buffer)
+        if version != VERSION:
+            raise RemoteProtocolError(f"record version {version}, expected {VERSION}")
+        if record_type == _STDIN and size:  # only its header was buffered: a STDIN record streams from there
+            self._buffer = bytearray()
+            self._stdin_id, self._stdin_left, self._padding_left = request_id, size, padding
+            return self._continue_stdin(view, taken, events)
+        missing: int = HEADER_SIZE + size + padding - len(buffer)
+        buffer += view[taken : taken + missing]
+        if len(buffer) < HEADER_SIZE + size + padding:
+            return len(view)
+        self._buffer = bytearray()
+        self._record(record_type, request_id, bytes(buffer[HEADER_SIZE : HEADER_SIZE + size]), events)
+        return taken + missing
 
     def _record(self, record_type: int, request_id: int, content: bytes, events: list[ServerEvent]) -> None:
         if request_id == 0:
             self._management(record_type, content)
             return
-        if record_type in (_STDIN, _PARAMS):
+        if record_type == _PARAMS:
             request = self._requests.get(request_id)
-            if request is None:
-                return  # ended or aborted: the web server's remaining input for it is moot
-            if record_type == _STDIN:
-                self._stdin(request_id, request, content, events)
-            else:
+            if request is not None:  # else ended or aborted: the web server's remaining input for it is moot
                 self._params(request_id, request, content, events)
+        elif record_type == _STDIN:
+            request = self._requests.get(request_id)
+            if request is not None:
+                self._stdin(request_id, request, content, events)
         elif record_type == _BEGIN_REQUEST:
             self._begin(request_id, content)
         elif record_type == _ABORT_REQUEST:
@@ -213,7 +272,9 @@ class ServerConnection:
             request.refused_body = True
             events.append(BodyTooLarge(request_id, self.limits.max_body_size))
 
-    def _stdin(self, request_id: int, request: _Request, content: bytes, events: list[ServerEvent]) -> None:
+    def _stdin(
+        self, request_id: int, request: _Request, content: bytes | memoryview, events: list[ServerEvent]
+    ) -> None:
         if not request.params_done:
             raise RemoteProtocolError(f"STDIN for request {request_id} before its params stream ended")
         if request.refused_body:

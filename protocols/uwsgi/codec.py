@@ -45,7 +45,9 @@ class RequestHead:
 
 @dataclass(frozen=True, slots=True)
 class BodyData:
-    data: bytes
+    """Part of the body: the bytes fed to the codec, or a view of them (no copy)."""
+
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +170,22 @@ class ServerConnection:
             return self._body(data, [])
         if state is _State.DONE:
             raise RemoteProtocolError(f"{len(data)} bytes after the end of the request (uwsgi carries one request)")
-        self._buffer += data
+        # A header and vars block that arrive in one read (the common case) are parsed straight out of it, and
+        # the body bytes behind them are passed on as a view; only a head cut across reads is buffered.
+        buffer = self._buffer
+        source: bytes | bytearray = data
+        if buffer:
+            buffer += data
+            source = buffer
         events: list[Event] = []
         if self._state is _State.HEADER:
-            if len(self._buffer) < HEADER_SIZE:
+            if len(source) < HEADER_SIZE:
+                if source is data:
+                    buffer += data
                 return events
-            modifier1, size, modifier2 = HEADER.unpack_from(self._buffer)
+            modifier1, size, modifier2 = HEADER.unpack_from(source)
             if modifier1 == MODIFIER_PING:
-                if size or len(self._buffer) > HEADER_SIZE:
+                if size or len(source) > HEADER_SIZE:
                     raise RemoteProtocolError("a ping carries no payload and ends the conversation")
                 self._state = _State.DONE
                 events.append(Ping())
@@ -193,11 +203,13 @@ class ServerConnection:
             self._vars_size = size
             self._state = _State.VARS
         end = HEADER_SIZE + self._vars_size
-        if len(self._buffer) < end:
+        if len(source) < end:
+            if source is data:
+                buffer += data
             return events
-        params = merge_params(decode_vars(self._buffer[HEADER_SIZE:end], self.limits.max_vars))
-        modifier2 = self._buffer[3]
-        rest = bytes(self._buffer[end:])
+        params = merge_params(decode_vars(source[HEADER_SIZE:end], self.limits.max_vars))
+        modifier2 = source[3]
+        rest: bytes | memoryview = memoryview(data)[end:] if source is data else bytes(buffer[end:])
         self._buffer = bytearray()
         events.append(RequestHead(params, modifier2))
         try:
@@ -211,7 +223,7 @@ class ServerConnection:
         self._state = _State.BODY
         return self._body(rest, events)
 
-    def _body(self, data: bytes, events: list[Event]) -> list[Event]:
+    def _body(self, data: bytes | memoryview, events: list[Event]) -> list[Event]:
         left = self._body_left
         if len(data) > left:
             raise RemoteProtocolError(f"{len(data) - left} bytes beyond CONTENT_LENGTH (uwsgi carries one request)")
