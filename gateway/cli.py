@@ -292,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="recycle a worker whose resident memory exceeds this, checked 4 times a second (default: never)",
     )
     life.add_argument(
+        "--worker-scheduling",
+        choices=("batch", "normal"),
+        default="batch",
+        help="CPU scheduling of the workers: 'batch' (Linux SCHED_BATCH) keeps their wake-ups from preempting the "
+        "event loop, 'normal' leaves the default policy (default: %(default)s)",
+    )
+    life.add_argument(
         "--pipeline",
         type=int,
         default=2,
@@ -360,6 +367,7 @@ def build_config(argv: Sequence[str] | None = None) -> Config:
         max_requests_jitter=args.max_requests_jitter,
         max_rss=args.max_rss,
         pipeline=args.pipeline,
+        worker_scheduling=args.worker_scheduling,
         queue_size=args.queue_size,
         queue_timeout=args.queue_timeout,
         scale_down_after=args.scale_down_after,

@@ -121,6 +121,8 @@ class Config:
     max_requests_jitter: int = 0
     max_rss: int = 0  # MiB; recycle a worker whose resident memory grew beyond it; 0 = never
     pipeline: int = 2  # requests a busy worker may be handed ahead of time
+    #: "batch": workers run under SCHED_BATCH, so waking one never preempts the event loop (gateway/scheduling.py).
+    worker_scheduling: Literal["batch", "normal"] = "batch"
     queue_size: int = 1024
     queue_timeout: float = 30.0
     scale_down_after: float = 30.0

@@ -338,6 +338,7 @@ class WorkerPool:
                 "script_name": config.script_name,
                 "log_level": config.log_level,
                 "debug": config.debug,
+                "scheduling": config.worker_scheduling,
                 "session": worker_settings(config),
             }
         ).decode()

@@ -25,6 +25,7 @@ import setproctitle
 from gateway.channel import CANCEL_PAYLOAD, FRAME_HEADER, Kind, WorkerRequest, encode_frame, encode_response
 from gateway.log import configure_logging
 from gateway.memory import tune_malloc
+from gateway.scheduling import use_batch_scheduling
 from gateway.worker_session import WorkerSession
 from gateway.wsgi import WSGIApp, body_stream, build_environ, run_app
 
@@ -280,6 +281,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.get("log_level", "info"), role=f"worker {os.getpid()}")
     tune_malloc()
+    if settings.get("scheduling", "batch") == "batch":
+        use_batch_scheduling()
     setproctitle.setproctitle(f"gateway worker [{settings['app']}]")
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)

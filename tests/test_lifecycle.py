@@ -291,6 +291,22 @@ def test_pidfile_and_process_titles(tmp_path: Path) -> None:
     assert not pidfile.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "policy"), [((), os.SCHED_BATCH), (("--worker-scheduling", "normal"), os.SCHED_OTHER)]
+)
+def test_workers_yield_to_the_loop_under_batch_scheduling_unless_told_otherwise(
+    tmp_path: Path, args: tuple[str, ...], policy: int
+) -> None:
+    gateway, port = _start(tmp_path, "--workers", "1", *args)
+    try:
+        assert uwsgi_get(port, "/echo", "a=1")[0] == 200
+        worker = next(iter(children(_pid(gateway))))
+        assert os.sched_getscheduler(worker) == policy
+        assert os.sched_getscheduler(_pid(gateway)) == os.SCHED_OTHER  # the loop keeps the default policy
+    finally:
+        gateway.stop()
+
+
 def test_group_is_dropped_after_binding(tmp_path: Path) -> None:
     assert os.geteuid() == 0, "the suite runs as root (make test on a fresh Debian machine)"
     nogroup = grp.getgrnam("nogroup").gr_gid
