@@ -46,7 +46,8 @@ class _Exchange:
 
     def send_body(self, data: bytes) -> None:
         connection = self.connection
-        connection.write(connection.codec.send_stdout(self.request_id, data))
+        if connection.output is not None:  # written vectored: a large body is not copied into its records
+            connection.output.writelines(connection.codec.send_stdout_pieces(self.request_id, data))
 
     def send_response(self, response: bytes | memoryview) -> None:
         connection = self.connection

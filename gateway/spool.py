@@ -147,14 +147,14 @@ class OutputBuffer:
         self.transport = transport
         self._memory_limit = memory_limit
         self._spool_dir = spool_dir
-        self._memory: deque[bytes] = deque()
+        self._memory: deque[bytes | memoryview] = deque()
         self._memory_size = 0
         self._file: IO[bytes] | None = None
         self._file_read = 0
         self._file_write = 0
         self._paused = False
         self._close_when_drained = False
-        self._batch: list[bytes] | None = None
+        self._batch: list[bytes | memoryview] | None = None
         self._call_soon = call_soon or asyncio.get_running_loop().call_soon
 
     @property
@@ -162,7 +162,7 @@ class OutputBuffer:
         """Bytes held here (not counting the transport's own buffer)."""
         return self._memory_size + self._file_write - self._file_read
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if not self._paused and not self._memory and self._file is None:
             batch = self._batch
             if batch is None:
@@ -181,7 +181,7 @@ class OutputBuffer:
             self._file.write(data)
             self._file_write += len(data)
 
-    def writelines(self, pieces: list[bytes]) -> None:
+    def writelines(self, pieces: list[bytes | memoryview]) -> None:
         for piece in pieces:
             self.write(piece)
 

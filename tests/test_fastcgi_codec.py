@@ -551,6 +551,19 @@ def test_send_stdout_splits_data_into_records_of_at_most_65535_bytes(size: int, 
     assert b"".join(event.data for event in events if isinstance(event, Stdout)) == data
 
 
+@pytest.mark.parametrize("size", [1, 65_535, 65_536, 200_000])
+def test_send_stdout_pieces_are_the_same_records_with_the_data_not_copied(size: int) -> None:
+    conn = ServerConnection()
+    conn.receive_data(encode_request(9, {}))
+    data = bytes(index % 251 for index in range(size))
+    pieces = conn.send_stdout_pieces(9, data)
+    assert b"".join(pieces) == conn.send_stdout(9, data)
+    contents = pieces[1::2]
+    assert all(piece is data or (isinstance(piece, memoryview) and piece.obj is data) for piece in contents)
+    with pytest.raises(LocalProtocolError, match="STDOUT for request 8, which is not active"):
+        conn.send_stdout_pieces(8, data)
+
+
 def test_send_stdout_of_nothing_sends_no_record() -> None:
     # An empty STDOUT record would end the stream before the response does.
     conn = ServerConnection()

@@ -83,13 +83,22 @@ def stream(record_type: int, request_id: int, data: bytes) -> bytes:
     size = len(data)
     if size <= MAX_CONTENT:
         return _HEADER_PACK(VERSION, record_type, request_id, size, 0) + data if size else b""
+    return b"".join(stream_pieces(record_type, request_id, data))
+
+
+def stream_pieces(record_type: int, request_id: int, data: bytes | memoryview) -> list[bytes | memoryview]:
+    """The records of ``stream`` as pieces to write in order: each header, then a view of its part of ``data``.
+    Nothing is copied, so a writer that sends them vectored never copies a large response body."""
+    size = len(data)
+    if size <= MAX_CONTENT:
+        return [_HEADER_PACK(VERSION, record_type, request_id, size, 0), data] if size else []
     view = memoryview(data)
     parts: list[bytes | memoryview] = []
     for start in range(0, size, MAX_CONTENT):
         chunk = view[start : start + MAX_CONTENT]
         parts.append(_HEADER_PACK(VERSION, record_type, request_id, len(chunk), 0))
         parts.append(chunk)
-    return b"".join(parts)
+    return parts
 
 
 def _encode_length(length: int) -> bytes:

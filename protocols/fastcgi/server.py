@@ -30,6 +30,7 @@ from protocols.fastcgi.records import (
     encode_pairs,
     record,
     stream,
+    stream_pieces,
 )
 
 DEFAULT_MAX_PARAMS_SIZE = 64 * 1024
@@ -319,6 +320,12 @@ class ServerConnection:
         if request_id not in self._requests:
             raise LocalProtocolError(f"STDOUT for request {request_id}, which is not active")
         return stream(_STDOUT, request_id, data)
+
+    def send_stdout_pieces(self, request_id: int, data: bytes | memoryview) -> list[bytes | memoryview]:
+        """``send_stdout`` as pieces to write in order (headers and views of ``data``), for a large body."""
+        if request_id not in self._requests:
+            raise LocalProtocolError(f"STDOUT for request {request_id}, which is not active")
+        return stream_pieces(_STDOUT, request_id, data)
 
     def end_request(self, request_id: int, app_status: int = 0) -> bytes:
         """Close the STDOUT stream and end the request; nothing may be sent for this id afterwards."""
