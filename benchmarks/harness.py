@@ -718,6 +718,11 @@ class Stack:
         self._wait_ready(spec)
         return spec.name not in self.unavailable
 
+    def stop_server(self, spec: ServerSpec) -> None:
+        """Stop ``spec``'s server until its next ``restart``, so nothing it still holds (a peer's spooled responses,
+        its threads, its sockets in the kernel) lives on while the other servers are measured."""
+        self.backend_for(spec).stop()
+
     def wait_quiet(self, *, limit: float = 20.0, window: float = 0.5, idle: float = 0.1) -> None:
         """Wait (up to ``limit`` s) until the whole machine is nearly idle: under ``idle`` of one core busy over
         a ``window``, and dirty pages written back. Not just nginx and the server: a peer that spooled a slow

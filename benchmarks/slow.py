@@ -295,7 +295,8 @@ def render(
         f"from a 4 KiB receive buffer) every {options.slow_interval:g} s, reconnecting when closed; FastCGI and "
         "uwsgi modes straight to the server's port, HTTP modes through nginx with `*_request_buffering off` and "
         f"`*_buffering off`. {options.workers} workers everywhere, {options.rounds} round(s) (medians); in each "
-        "round every server's cells start from a freshly started process, and after each slow cell the harness "
+        "round every server's cells start from a freshly started process, stopped again at the end of its cells, "
+        "and after each slow cell (and each stop) the harness "
         "waits until the machine is idle (under 10% of a core busy, dirty pages written back; at most 20 s). "
         "**held**: slow connections open (from the client's side: the kernel completes connections into a listen "
         "backlog the server has not accepted from) when the fast clients started; **failed**: slow connection "
@@ -409,6 +410,10 @@ async def _run_cells(stack: Stack, wrk: str, modes: list[str], options: Options)
                     # Let nginx, the server and the kernel finish with what the slow clients left (responses still
                     # in flight, a peer's spool files being written back) before anything else is measured.
                     await asyncio.to_thread(stack.wait_quiet)
+            # Its process goes too (it restarts at its next block): a waitress still holding its slow readers'
+            # responses slowed the unloaded cells measured after it even once the machine was idle.
+            await asyncio.to_thread(stack.stop_server, spec)
+            await asyncio.to_thread(stack.wait_quiet)
     return cells
 
 
