@@ -42,6 +42,9 @@ _BAD_VALUE = re.compile(r"[\r\n\x00]")
 
 FILE_BLOCK = 1 << 16
 
+#: Encoded heads kept per worker: most apps send the same few status + header lists again and again.
+HEAD_CACHE_SIZE = 256
+
 
 class InvalidResponse(Exception):
     """The application broke PEP 3333 (bad status, bad or hop-by-hop header...): answered 500 and logged."""
@@ -69,6 +72,16 @@ class FileWrapper:
         blksize = max(self.blksize, FILE_BLOCK)
         while data := read(blksize):
             yield data
+
+
+#: The environ keys that are the same for every request of a worker (PEP 3333).
+_WSGI_CONSTANTS: dict[str, Any] = {
+    "wsgi.version": (1, 0),
+    "wsgi.multithread": False,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+    "wsgi.file_wrapper": FileWrapper,
+}
 
 
 def build_environ(
@@ -104,14 +117,10 @@ def build_environ(
     environ.setdefault("SERVER_PORT", "80")
     environ.setdefault("SERVER_PROTOCOL", "HTTP/1.1")
     https = environ.get("HTTPS", "").lower() in ("on", "1") or environ.get("REQUEST_SCHEME") == "https"
-    environ["wsgi.version"] = (1, 0)
+    environ.update(_WSGI_CONSTANTS)
     environ["wsgi.url_scheme"] = "https" if https else "http"
     environ["wsgi.input"] = body
     environ["wsgi.errors"] = errors if errors is not None else sys.stderr
-    environ["wsgi.multithread"] = False
-    environ["wsgi.multiprocess"] = True
-    environ["wsgi.run_once"] = False
-    environ["wsgi.file_wrapper"] = FileWrapper
     return environ
 
 
@@ -177,8 +186,36 @@ class _Response:
             self.output.send_body(data, flush)
 
 
+_head_cache: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[bytes, int | None]] = {}
+
+
 def encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
-    """Validate and encode a status and header list; returns the head block and the declared length."""
+    """Validate and encode a status and header list; returns the head block and the declared length.
+
+    Validating and encoding cost a worker more than the rest of a small response, and an app repeats its heads
+    (same status, same headers, often the same Content-Length), so a head that passed once is looked up. Only
+    valid heads are kept, and equal keys encode equally, so the cache can never let a bad head through; it is
+    emptied when full, so an app whose every head differs pays one dictionary insert per response.
+    """
+    if type(headers) is list:
+        try:
+            key = (status, tuple(headers))
+            cached = _head_cache.get(key)
+        except TypeError:  # an unhashable header (a list, not a tuple): refused by the validation below
+            key = None
+            cached = None
+        if cached is not None:
+            return cached
+        encoded = _validate_and_encode(status, headers)
+        if key is not None:
+            if len(_head_cache) >= HEAD_CACHE_SIZE:
+                _head_cache.clear()
+            _head_cache[key] = encoded
+        return encoded
+    return _validate_and_encode(status, headers)
+
+
+def _validate_and_encode(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
     if type(status) is not str or not _STATUS.match(status):
         raise InvalidResponse(f"invalid status {status!r}: expected a str like '200 OK'")
     if type(headers) is not list:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway import wsgi
 from gateway.wsgi import InvalidResponse, build_environ, encode_head, run_app
 
 
@@ -119,6 +120,50 @@ def test_encode_head_validates(status: Any, headers: Any, message: str | None) -
     else:
         with pytest.raises(InvalidResponse, match=message):
             encode_head(status, headers)
+
+
+def test_a_repeated_head_is_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    validated: list[str] = []
+    original = wsgi._validate_and_encode
+
+    def counting(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
+        validated.append(status)
+        return original(status, headers)
+
+    monkeypatch.setattr(wsgi, "_validate_and_encode", counting)
+    monkeypatch.setattr(wsgi, "_head_cache", {})
+    headers = [("Content-Type", "text/plain"), ("Content-Length", "12")]
+    first = encode_head("200 OK", headers)
+    again = encode_head("200 OK", list(headers))
+    assert again == first == (b"200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\n", 12)
+    assert validated == ["200 OK"]
+    assert encode_head("404 Not Found", headers)[0].startswith(b"404 Not Found\r\n")
+    assert validated == ["200 OK", "404 Not Found"]
+
+
+@pytest.mark.parametrize(
+    ("valid", "invalid", "message"),
+    [
+        ([("X-A", "1")], [("X-A", 1)], "invalid value"),
+        ([("X-A", "b")], [["X-A", "b"]], "not a \\(name, value\\) tuple"),
+        ([("X-A", "b")], [("X-A", b"b")], "invalid value"),
+    ],
+)
+def test_a_cached_head_never_lets_a_bad_one_through(valid: Any, invalid: Any, message: str) -> None:
+    encode_head("200 OK", valid)
+    for _ in range(2):  # an invalid head is never cached either
+        with pytest.raises(InvalidResponse, match=message):
+            encode_head("200 OK", invalid)
+    with pytest.raises(InvalidResponse, match="invalid status"):
+        encode_head(b"200 OK", valid)  # type: ignore[arg-type]
+
+
+def test_the_head_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wsgi, "_head_cache", {})
+    for number in range(wsgi.HEAD_CACHE_SIZE * 3):
+        head, length = encode_head("200 OK", [("Content-Length", str(number))])
+        assert head == f"200 OK\r\nContent-Length: {number}\r\n\r\n".encode() and length == number
+        assert len(wsgi._head_cache) <= wsgi.HEAD_CACHE_SIZE
 
 
 class ClosingIterable:
