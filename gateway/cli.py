@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sessions.add_argument("--session-prefix", default="gw:s:", metavar="PREFIX", help="memcached key prefix")
     sessions.add_argument(
-        "--session-pool-size", type=int, default=4, metavar="N", help="memcached connections (default: 4)"
+        "--session-pool-size", type=int, default=16, metavar="N", help="memcached connections (default: 16)"
     )
     life = parser.add_argument_group("worker lifecycle")
     life.add_argument(

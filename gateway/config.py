@@ -143,7 +143,7 @@ class Config:
     session_serialize: bool = False
     session_timeout: float = 2.0
     session_prefix: str = "gw:s:"
-    session_pool_size: int = 4
+    session_pool_size: int = 16
     debug: bool = False
     reload: bool = False
     access_log: str | None = None

@@ -84,6 +84,7 @@ class SessionHook:
             raise HookRefused("503 Service Unavailable", f"session store unavailable: {err or 'timed out'}") from err
         # An id we did not issue, or one that expired, is never adopted: the request starts without a session.
         request.session = (session_id, record.data) if record is not None else (None, None)
+        request.state["session_record"] = record  # the save's starting point (see SessionRecord.version)
 
     async def _lock(self, request: Request, session_id: str) -> None:
         # Wait as long as the request holding the lock may run (--timeout), or 30 s without one.
@@ -110,7 +111,7 @@ class SessionHook:
                 elif changes.regenerate:
                     await self.store.save(loaded_id, changes, new_id=issued_id)
                 else:
-                    await self.store.save(loaded_id, changes)
+                    await self.store.save(loaded_id, changes, base=request.state.get("session_record"))
         except TimeoutError as err:
             raise SessionError(f"storing the session timed out after {self.config.session_timeout:g} s") from err
 

@@ -69,7 +69,7 @@ def open_store(
     max_age: float | None,
     timeout: float = 2.0,
     prefix: str = "gw:s:",
-    pool_size: int = 4,
+    pool_size: int = 16,
 ) -> SessionStore | None:
     """The store a configuration string names: ``memory``, ``memcached://HOST:PORT``, or ``off`` (None).
 

@@ -80,7 +80,14 @@ class MemoryStore:
             return None
         return SessionRecord(data=record.data, created=entry.created, accessed=now)
 
-    async def save(self, session_id: str, changes: SessionChanges, *, new_id: str | None = None) -> SessionRecord:
+    async def save(
+        self,
+        session_id: str,
+        changes: SessionChanges,
+        *,
+        new_id: str | None = None,
+        base: SessionRecord | None = None,  # a hint for versioned stores: reading our own dict costs nothing
+    ) -> SessionRecord:
         _record.check_save_arguments(session_id, changes, new_id)
         now = self._clock()
         if changes.invalidate:

@@ -54,6 +54,10 @@ class SessionRecord:
     data: dict[str, Any]
     created: float
     accessed: float
+    #: The store's token for the stored state this record was loaded from (memcached's cas unique), or None. A
+    #: ``save`` given this record as ``base`` may then write without reading the session again first, as long as
+    #: nothing was stored in between; that is how a request's load and save cost two round trips, not three.
+    version: int | None = None
 
 
 class SessionStore(Protocol):
@@ -70,8 +74,18 @@ class SessionStore(Protocol):
         """
         ...
 
-    async def save(self, session_id: str, changes: SessionChanges, *, new_id: str | None = None) -> SessionRecord:
+    async def save(
+        self,
+        session_id: str,
+        changes: SessionChanges,
+        *,
+        new_id: str | None = None,
+        base: SessionRecord | None = None,
+    ) -> SessionRecord:
         """Merge one request's changes into the stored session and return what is now stored.
+
+        ``base`` is what this request loaded, if it did: a hint only (the result is the same with or without it),
+        which lets a store that versions its records skip reading the session again when it is unchanged.
 
         Keys this request did not touch keep whatever is stored now (another request may have written them); of
         two requests writing one key, the last save wins. An absent session is created (``created`` = now).

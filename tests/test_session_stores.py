@@ -228,6 +228,26 @@ async def test_concurrent_saves_of_different_keys_both_land(harness: Harness) ->
     assert loaded is not None and loaded.data == {"a": 1, "b": 2, "untouched": "yes"}
 
 
+async def test_a_save_from_a_stale_base_merges_into_what_is_stored_now(harness: Harness) -> None:
+    store = harness.make()
+    sid = new_session_id()
+    await store.save(sid, changes(a=0, b=0, untouched="yes"))
+    first, second = await asyncio.gather(store.load(sid), store.load(sid))
+    assert first is not None and second is not None
+    await store.save(sid, changes(a=1), base=first)
+    # ``second`` was loaded before ``first`` was saved: its base is stale, yet nothing of the first save is lost.
+    record = await store.save(sid, SessionChanges(set={"b": 2}, deleted=("untouched",)), base=second)
+    assert record.data == {"a": 1, "b": 2}
+    loaded = await store.load(sid)
+    assert loaded is not None and loaded.data == {"a": 1, "b": 2}
+    # A base whose session was deleted meanwhile starts a new one, as a save without a base would.
+    await store.delete(sid)
+    record = await store.save(sid, changes(c=3), base=loaded)
+    assert record.data == {"c": 3}
+    loaded = await store.load(sid)
+    assert loaded is not None and loaded.data == {"c": 3}
+
+
 async def test_many_concurrent_writers_all_land(harness: Harness) -> None:
     store = harness.make(pool_size=4) if harness.kind == "memcached" else harness.make()
     sid = new_session_id()
@@ -441,6 +461,31 @@ async def test_memcached_concurrent_writers_really_conflict_and_retry(memcached:
         assert after > before  # the merge did go through compare-and-swap conflicts
         loaded = await store.load(sid)
         assert loaded is not None and len(loaded.data) == 9
+    finally:
+        await store.close()
+
+
+async def test_memcached_save_of_a_loaded_session_does_not_read_it_again(memcached: Memcached) -> None:
+    store = MemcachedStore("127.0.0.1", memcached.port, idle_ttl=60)
+    sid = new_session_id()
+    try:
+        await store.save(sid, changes(count=1))
+        loaded = await store.load(sid)
+        assert loaded is not None and loaded.version is not None
+        async with raw_client(memcached.port) as raw:
+
+            async def reads_and_cas_hits() -> tuple[int, int]:
+                stats = await raw.stats()
+                return int(stats[b"cmd_get"] or 0), int(stats[b"cas_hits"] or 0)
+
+            reads, cas_hits = await reads_and_cas_hits()
+            await store.save(sid, changes(count=2), base=loaded)
+            assert await reads_and_cas_hits() == (reads, cas_hits + 1)  # one cas, no gets
+            await store.save(sid, changes(count=3))
+            assert await reads_and_cas_hits() == (reads + 1, cas_hits + 2)  # without a base: gets, then cas
+            stale = await store.save(sid, changes(count=4), base=loaded)  # its cas fails: gets and cas again
+            assert stale.data == {"count": 4}
+            assert await reads_and_cas_hits() == (reads + 2, cas_hits + 3)
     finally:
         await store.close()
 

@@ -225,6 +225,27 @@ def test_memcached_lazy_access(tmp_path: Path, memcached: Memcached) -> None:
         gateway.stop()
 
 
+def test_memcached_request_that_changes_its_session_reads_it_once(tmp_path: Path, memcached: Memcached) -> None:
+    """Load and save of one request: gets, touch, cas; the save starts from what the load read."""
+    port = free_port()
+    store = f"memcached://127.0.0.1:{memcached.port}"
+    gateway = Gateway(
+        tmp_path, ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--sessions", store, "tests.apps:app"], env=ENV
+    ).start()
+    try:
+        session_id = call(port, "/session/set", "count=0").cookie_id
+        assert session_id is not None
+        before = _stats(memcached.port)
+        for count in range(1, 6):
+            reply = call(port, "/session/set", f"count={count}", _cookie(session_id))
+            assert reply.status == 200 and reply.json()["data"] == {"count": str(count)}
+        after = _stats(memcached.port)
+        moved = {counter: after[counter] - before[counter] for counter in ("cmd_get", "cmd_touch", "cas_hits")}
+        assert moved == {"cmd_get": 5, "cmd_touch": 5, "cas_hits": 5}, moved
+    finally:
+        gateway.stop()
+
+
 def _stats(port: int) -> dict[str, int]:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"stats\r\n")
