@@ -1,10 +1,10 @@
 """The WSGI apps every server in the benchmarks serves, one callable routed by the last path segment.
 
-Standard library only: uWSGI, gunicorn, waitress, flup and fcgisgi import this module from the peers' virtualenv,
-where our project's dependencies are not installed. Routing looks at SCRIPT_NAME + PATH_INFO because the servers
-split the URL differently (nginx's ``fastcgi_params`` sends the whole path as SCRIPT_NAME and no PATH_INFO; flup
-passes that through, our gateway and uWSGI derive PATH_INFO), and at the last segment only, so one nginx
-``location`` prefix per server needs no rewriting.
+Standard library only (but for the peers' session route below): uWSGI, gunicorn, waitress, flup and fcgisgi import this
+module from the peers' virtualenv, where our project's dependencies are not installed. Routing looks at SCRIPT_NAME +
+PATH_INFO because the servers split the URL differently (nginx's ``fastcgi_params`` sends the whole path as SCRIPT_NAME
+and no PATH_INFO; flup passes that through, our gateway and uWSGI derive PATH_INFO), and at the last segment only, so
+one nginx ``location`` prefix per server needs no rewriting.
 
 | segment | what it measures |
 |---|---|
@@ -14,13 +14,22 @@ passes that through, our gateway and uWSGI derive PATH_INFO), and at the last se
 | ``sleep`` | an app waiting 5 ms on I/O: concurrency, not CPU |
 | ``cpu`` | 2 ms of CPU in the app |
 | ``big?size=N`` | a large streamed response (default 16 MiB) for the slow-reader clients and the memory curve |
-| ``session`` | read and write ``environ["gateway.session"]`` (our gateway only; 501 elsewhere) |
+| ``session`` | read and write ``environ["gateway.session"]``; on a peer, the same done by the app in memcached |
+
+The peers have no session store in the server, so their users keep sessions in the app: with
+``BENCH_SESSION_MEMCACHED=HOST:PORT`` in its environment, a peer's ``session`` route loads and stores a JSON
+session in that memcached with pymemcache (installed in the peers' virtualenv, never imported by our gateway's
+workers, which get ``gateway.session``); without it the route answers 501.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
+from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -33,6 +42,11 @@ CHUNK = 65536
 SLEEP_SECONDS = 0.005
 CPU_SECONDS = 0.002
 BIG_DEFAULT = 16 << 20
+APP_SESSION_COOKIE = "app_session"
+APP_SESSION_TTL = 3600
+
+#: This process's pymemcache client per server, connected on first use (after a prefork server forked).
+_memcache_clients: dict[str, Any] = {}
 
 
 def _plain(start_response: StartResponse, body: bytes, status: str = "200 OK") -> list[bytes]:
@@ -72,6 +86,31 @@ def _stream(size: int) -> Iterator[bytes]:
         yield piece
 
 
+def _app_session(environ: Environ, start_response: StartResponse, server: str) -> list[bytes]:
+    """What a peer's user writes: the session id from a cookie, a get and a set in memcached, JSON."""
+    memcache = _memcache_clients.get(server)
+    if memcache is None:
+        from pymemcache.client.base import Client  # noqa: PLC0415 (in the peers' virtualenv only)
+
+        host, _, port = server.rpartition(":")
+        memcache = _memcache_clients[server] = Client((host, int(port)), connect_timeout=5, timeout=5, no_delay=True)
+    cookies: SimpleCookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
+    morsel = cookies.get(APP_SESSION_COOKIE)
+    session_id = morsel.value if morsel is not None else None
+    stored = memcache.get(f"session:{session_id}") if session_id else None
+    data = json.loads(stored) if stored is not None else {}
+    headers = [("Content-Type", "text/plain")]
+    if stored is None:
+        session_id = secrets.token_urlsafe(32)
+        headers.append(("Set-Cookie", f"{APP_SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Lax"))
+    count = int(data.get("count", 0)) + 1
+    data["count"] = count
+    memcache.set(f"session:{session_id}", json.dumps(data).encode(), expire=APP_SESSION_TTL)
+    body = f"{count}\n".encode()
+    start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     name = path.rstrip("/").rsplit("/", 1)[-1]
@@ -95,6 +134,9 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     if name == "session":
         session = environ.get("gateway.session")
         if session is None:
+            server = os.environ.get("BENCH_SESSION_MEMCACHED")
+            if server:
+                return _app_session(environ, start_response, server)
             return _plain(start_response, b"no gateway.session here\n", "501 Not Implemented")
         count = int(session.get("count", 0)) + 1
         session["count"] = count

@@ -69,6 +69,8 @@ TRANSFER_TIMEOUT = 600.0
 #: The session curve's sessions: this many per wrk connection, sent in turn, so that two requests rarely touch
 #: one session at once (as with real users); a second run puts every request on one session (contention).
 SESSIONS_PER_CONNECTION = 4
+#: The memcached client the peers' apps use for their sessions (benchmarks/apps.py).
+APP_SESSION_PACKAGE = "pymemcache"
 
 
 def _size_label(size: int) -> str:
@@ -281,6 +283,7 @@ def private_memcached(scratch: Path) -> Iterator[str]:
 
 @dataclass
 class SessionRow:
+    server: str
     store: str
     mode: str  # "many": a few sessions per connection, in turn; "shared": every request on one session
     session: WrkResult | None
@@ -327,40 +330,62 @@ def _session_run(wrk: str, port: int, path: str, cookies: list[str], options: Op
     return parse_wrk(result.stdout + result.stderr), stored
 
 
-def session_rows(wrk: str, scratch: Path, peers: Peers, options: Options) -> list[SessionRow]:
-    specs = select_servers([SESSION_SERVER])
+def session_rows(wrk: str, scratch: Path, peers: Peers, specs: list[ServerSpec], options: Options) -> list[SessionRow]:
+    """Our gateway's memory and memcached stores; with memcached, also each peer among ``specs``, whose app keeps
+    the session in the same memcached itself (see ``benchmarks/apps.py``)."""
+    ours = select_servers([SESSION_SERVER])
+    app_level = [spec for spec in specs if spec.backend != "ours"]
     rows = []
     for store in ("memory", "memcached"):
+        servers = ours + (app_level if store == "memcached" else [])
         try:
             with contextlib.ExitStack() as resources:
                 url = "memory"
+                peer_env: dict[str, str] = {}
                 if store == "memcached":
                     url = resources.enter_context(private_memcached(scratch / "memcached"))
+                    peer_env["BENCH_SESSION_MEMCACHED"] = url.removeprefix("memcached://")
                 stack = resources.enter_context(
                     running_stack(
-                        scratch / f"session-{store}", specs, options.workers, peers, ours_args=("--sessions", url)
+                        scratch / f"session-{store}",
+                        servers,
+                        options.workers,
+                        peers,
+                        ours_args=("--sessions", url),
+                        peer_env=peer_env,
                     )
                 )
-                if SESSION_SERVER in stack.unavailable:
-                    rows.append(SessionRow(store, "many", None, None, note=stack.unavailable[SESSION_SERVER]))
-                    continue
-                path = f"/t/{SESSION_SERVER}/session"
-                _warm(wrk, stack, specs, min(1.0, options.duration))
-                hello_url = f"http://127.0.0.1:{stack.port}/t/{SESSION_SERVER}/hello"
-                hello = run_wrk(wrk, hello_url, connections=options.concurrency, duration=options.duration)
-                count = SESSIONS_PER_CONNECTION * options.concurrency
-                many = [_session_cookie(stack.port, path) for _ in range(count)]
-                for mode, cookies in (("many", many), ("shared", [_session_cookie(stack.port, path)])):
-                    session, stored = _session_run(wrk, stack.port, path, cookies, options)
-                    rows.append(SessionRow(store, mode, session, hello, stored))
-                    log(
-                        f"session {store:<9} {mode:<6} {session.rps:9.0f} req/s  p99 {session.p99_ms:8.2f} ms  "
-                        f"errors {session.error_count}  (hello {hello.rps:.0f} req/s); {len(cookies)} session(s) "
-                        f"kept {stored} of {session.requests} writes"
-                    )
+                rows += [
+                    SessionRow(name, store, "many", None, None, note=why) for name, why in stack.unavailable.items()
+                ]
+                _warm(wrk, stack, stack.running(), min(1.0, options.duration))
+                for spec in stack.running():
+                    rows += _session_server_rows(wrk, stack, spec.name, store, options)
         except (BenchError, OSError, ValueError) as err:
-            rows.append(SessionRow(store, "many", None, None, note=f"{type(err).__name__}: {err}"))
+            rows.append(SessionRow(SESSION_SERVER, store, "many", None, None, note=f"{type(err).__name__}: {err}"))
             log(f"session {store}: {err}")
+    return rows
+
+
+def _session_server_rows(wrk: str, stack: Stack, server: str, store: str, options: Options) -> list[SessionRow]:
+    path = f"/t/{server}/session"
+    hello_url = f"http://127.0.0.1:{stack.port}/t/{server}/hello"
+    try:
+        hello = run_wrk(wrk, hello_url, connections=options.concurrency, duration=options.duration)
+        count = SESSIONS_PER_CONNECTION * options.concurrency
+        many = [_session_cookie(stack.port, path) for _ in range(count)]
+        rows = []
+        for mode, cookies in (("many", many), ("shared", [_session_cookie(stack.port, path)])):
+            session, stored = _session_run(wrk, stack.port, path, cookies, options)
+            rows.append(SessionRow(server, store, mode, session, hello, stored))
+            log(
+                f"session {server} {store:<9} {mode:<6} {session.rps:9.0f} req/s  p99 {session.p99_ms:8.2f} ms  "
+                f"errors {session.error_count}  (hello {hello.rps:.0f} req/s); {len(cookies)} session(s) "
+                f"kept {stored} of {session.requests} writes"
+            )
+    except (BenchError, OSError, ValueError) as err:
+        log(f"session {server} {store}: {err}")
+        return [SessionRow(server, store, "many", None, None, note=f"{type(err).__name__}: {err}")]
     return rows
 
 
@@ -441,11 +466,15 @@ def render(
         "",
         *_curve_table(workers, servers, worker_counts, "workers"),
         "",
-        f"### Sessions: `{SESSION_SERVER}` only, {options.workers} workers, wrk `-c{options.concurrency}`",
+        f"### Sessions: a read and a write per request, {options.workers} workers, wrk `-c{options.concurrency}`",
         "",
-        'Every request reads and writes `environ["gateway.session"]` (increments a counter). No peer has an '
-        "equivalent (a session store inside the server), so there is nothing to compare with; **hello** is the same "
-        "gateway without touching the session. memcached: a private `memcached -U 0 -m 64` on loopback. **many**: "
+        f'`{SESSION_SERVER}`: every request reads and writes `environ["gateway.session"]` (increments a counter); '
+        "the event loop loads and stores the session. No peer has a session store in the server, so a peer's row "
+        "is what its users run instead: the app itself reads the session id from a cookie, gets the session from "
+        "the same memcached with pymemcache (one connection per worker process), increments the counter and sets "
+        "it back as JSON (`benchmarks/apps.py`; plain get and set, no compare-and-set). The memory store has no "
+        "such peer equivalent (a prefork server's workers share no memory). **hello** is the same server without "
+        "a session. memcached: a private `memcached -U 0 -m 64` on loopback. **many**: "
         f"{SESSIONS_PER_CONNECTION} sessions per connection, created beforehand, their cookies sent in turn by "
         "`wrk_report.lua` (`WRK_COOKIES`), so one session rarely sees two requests at once; **shared**: every "
         "request carries one session's cookie (worst-case contention). **writes kept**: increments found in the "
@@ -453,22 +482,24 @@ def render(
         "other (last writer wins), and the memcached store retries a changed session (compare-and-set) and cuts "
         "the response short when it keeps changing, which wrk counts as read errors.",
         "",
-        "| store | sessions | req/s | p99 ms | errors | hello req/s | session / hello | writes kept |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| server | store | sessions | req/s | p99 ms | errors | hello req/s | session / hello | writes kept |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in sessions:
         if row.session is None or row.hello is None:
-            lines.append(f"| {row.store} | - | - | - | - | - | - | - | <!-- {row.note} -->")
+            lines.append(f"| {row.server} | {row.store} | - | - | - | - | - | - | - | <!-- {row.note} -->")
             continue
         share = row.session.rps / row.hello.rps if row.hello.rps else 0.0
         kept = f"{row.stored} / {row.session.requests}"
+        store = row.store if row.server == SESSION_SERVER else f"{row.store} (in the app)"
         lines.append(
-            f"| {row.store} | {row.mode} | {row.session.rps:.0f} | {latency(row.session, row.session.p99_ms)} | "
-            f"{_errors(row.session)} | {row.hello.rps:.0f} | {share:.2f} | {kept} |"
+            f"| {row.server} | {store} | {row.mode} | {row.session.rps:.0f} | "
+            f"{latency(row.session, row.session.p99_ms)} | {_errors(row.session)} | {row.hello.rps:.0f} | "
+            f"{share:.2f} | {kept} |"
         )
     lines.append("")
     problems = [f"- {note}" for note in notes]
-    problems += [f"- session / {row.store}: {row.note}" for row in sessions if row.note]
+    problems += [f"- session / {row.server} / {row.store}: {row.note}" for row in sessions if row.note]
     if problems:
         lines += ["### Not measured", "", *problems, ""]
     lines += [chart_note or f"![cost curves]({chart_path})", ""]
@@ -488,6 +519,8 @@ def run(options: Options) -> Path:
         QUICK_WORKER_COUNTS if quick else WORKER_COUNTS,
     )
     packages = sorted({spec.package for spec in specs if spec.package})
+    if packages:
+        packages.append(APP_SESSION_PACKAGE)  # the peers' app-level sessions
     if options.charts:
         packages.append(CHARTS_PACKAGE)
     peers = ensure_peers(packages, install=options.install)
@@ -501,7 +534,7 @@ def run(options: Options) -> Path:
         concurrency = concurrency_curve(wrk, stack, options, counts[0])
     workers, unavailable = workers_curve(wrk, scratch, specs, peers, options, counts[2])
     notes += [f"workers curve, {name}: {why}" for name, why in unavailable.items()]
-    sessions = session_rows(wrk, scratch, peers, options)
+    sessions = session_rows(wrk, scratch, peers, specs, options)
     output = options.output
     data_path = output.parent / "data" / "curves.json"
     chart_file = output.parent / "charts" / "curves.png"
@@ -514,6 +547,7 @@ def run(options: Options) -> Path:
         "workers": [{"server": p.server, "workers": p.x, "wrk": vars(p.wrk)} for p in workers],
         "sessions": [
             {
+                "server": row.server,
                 "store": row.store,
                 "mode": row.mode,
                 "session": vars(row.session) if row.session else None,

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,6 +278,8 @@ class Backend:
     restarts: int = 0
     #: extra command-line options for our gateway (the curves: --sessions, --max-body-size)
     extra_args: tuple[str, ...] = ()
+    #: extra environment for the server (the curves: a peer's app-level session store)
+    extra_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def log_path(self) -> Path:
@@ -313,7 +315,7 @@ class Backend:
 
     def start(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", **dict(self.extra_env)}
         if self.name == "ours":
             args = ["--fcgi", f"127.0.0.1:{self.ports['fcgi']}", "--uwsgi", f"127.0.0.1:{self.ports['uwsgi']}",
                     "--workers", str(self.workers), *self.extra_args, APP]  # fmt: skip
@@ -631,6 +633,7 @@ class Stack:
     nginx: Nginx | None = None
     ours_args: tuple[str, ...] = ()
     max_body: str = "64m"
+    peer_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def port(self) -> int:
@@ -652,8 +655,15 @@ class Stack:
                 ports = {"fcgi": free_port(), "uwsgi": free_port()} if spec.backend == "ours" else {}
                 if not ports:
                     ports = {spec.protocol: free_port()}
-                extra = self.ours_args if spec.backend == "ours" else ()
-                backend = Backend(spec.backend, self.scratch, self.workers, ports, extra_args=extra)
+                ours = spec.backend == "ours"
+                backend = Backend(
+                    spec.backend,
+                    self.scratch,
+                    self.workers,
+                    ports,
+                    extra_args=self.ours_args if ours else (),
+                    extra_env=() if ours else self.peer_env,
+                )
                 log(f"starting {spec.backend} ({self.workers} workers)")
                 try:
                     backend.start()
@@ -751,8 +761,17 @@ def running_stack(
     *,
     ours_args: Sequence[str] = (),
     max_body: str = "64m",
+    peer_env: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
-    stack = Stack(scratch, specs, workers, peers, ours_args=tuple(ours_args), max_body=max_body)
+    stack = Stack(
+        scratch,
+        specs,
+        workers,
+        peers,
+        ours_args=tuple(ours_args),
+        max_body=max_body,
+        peer_env=tuple((peer_env or {}).items()),
+    )
     try:
         yield stack.start()
     finally:
