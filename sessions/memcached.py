@@ -1,13 +1,15 @@
 """Sessions in memcached (directly, or through twemproxy/nutcracker for several servers).
 
-Expiry is split between the server and us. The idle TTL is memcached's own expiry time, slid forward by a ``touch``
-on every load, so an abandoned session costs nothing to clean up. The absolute max age is checked by us against
+Expiry is split between the server and us. The idle TTL is memcached's own expiry time, slid forward by every save
+and by a ``touch`` on every load that does not follow a save closely, so an abandoned session costs nothing to clean
+up. The absolute max age is checked by us against
 the record's ``created`` time (the server's expiry is also capped at it, so a session past it vanishes soon).
 
 Saving merges with compare-and-swap: ``gets`` the record, apply this request's keys, ``cas`` it back (or ``add`` it
 when absent), and start over when another request stored first, a bounded number of times. A load is a ``gets``
-too, and a save handed the loaded record starts with the ``cas`` on its token: a request that loads and changes
-its session costs three round trips (gets, touch, cas), not four, unless another request stored in between. The
+too, and a save handed the loaded record starts with the ``cas`` on its token; the load's ``touch`` is skipped
+when the session was saved moments ago (see _TOUCH_SLACK_SHARE): a request that loads and changes an active
+session costs two round trips (gets, cas), not four, unless another request stored in between. The
 size limit is checked before storing, because memcached answers an oversized ``set``/``cas`` by deleting the item
 it had.
 
@@ -47,6 +49,12 @@ _EXPIRED_AT_ONCE = _RELATIVE_EXPTIME_LIMIT + 1
 # Memcached's clock ticks once a second and an item expires when the tick reaches its expiry, up to a second
 # early; one second more guarantees a session is never dropped before it has been idle for the whole TTL.
 _CLOCK_GRACE = 1
+# A load skips its touch when the session was saved less than this long ago (its share of the idle TTL, at most a
+# minute), and saves set the expiry that much further: an active session costs a gets and a cas per request, not a
+# gets, a touch and a cas, and still never expires before it has been idle for the whole TTL (at most the slack
+# later). The saved time is the saving host's clock, so hosts sharing memcached need clocks within that slack.
+_TOUCH_SLACK_SHARE = 0.1
+_TOUCH_SLACK_MAX = 60.0
 _CAS_ATTEMPTS = 16  # each conflict means another request stored; 16 concurrent writers of one session is plenty
 _LOCK_TTL = 30  # seconds: a lock whose holder died frees itself; a request holding it longer loses exclusivity
 _LOCK_POLL_FIRST = 0.005
@@ -91,6 +99,7 @@ class MemcachedStore:
         self.max_item_size = max_item_size
         self._prefix = prefix
         self._clock = clock
+        self._touch_slack = min(idle_ttl * _TOUCH_SLACK_SHARE, _TOUCH_SLACK_MAX)
         self._memcache = MemcacheConnections(host, port, size=pool_size)
 
     def __repr__(self) -> str:
@@ -143,7 +152,7 @@ class MemcachedStore:
         if record is None or exptime is None:
             await self._memcache.delete(key)  # corrupt or past its max age: nobody may see it again
             return None
-        if not await self._memcache.touch(key, exptime):
+        if not 0 <= now - record.accessed < self._touch_slack and not await self._memcache.touch(key, exptime):
             return None  # deleted (logout, regenerate) between our get and touch
         return SessionRecord(data=record.data, created=record.created, accessed=now, version=cas_token)
 
@@ -155,7 +164,7 @@ class MemcachedStore:
             if not _record.past_max_age(base, self.max_age, now):
                 record = _record.merge(base, changes, now)
                 payload = _record.encode(record, self.max_item_size)
-                exptime = self._exptime(record.created, now) or 1
+                exptime = self._exptime(record.created, now, saving=True) or 1
                 if await self._store(self._memcache.cas(key, payload, base.version, exptime), len(payload)):
                     return record
         for _ in range(_CAS_ATTEMPTS):
@@ -164,7 +173,7 @@ class MemcachedStore:
             current = self._live(blob, now) if blob is not None else None
             record = _record.merge(current, changes, now)
             payload = _record.encode(record, self.max_item_size)
-            exptime = self._exptime(record.created, now) or 1
+            exptime = self._exptime(record.created, now, saving=True) or 1
             if blob is None:
                 stored = await self._store(self._memcache.add(key, payload, exptime), len(payload))
             elif cas_token is None:
@@ -182,7 +191,7 @@ class MemcachedStore:
         current = self._live(blob, now) if blob is not None else None
         record = _record.merge(current, changes, now)  # keeps ``created``: the max age spans the regeneration
         payload = _record.encode(record, self.max_item_size)
-        exptime = self._exptime(record.created, now) or 1
+        exptime = self._exptime(record.created, now, saving=True) or 1
         if not await self._store(self._memcache.set(new_key, payload, exptime), len(payload)):
             raise SessionStoreUnavailable("memcached did not store the regenerated session")
         await self._memcache.delete(old_key)
@@ -194,7 +203,7 @@ class MemcachedStore:
         if record.data:
             payload = _record.encode(record, self.max_item_size)  # may raise: nothing has been touched yet
             target = new_id or session_id
-            exptime = self._exptime(now, now) or 1
+            exptime = self._exptime(now, now, saving=True) or 1
             if not await self._store(self._memcache.set(self._key(target), payload, exptime), len(payload)):
                 raise SessionStoreUnavailable("memcached did not store the restarted session")
             if target == session_id:
@@ -266,9 +275,13 @@ class MemcachedStore:
             return None
         return record
 
-    def _exptime(self, created: float, now: float) -> int | None:
-        """Memcached's expiry time for a session created at ``created``; None when it is past its max age."""
-        ttl = self.idle_ttl
+    def _exptime(self, created: float, now: float, *, saving: bool = False) -> int | None:
+        """Memcached's expiry time for a session created at ``created``; None when it is past its max age.
+
+        A save adds the touch slack: a load within that time of the save skips its touch (see _load), and the
+        session must still outlive that load by the whole idle TTL.
+        """
+        ttl = self.idle_ttl + self._touch_slack if saving else self.idle_ttl
         if self.max_age is not None:
             remaining = created + self.max_age - now
             if remaining <= 0:

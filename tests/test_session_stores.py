@@ -490,6 +490,31 @@ async def test_memcached_save_of_a_loaded_session_does_not_read_it_again(memcach
         await store.close()
 
 
+async def test_memcached_load_touches_only_a_session_not_saved_moments_ago(memcached: Memcached) -> None:
+    clock = FakeClock()
+    store = MemcachedStore("127.0.0.1", memcached.port, idle_ttl=100, clock=clock)  # touch slack: 10 s
+    sid = new_session_id()
+    try:
+        async with raw_client(memcached.port) as raw:
+
+            async def touches() -> int:
+                return int((await raw.stats())[b"cmd_touch"] or 0)
+
+            await store.save(sid, changes(n=1))
+            before = await touches()
+            clock.advance(9)
+            assert await store.load(sid) is not None
+            assert await touches() == before  # the save 9 s ago set an expiry beyond 9 s + the idle TTL
+            clock.advance(2)
+            assert await store.load(sid) is not None
+            assert await touches() == before + 1
+            clock.advance(-20)  # a save stamped by a host whose clock runs ahead: never trusted, always touched
+            assert await store.load(sid) is not None
+            assert await touches() == before + 2
+    finally:
+        await store.close()
+
+
 async def test_memcached_refusing_an_item_as_too_large_is_session_too_large(memcached: Memcached) -> None:
     # Our limit set above memcached's 1 MB item size: the server's refusal must not pass for an outage.
     store = MemcachedStore("127.0.0.1", memcached.port, idle_ttl=60, max_item_size=4_000_000)

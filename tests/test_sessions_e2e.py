@@ -226,7 +226,8 @@ def test_memcached_lazy_access(tmp_path: Path, memcached: Memcached) -> None:
 
 
 def test_memcached_request_that_changes_its_session_reads_it_once(tmp_path: Path, memcached: Memcached) -> None:
-    """Load and save of one request: gets, touch, cas; the save starts from what the load read."""
+    """Load and save of one request: a gets and a cas. The save starts from what the load read, and the load does
+    not touch a session saved moments ago (the save set its expiry)."""
     port = free_port()
     store = f"memcached://127.0.0.1:{memcached.port}"
     gateway = Gateway(
@@ -241,7 +242,7 @@ def test_memcached_request_that_changes_its_session_reads_it_once(tmp_path: Path
             assert reply.status == 200 and reply.json()["data"] == {"count": str(count)}
         after = _stats(memcached.port)
         moved = {counter: after[counter] - before[counter] for counter in ("cmd_get", "cmd_touch", "cas_hits")}
-        assert moved == {"cmd_get": 5, "cmd_touch": 5, "cas_hits": 5}, moved
+        assert moved == {"cmd_get": 5, "cmd_touch": 0, "cas_hits": 5}, moved
     finally:
         gateway.stop()
 
