@@ -26,6 +26,8 @@ _REQUEST_PREFIX = struct.Struct("<I")
 
 #: A frame larger than this means the two sides disagree on the format; fail loudly rather than allocate it.
 MAX_FRAME = 1 << 30
+#: Payloads from this size on may be passed on as views of the read that brought them (see FrameDecoder).
+_VIEW_MIN = 1 << 14
 
 
 class Kind(IntEnum):
@@ -66,13 +68,13 @@ def encode_response(head: bytes, body: list[bytes], extras: bytes) -> list[bytes
             *body]  # fmt: skip
 
 
-def decode_response(payload: bytes) -> tuple[memoryview, int, bytes]:
+def decode_response(payload: bytes | memoryview) -> tuple[memoryview, int, bytes]:
     """(head and body as one view, the head's length, END extras) of a RESPONSE payload."""
     extras_length, head_length = RESPONSE_PREFIX.unpack_from(payload)
     start = RESPONSE_PREFIX.size + extras_length
     if start + head_length > len(payload):
         raise ChannelError(f"RESPONSE frame of {len(payload)} bytes claims a {head_length}-byte head")
-    extras = payload[RESPONSE_PREFIX.size : start] if extras_length else b""
+    extras = bytes(payload[RESPONSE_PREFIX.size : start]) if extras_length else b""
     return memoryview(payload)[start:], head_length, extras
 
 
@@ -119,43 +121,70 @@ def encode_request(
     return [prefix + _REQUEST_PREFIX.pack(len(meta)) + meta, *body]
 
 
+#: Payload is ``bytes``, or a ``memoryview`` of one read for a large payload (see FrameDecoder).
+Payload = bytes | memoryview
+
+
 class FrameDecoder:
-    """Splits a byte stream into (kind, payload) frames."""
+    """Splits a byte stream into (kind, payload) frames.
+
+    Frames are cut straight out of each read. A large payload (a response body) that fills most of its read is
+    passed on as a view of it, not copied: the view keeps the read alive while the response waits for its client,
+    so views are only made where that read is at most twice the payload. A frame cut by a read is completed from
+    the next reads alone, in a buffer that then becomes its payload, so a read is never recopied whole.
+    """
 
     __slots__ = ("_buffer",)
 
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buffer = self._buffer
-        # Usually nothing is left over from the last read: frames are cut straight out of ``data`` (one copy per
-        # payload), and only an incomplete tail is kept.
-        source: bytes | bytearray = data
-        if buffer:
-            buffer += data
-            source = buffer
-        view = memoryview(source)
-        frames: list[tuple[int, bytes]] = []
-        offset = 0
-        available = len(source)
+    def feed(self, data: bytes) -> list[tuple[int, Payload]]:
+        frames: list[tuple[int, Payload]] = []
+        offset = self._complete_buffered(data, frames) if self._buffer else 0
+        if offset is None:
+            return frames
+        available = len(data)
         header_size = FRAME_HEADER.size
+        view = memoryview(data)
         while available - offset >= header_size:
-            length, kind = FRAME_HEADER.unpack_from(source, offset)
+            length, kind = FRAME_HEADER.unpack_from(data, offset)
             if length > MAX_FRAME:
                 raise ChannelError(f"frame of {length} bytes exceeds the channel maximum")
             end = offset + header_size + length
             if end > available:
                 break
-            frames.append((kind, view[offset + header_size : end].tobytes()))
+            payload = view[offset + header_size : end]
+            frames.append((kind, payload if length >= _VIEW_MIN and 2 * length >= available else payload.tobytes()))
             offset = end
-        view.release()
-        if source is buffer:
-            if offset:
-                del buffer[:offset]
-        elif offset < available:
-            buffer += memoryview(data)[offset:]
+        if offset < available:
+            self._buffer += view[offset:]
         return frames
+
+    def _complete_buffered(self, data: bytes, frames: list[tuple[int, Payload]]) -> int | None:
+        """Add to the held partial frame what it lacks from ``data``; where parsing of ``data`` resumes, or None
+        when all of ``data`` went into the still incomplete frame."""
+        buffer = self._buffer
+        header_size = FRAME_HEADER.size
+        used = 0
+        if len(buffer) < header_size:
+            used = min(header_size - len(buffer), len(data))
+            buffer += data[:used]
+            if len(buffer) < header_size:
+                return None
+        length: int
+        length, kind = FRAME_HEADER.unpack_from(buffer)
+        if length > MAX_FRAME:
+            raise ChannelError(f"frame of {length} bytes exceeds the channel maximum")
+        missing = header_size + length - len(buffer)
+        if len(data) - used < missing:
+            buffer += memoryview(data)[used:]
+            return None
+        buffer += memoryview(data)[used : used + missing]
+        # The buffer becomes the payload's (never written again): no copy out of it.
+        self._buffer = bytearray()
+        frames.append((kind, memoryview(buffer)[header_size:] if length >= _VIEW_MIN else bytes(buffer[header_size:])))
+        return used + missing
 
     @property
     def pending(self) -> int:

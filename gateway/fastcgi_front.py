@@ -44,7 +44,7 @@ class _Exchange:
         connection = self.connection
         connection.write(connection.codec.send_stdout(self.request_id, _STATUS_PREFIX + head))
 
-    def send_body(self, data: bytes) -> None:
+    def send_body(self, data: bytes | memoryview) -> None:
         connection = self.connection
         if connection.output is not None:  # written vectored: a large body is not copied into its records
             connection.output.writelines(connection.codec.send_stdout_pieces(self.request_id, data))

@@ -24,7 +24,15 @@ from typing import Any, cast
 import orjson
 
 from gateway.accesslog import AccessLog
-from gateway.channel import ChannelError, FrameDecoder, Kind, decode_response, encode_cancel, encode_request
+from gateway.channel import (
+    ChannelError,
+    FrameDecoder,
+    Kind,
+    Payload,
+    decode_response,
+    encode_cancel,
+    encode_request,
+)
 from gateway.config import Config
 from gateway.request import Request, respond_error
 from gateway.session_hook import worker_settings
@@ -181,7 +189,7 @@ class Worker:
             self._flush()
             self.transport.close()
 
-    def on_frames(self, frames: list[tuple[int, bytes]]) -> None:
+    def on_frames(self, frames: list[tuple[int, Payload]]) -> None:
         for kind, payload in frames:
             request = self.request
             if kind == Kind.RESPONSE:
@@ -196,18 +204,23 @@ class Worker:
                 self.sent += len(payload)
                 if request is not None and not self.head_answered and not request.sink.client_gone:
                     request.sink.send_body(payload)
-            elif kind == Kind.HEAD:
-                self._head_sent = True
-                self.status = _status_code(payload)
-                if request is not None and not self.head_answered and not request.sink.client_gone:
-                    request.sink.send_head(payload)
-            elif kind in (Kind.END, Kind.ABORT):
-                self._ended(request, kind, payload)
-            elif kind == Kind.READY:
-                self.state = _State.IDLE
-                self.pool.worker_ready(self, orjson.loads(payload))
             else:
-                raise ChannelError(f"worker {self.pid} sent an unknown frame kind {kind}")
+                # A head or END extras come as a view only from 16 KiB on: rare, so made bytes here for all.
+                self._on_frame(kind, payload if type(payload) is bytes else bytes(payload), request)
+
+    def _on_frame(self, kind: int, payload: bytes, request: Request | None) -> None:
+        if kind == Kind.HEAD:
+            self._head_sent = True
+            self.status = _status_code(payload)
+            if request is not None and not self.head_answered and not request.sink.client_gone:
+                request.sink.send_head(payload)
+        elif kind in (Kind.END, Kind.ABORT):
+            self._ended(request, kind, payload)
+        elif kind == Kind.READY:
+            self.state = _State.IDLE
+            self.pool.worker_ready(self, orjson.loads(payload))
+        else:
+            raise ChannelError(f"worker {self.pid} sent an unknown frame kind {kind}")
 
     def _ended(self, request: Request | None, kind: int, extras: bytes) -> None:
         """The running request's response is complete (END) or cut short (ABORT): on to the next one."""

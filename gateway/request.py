@@ -25,7 +25,7 @@ class ResponseSink(Protocol):
     def send_head(self, head: bytes) -> None:
         """``head`` is b"200 OK\\r\\nName: value\\r\\n\\r\\n"; the sink adds its protocol's prefix."""
 
-    def send_body(self, data: bytes) -> None: ...
+    def send_body(self, data: bytes | memoryview) -> None: ...
 
     def send_response(self, response: bytes | memoryview) -> None:
         """A whole response: the head (as for ``send_head``) directly followed by all of the body; ``finish`` still

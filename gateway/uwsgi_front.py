@@ -90,7 +90,7 @@ class UwsgiConnection(FrontConnection):
         elif self.body is not None:
             self.body.discard()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.output is not None:
             self.output.write(data)
 
@@ -102,7 +102,7 @@ class UwsgiConnection(FrontConnection):
     def send_head(self, head: bytes) -> None:
         self.write(self.http_version + head)
 
-    def send_body(self, data: bytes) -> None:
+    def send_body(self, data: bytes | memoryview) -> None:
         self.write(data)
 
     def send_response(self, response: bytes | memoryview) -> None:

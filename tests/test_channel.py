@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.channel import (
+    FRAME_HEADER,
     MAX_FRAME,
     RESPONSE_PREFIX,
     ChannelError,
@@ -67,6 +68,46 @@ def test_any_cut_gives_the_same_frames(frames: list[tuple[Kind, bytes]], data: s
     decoded, decoder = _feed_in(pieces)
     assert decoded == [(int(kind), payload) for kind, payload in frames]
     assert decoder.pending == 0
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([Kind.BODY, Kind.HEAD, Kind.RESPONSE]), st.integers(0, 70_000)), max_size=6),
+    st.data(),
+)
+def test_large_payloads_any_cut_same_frames_and_views_pin_at_most_twice_their_size(
+    sizes: list[tuple[Kind, int]], data: st.DataObject
+) -> None:
+    frames = [(kind, bytes([index]) * size) for index, (kind, size) in enumerate(sizes)]
+    stream = b"".join(encode_frame(kind, payload) for kind, payload in frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    decoded, decoder = _feed_in(pieces)
+    assert decoded == [(int(kind), payload) for kind, payload in frames]
+    assert decoder.pending == 0
+    for _, payload in decoded:
+        if isinstance(payload, memoryview):
+            assert len(payload) >= 1 << 14
+            # what the view keeps alive: the read it came in, or the buffer that completed a cut frame
+            assert len(payload.obj) <= max(2 * len(payload), len(payload) + FRAME_HEADER.size)  # type: ignore[arg-type]
+
+
+def test_a_large_payload_is_a_view_of_its_read_and_a_cut_one_of_its_own_buffer() -> None:
+    body = b"b" * 65536
+    read = encode_frame(Kind.HEAD, b"200 OK\r\n\r\n") + encode_frame(Kind.BODY, body) + encode_frame(Kind.END)
+    head, (kind, payload), end = FrameDecoder().feed(read)
+    assert isinstance(payload, memoryview) and payload.obj is read and payload == body  # not copied
+    assert isinstance(head[1], bytes) and end == (Kind.END, b"")
+    decoder = FrameDecoder()
+    assert decoder.feed(read[:30_000]) == [head]
+    assert decoder.feed(read[30_000:60_000]) == []
+    (kind, payload), end = decoder.feed(read[60_000:])
+    assert kind == Kind.BODY and end == (Kind.END, b"")
+    assert isinstance(payload, memoryview) and payload == body
+    assert len(payload.obj) == len(body) + FRAME_HEADER.size  # type: ignore[arg-type] # its own buffer, no more
+    # beside much more data in the same read, a payload is copied: a view would keep all of that read alive
+    small_part = encode_frame(Kind.BODY, body) + encode_frame(Kind.BODY, b"z" * 200_000)
+    (_, first), (_, second) = FrameDecoder().feed(small_part)
+    assert type(first) is bytes and first == body and isinstance(second, memoryview)
 
 
 def test_a_frame_beyond_the_maximum_is_a_channel_error() -> None:
