@@ -22,9 +22,16 @@ log = logging.getLogger("gateway.dispatch")
 
 
 class RequestHook(Protocol):
+    #: Whether the hook needs no task at all: its work before dispatch is done in ``prepare`` and the work after
+    #: the response in ``after_response_now``.
+    at_once: bool
+
     def prepare(self, request: Request) -> bool:
         """Set up ``request`` synchronously; True when ``before_dispatch`` must run."""
         ...
+
+    def after_response_now(self, request: Request, extras: bytes) -> None:
+        """``after_response`` without suspending; called instead of it when ``at_once``."""
 
     async def before_dispatch(self, request: Request) -> None:
         """May raise HookRefused to answer the request without a worker."""
@@ -39,6 +46,7 @@ class Dispatcher:
         self.hooks = tuple(hooks)
         pool.on_request_done = self.request_done
         self._tasks: set[asyncio.Task[None]] = set()
+        self._after_at_once = all(hook.at_once for hook in self.hooks)
 
     def submit(self, request: Request) -> None:
         hooks = self.hooks
@@ -56,8 +64,15 @@ class Dispatcher:
 
     def request_done(self, request: Request, extras: bytes) -> None:
         if self.hooks and extras:
-            self._spawn(self._after_then_finish(request, extras))
-            return
+            if not self._after_at_once:
+                self._spawn(self._after_then_finish(request, extras))
+                return
+            try:
+                for hook in self.hooks:
+                    hook.after_response_now(request, extras)
+            except Exception as err:  # whatever it was, the client must not see a success
+                self._not_stored(request, err)
+                return
         request.release()
         if not request.sink.client_gone:
             request.sink.finish()
@@ -94,20 +109,23 @@ class Dispatcher:
         try:
             for hook in self.hooks:
                 await hook.after_response(request, extras)
-        except Exception as err:
-            log.error(  # noqa: TRY400 - one line; the reason is in the message
-                "%s %s: the session could not be stored (%s); the response is cut short",
-                request.params.get("REQUEST_METHOD", "-"),
-                request.params.get("REQUEST_URI", "-"),
-                err,
-            )
-            request.release()
-            if not request.sink.client_gone:
-                request.sink.abort()
+        except Exception as err:  # whatever it was, the client must not see a success
+            self._not_stored(request, err)
             return
         request.release()
         if not request.sink.client_gone:
             request.sink.finish()
+
+    def _not_stored(self, request: Request, err: Exception) -> None:
+        log.error(
+            "%s %s: the session could not be stored (%s); the response is cut short",
+            request.params.get("REQUEST_METHOD", "-"),
+            request.params.get("REQUEST_URI", "-"),
+            err,
+        )
+        request.release()
+        if not request.sink.client_gone:
+            request.sink.abort()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

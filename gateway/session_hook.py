@@ -23,9 +23,11 @@ from sessions import (
     CookieSettings,
     SessionChanges,
     SessionError,
+    SessionRecord,
     SessionStore,
     session_id_from_cookies,
 )
+from sessions.store import run_at_once
 
 log = logging.getLogger("gateway.sessions")
 
@@ -62,15 +64,21 @@ class SessionHook:
         self.config = config
         self.cookie = CookieSettings(**worker_settings(config)["cookie"])
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The memory store is loaded and saved on the spot, without a task (a lock may wait: then tasks again).
+        self.at_once = store.answers_at_once and not config.session_serialize
 
     def prepare(self, request: Request) -> bool:
-        """Synchronous part: True when the request carries a session id, so ``before_dispatch`` must run."""
+        """Synchronous part: True when the request carries a session id, so ``before_dispatch`` must run (unless
+        the store answers at once: then the session is loaded here)."""
         cookie = request.params.get("HTTP_COOKIE")
         session_id = session_id_from_cookies(cookie, self.cookie) if cookie else None
         if session_id is None:
             request.session = (None, None)
             return False
         request.state["session_id"] = session_id
+        if self.at_once:
+            _loaded(request, session_id, run_at_once(self.store.load(session_id)))
+            return False
         return True
 
     async def before_dispatch(self, request: Request) -> None:
@@ -82,9 +90,7 @@ class SessionHook:
                 record = await self.store.load(session_id)
         except (SessionError, TimeoutError) as err:
             raise HookRefused("503 Service Unavailable", f"session store unavailable: {err or 'timed out'}") from err
-        # An id we did not issue, or one that expired, is never adopted: the request starts without a session.
-        request.session = (session_id, record.data) if record is not None else (None, None)
-        request.state["session_record"] = record  # the save's starting point (see SessionRecord.version)
+        _loaded(request, session_id, record)
 
     async def _lock(self, request: Request, session_id: str) -> None:
         # Wait as long as the request holding the lock may run (--timeout), or 30 s without one.
@@ -101,24 +107,37 @@ class SessionHook:
 
     async def after_response(self, request: Request, extras: bytes) -> None:
         """Store what the worker reported; raises (the dispatcher cuts the response) when it cannot."""
+        try:
+            async with asyncio.timeout(self.config.session_timeout):
+                await self._save(request, extras)
+        except TimeoutError as err:
+            raise SessionError(f"storing the session timed out after {self.config.session_timeout:g} s") from err
+
+    def after_response_now(self, request: Request, extras: bytes) -> None:
+        """``after_response`` on the spot, for a store that answers at once (``at_once``)."""
+        run_at_once(self._save(request, extras))
+
+    async def _save(self, request: Request, extras: bytes) -> None:
         ids, _, changes_json = extras.partition(b"\n")
         loaded_id, issued_id = orjson.loads(ids)
         changes = SessionChanges.from_json(changes_json)
-        try:
-            async with asyncio.timeout(self.config.session_timeout):
-                if loaded_id is None:
-                    await self.store.save(issued_id, changes)
-                elif changes.regenerate:
-                    await self.store.save(loaded_id, changes, new_id=issued_id)
-                else:
-                    await self.store.save(loaded_id, changes, base=request.state.get("session_record"))
-        except TimeoutError as err:
-            raise SessionError(f"storing the session timed out after {self.config.session_timeout:g} s") from err
+        if loaded_id is None:
+            await self.store.save(issued_id, changes)
+        elif changes.regenerate:
+            await self.store.save(loaded_id, changes, new_id=issued_id)
+        else:
+            await self.store.save(loaded_id, changes, base=request.state.get("session_record"))
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
+
+
+def _loaded(request: Request, session_id: str, record: SessionRecord | None) -> None:
+    # An id we did not issue, or one that expired, is never adopted: the request starts without a session.
+    request.session = (session_id, record.data) if record is not None else (None, None)
+    request.state["session_record"] = record  # the save's starting point (see SessionRecord.version)
 
 
 async def _exit(lock: AbstractAsyncContextManager[None]) -> None:

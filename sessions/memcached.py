@@ -71,6 +71,8 @@ _UNAVAILABLE = (OSError, EOFError, aiomcache.ClientException, ValueError, IndexE
 class MemcachedStore:
     """A :class:`~sessions.store.SessionStore` on memcached; keys are ``prefix`` + session id."""
 
+    answers_at_once = False
+
     def __init__(
         self,
         host: str,

@@ -38,6 +38,8 @@ class _LockSlot:
 class MemoryStore:
     """An in-process :class:`~sessions.store.SessionStore`; ``clock`` is injectable so tests need not sleep."""
 
+    answers_at_once = True  # load and save await nothing (lock may wait for another holder)
+
     def __init__(
         self,
         *,

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from sessions.mapping import SessionChanges
+
+_T = TypeVar("_T")
 
 
 class SessionError(Exception):
@@ -67,6 +71,10 @@ class SessionStore(Protocol):
     and ``delete`` does nothing for any other string, ``save`` and ``lock`` raise ValueError (a gateway bug).
     """
 
+    #: True when ``load`` and ``save`` never suspend (no I/O): the gateway then runs them to their end on the spot
+    #: instead of in a task, which is most of what a session costs the event loop with the memory store.
+    answers_at_once: bool
+
     async def load(self, session_id: str) -> SessionRecord | None:
         """The stored session, or None when absent, idle for longer than the idle TTL, or past its max age.
 
@@ -110,3 +118,13 @@ class SessionStore(Protocol):
     async def close(self) -> None:
         """Release connections and memory; the store is unusable afterwards."""
         ...
+
+
+def run_at_once(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run a store call that never suspends (see ``SessionStore.answers_at_once``) to its end, without a task."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a session store that answers at once suspended; it must set answers_at_once = False")

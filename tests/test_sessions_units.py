@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import string
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,6 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.config import Config
+from gateway.dispatch import Dispatcher
+from gateway.request import Request
+from gateway.session_hook import SessionHook
+from gateway.spool import RequestBody
 from sessions import (
     CookieSettings,
     MemcachedStore,
@@ -27,6 +34,8 @@ from sessions import (
     session_id_from_cookies,
     set_cookie_value,
 )
+from sessions.store import run_at_once
+from tests.servers import Memcached
 
 SETTINGS = CookieSettings()
 
@@ -537,3 +546,90 @@ async def test_open_store_forms() -> None:
 def test_open_store_rejects_bad_urls(url: str) -> None:
     with pytest.raises(ValueError, match=r"'memory', 'memcached://HOST:PORT' or 'off'"):
         open_store(url, idle_ttl=60, max_age=None)
+
+
+# -- the gateway's session hook with a store that answers at once -------------------------------------------------
+class _Pool:
+    """What the dispatcher needs of the worker pool: requests handed to it are recorded."""
+
+    on_request_done: object = None
+
+    def __init__(self) -> None:
+        self.submitted: list[Request] = []
+
+    def submit(self, request: Request) -> None:
+        self.submitted.append(request)
+
+
+class _Sink:
+    client_gone = False
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def finish(self) -> None:
+        self.calls.append("finish")
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+
+
+def _session_request(session_id: str, tmp_path: Path) -> tuple[Request, _Sink]:
+    sink = _Sink()
+    params = {"HTTP_COOKIE": f"other=1; gwsession={session_id}", "REQUEST_URI": "/"}
+    return Request(params, RequestBody(1 << 20, str(tmp_path)), sink, "fastcgi", 0.0), sink  # type: ignore[arg-type]
+
+
+def _extras(loaded_id: str | None, issued_id: str, changes: SessionChanges) -> bytes:
+    return orjson.dumps([loaded_id, issued_id]) + b"\n" + changes.to_json()
+
+
+async def test_the_memory_store_is_loaded_and_saved_on_the_spot_without_a_task(tmp_path: Path) -> None:
+    store = MemoryStore(idle_ttl=60)
+    session_id = new_session_id()
+    await store.save(session_id, SessionChanges(set={"n": 1}))
+    pool = _Pool()
+    dispatcher = Dispatcher(pool, [SessionHook(store, Config())])  # type: ignore[arg-type]
+    request, sink = _session_request(session_id, tmp_path)
+    dispatcher.submit(request)
+    assert pool.submitted == [request]  # already queued: nothing awaited in between
+    assert request.session == (session_id, {"n": 1})
+    dispatcher.request_done(request, _extras(session_id, session_id, SessionChanges(set={"n": 2})))
+    assert sink.calls == ["finish"] and not dispatcher._tasks
+    loaded = await store.load(session_id)
+    assert loaded is not None and loaded.data == {"n": 2}
+
+
+async def test_a_session_stored_on_the_spot_that_fails_cuts_the_response(tmp_path: Path) -> None:
+    store = MemoryStore(idle_ttl=60, max_item_size=100)
+    session_id = new_session_id()
+    await store.save(session_id, SessionChanges(set={"n": 1}))
+    dispatcher = Dispatcher(_Pool(), [SessionHook(store, Config())])  # type: ignore[arg-type]
+    request, sink = _session_request(session_id, tmp_path)
+    dispatcher.submit(request)
+    dispatcher.request_done(request, _extras(session_id, session_id, SessionChanges(set={"n": "x" * 200})))
+    assert sink.calls == ["abort"]
+    loaded = await store.load(session_id)
+    assert loaded is not None and loaded.data == {"n": 1}
+
+
+async def test_serialized_sessions_and_memcached_still_go_through_tasks(memcached: Memcached) -> None:
+    assert not SessionHook(MemoryStore(idle_ttl=60), Config(session_serialize=True)).at_once
+    store = MemcachedStore("127.0.0.1", memcached.port, idle_ttl=60)
+    try:
+        assert not SessionHook(store, Config()).at_once
+    finally:
+        await store.close()
+
+
+async def test_run_at_once_refuses_a_call_that_suspends() -> None:
+    async def answers() -> int:
+        return 7
+
+    async def suspends() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    assert run_at_once(answers()) == 7
+    with pytest.raises(RuntimeError, match="answers_at_once = False"):
+        run_at_once(suspends())
