@@ -77,7 +77,11 @@ class SessionHook:
             return False
         request.state["session_id"] = session_id
         if self.at_once:
-            _loaded(request, session_id, run_at_once(self.store.load(session_id)))
+            try:
+                record = run_at_once(self.store.load(session_id))
+            except Exception:  # before_dispatch loads again and answers 503 naming the error
+                return True
+            _loaded(request, session_id, record)
             return False
         return True
 

@@ -2,16 +2,15 @@
 
 Expiry is split between the server and us. The idle TTL is memcached's own expiry time, slid forward by every save
 and by a ``touch`` on every load that does not follow a save closely, so an abandoned session costs nothing to clean
-up. The absolute max age is checked by us against
-the record's ``created`` time (the server's expiry is also capped at it, so a session past it vanishes soon).
+up. The absolute max age is checked by us against the record's ``created`` time (the server's expiry is also capped
+at it, so a session past it vanishes soon).
 
 Saving merges with compare-and-swap: ``gets`` the record, apply this request's keys, ``cas`` it back (or ``add`` it
 when absent), and start over when another request stored first, a bounded number of times. A load is a ``gets``
 too, and a save handed the loaded record starts with the ``cas`` on its token; the load's ``touch`` is skipped
 when the session was saved moments ago (see _TOUCH_SLACK_SHARE): a request that loads and changes an active
-session costs two round trips (gets, cas), not four, unless another request stored in between. The
-size limit is checked before storing, because memcached answers an oversized ``set``/``cas`` by deleting the item
-it had.
+session costs two round trips (gets, cas), not four, unless another request stored in between. The size limit is
+checked before storing, because memcached answers an oversized ``set``/``cas`` by deleting the item it had.
 
 Every operation runs under ``timeout`` and every failure of the server or the network becomes
 SessionStoreUnavailable; connections that failed are dropped and new ones opened on the next call, so the store

@@ -60,14 +60,21 @@ def test_trailing_partial_frame_is_kept_for_the_next_read() -> None:
     assert decoder.pending == 0
 
 
+def _decode_cut_anywhere(
+    frames: list[tuple[Kind, bytes]], data: st.DataObject, max_cuts: int
+) -> list[tuple[int, bytes]]:
+    """The frames encoded, cut at up to ``max_cuts`` places hypothesis picks, fed piece by piece, decoded."""
+    stream = b"".join(encode_frame(kind, payload) for kind, payload in frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=max_cuts)))
+    decoded, decoder = _feed_in([stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)])
+    assert decoder.pending == 0
+    return decoded
+
+
 @given(st.lists(st.tuples(st.sampled_from(list(Kind)), st.binary(max_size=300)), max_size=8), st.data())
 def test_any_cut_gives_the_same_frames(frames: list[tuple[Kind, bytes]], data: st.DataObject) -> None:
-    stream = b"".join(encode_frame(kind, payload) for kind, payload in frames)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
-    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-    decoded, decoder = _feed_in(pieces)
+    decoded = _decode_cut_anywhere(frames, data, 10)
     assert decoded == [(int(kind), payload) for kind, payload in frames]
-    assert decoder.pending == 0
 
 
 @given(
@@ -78,12 +85,8 @@ def test_large_payloads_any_cut_same_frames_and_views_pin_at_most_twice_their_si
     sizes: list[tuple[Kind, int]], data: st.DataObject
 ) -> None:
     frames = [(kind, bytes([index]) * size) for index, (kind, size) in enumerate(sizes)]
-    stream = b"".join(encode_frame(kind, payload) for kind, payload in frames)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-    decoded, decoder = _feed_in(pieces)
+    decoded = _decode_cut_anywhere(frames, data, 6)
     assert decoded == [(int(kind), payload) for kind, payload in frames]
-    assert decoder.pending == 0
     for _, payload in decoded:
         if isinstance(payload, memoryview):
             assert len(payload) >= 1 << 14

@@ -6,6 +6,7 @@ runs through nutcracker (twemproxy) in front of two memcached servers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -208,12 +209,7 @@ def test_value_that_is_not_json_is_a_500_naming_the_key(gateway_port: tuple[Gate
 
 def test_memcached_lazy_access(tmp_path: Path, memcached: Memcached) -> None:
     """A request without a session cookie touches the store not at all."""
-    port = free_port()
-    store = f"memcached://127.0.0.1:{memcached.port}"
-    gateway = Gateway(
-        tmp_path, ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--sessions", store, "tests.apps:app"], env=ENV
-    ).start()
-    try:
+    with _one_worker_gateway(tmp_path, memcached) as port:
         before = _stats(memcached.port)
         for _ in range(20):
             assert call(port, "/hello").status == 200
@@ -221,19 +217,12 @@ def test_memcached_lazy_access(tmp_path: Path, memcached: Memcached) -> None:
         after = _stats(memcached.port)
         for counter in ("cmd_get", "cmd_set", "cmd_touch"):
             assert after[counter] == before[counter], counter
-    finally:
-        gateway.stop()
 
 
 def test_memcached_request_that_changes_its_session_reads_it_once(tmp_path: Path, memcached: Memcached) -> None:
     """Load and save of one request: a gets and a cas. The save starts from what the load read, and the load does
     not touch a session saved moments ago (the save set its expiry)."""
-    port = free_port()
-    store = f"memcached://127.0.0.1:{memcached.port}"
-    gateway = Gateway(
-        tmp_path, ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--sessions", store, "tests.apps:app"], env=ENV
-    ).start()
-    try:
+    with _one_worker_gateway(tmp_path, memcached) as port:
         session_id = call(port, "/session/set", "count=0").cookie_id
         assert session_id is not None
         before = _stats(memcached.port)
@@ -243,6 +232,18 @@ def test_memcached_request_that_changes_its_session_reads_it_once(tmp_path: Path
         after = _stats(memcached.port)
         moved = {counter: after[counter] - before[counter] for counter in ("cmd_get", "cmd_touch", "cas_hits")}
         assert moved == {"cmd_get": 5, "cmd_touch": 0, "cas_hits": 5}, moved
+
+
+@contextlib.contextmanager
+def _one_worker_gateway(tmp_path: Path, memcached: Memcached) -> Iterator[int]:
+    """A gateway with one worker and its sessions in ``memcached``; yields its uwsgi port."""
+    port = free_port()
+    store = f"memcached://127.0.0.1:{memcached.port}"
+    gateway = Gateway(
+        tmp_path, ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--sessions", store, "tests.apps:app"], env=ENV
+    ).start()
+    try:
+        yield port
     finally:
         gateway.stop()
 

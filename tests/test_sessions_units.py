@@ -24,6 +24,8 @@ from sessions import (
     MemoryStore,
     Session,
     SessionChanges,
+    SessionRecord,
+    SessionStoreUnavailable,
     SessionTooLarge,
     SessionValueError,
     delete_cookie_value,
@@ -567,6 +569,12 @@ class _Sink:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
+    def send_head(self, head: bytes) -> None:
+        self.calls.append(head.split(b"\r\n", 1)[0].decode())
+
+    def send_body(self, data: bytes) -> None:
+        pass
+
     def finish(self) -> None:
         self.calls.append("finish")
 
@@ -611,6 +619,24 @@ async def test_a_session_stored_on_the_spot_that_fails_cuts_the_response(tmp_pat
     assert sink.calls == ["abort"]
     loaded = await store.load(session_id)
     assert loaded is not None and loaded.data == {"n": 1}
+
+
+class _BrokenMemoryStore(MemoryStore):
+    async def load(self, session_id: str) -> SessionRecord | None:
+        raise SessionStoreUnavailable("the disk is on fire")
+
+
+async def test_a_store_answering_at_once_that_fails_is_a_503_naming_the_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = _Pool()
+    dispatcher = Dispatcher(pool, [SessionHook(_BrokenMemoryStore(idle_ttl=60), Config())])  # type: ignore[arg-type]
+    request, sink = _session_request(new_session_id(), tmp_path)
+    dispatcher.submit(request)  # raises nothing here: the failure is answered like any store failure
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sink.calls == ["503 Service Unavailable", "finish"] and not pool.submitted
+    assert "the disk is on fire" in caplog.text
 
 
 async def test_serialized_sessions_and_memcached_still_go_through_tasks(memcached: Memcached) -> None:
