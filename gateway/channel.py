@@ -183,7 +183,8 @@ class FrameDecoder:
         buffer += memoryview(data)[used : used + missing]
         # The buffer becomes the payload's (never written again): no copy out of it.
         self._buffer = bytearray()
-        frames.append((kind, memoryview(buffer)[header_size:] if length >= _VIEW_MIN else bytes(buffer[header_size:])))
+        payload = memoryview(buffer)[header_size:]
+        frames.append((kind, payload if length >= _VIEW_MIN else payload.tobytes()))
         return used + missing
 
     @property

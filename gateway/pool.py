@@ -205,8 +205,8 @@ class Worker:
                 if request is not None and not self.head_answered and not request.sink.client_gone:
                     request.sink.send_body(payload)
             else:
-                # A head or END extras come as a view only from 16 KiB on: rare, so made bytes here for all.
-                self._on_frame(kind, payload if type(payload) is bytes else bytes(payload), request)
+                # A head or END extras come as a view only from 16 KiB on (rare); bytes() returns bytes as they are.
+                self._on_frame(kind, bytes(payload), request)
 
     def _on_frame(self, kind: int, payload: bytes, request: Request | None) -> None:
         if kind == Kind.HEAD:
