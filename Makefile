@@ -3,16 +3,29 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BUILT := $(VENV)/.built
+# setup.py compiles these with mypyc; a change to one rebuilds them before anything runs.
+CODEC_SOURCES := $(filter-out %/__init__.py,$(wildcard protocols/*.py protocols/*/*.py))
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: run test lint bench bench-slow system-deps test-deps clean
+.PHONY: run test lint build bench bench-slow system-deps test-deps clean
 
+# Installed uncompiled (GATEWAY_PURE_PYTHON=1); $(BUILT) then compiles the codecs in place with the venv's mypyc.
 $(STAMP): pyproject.toml
 	@python3 -c 'import venv, ensurepip' 2>/dev/null || { $(APT_GET) update && $(APT_GET) install python3-venv python3-dev; }
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	GATEWAY_PURE_PYTHON=1 $(PY) -m pip install -q -e '.[test]'
 	touch $@
+
+# mypyc needs a C compiler and the Python headers.
+$(BUILT): $(STAMP) setup.py $(CODEC_SOURCES)
+	@{ command -v cc && $(PY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; } >/dev/null \
+		|| { $(APT_GET) update && $(APT_GET) install gcc python3-dev; }
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+build: $(BUILT)
 
 # nginx fronts the gateway in `make run`, the tests and the benchmarks; memcached and nutcracker (twemproxy) back
 # the session tests. Each is started privately with its own config, never as the system service.
@@ -23,11 +36,13 @@ test-deps: system-deps
 	@{ command -v memcached && command -v nutcracker; } >/dev/null || { $(APT_GET) update && $(APT_GET) install memcached nutcracker; }
 	@# Debian starts the packaged memcached as a service; ours run on their own ports, so the system one may stay.
 
-run: $(STAMP) system-deps
+run: $(BUILT) system-deps
 	$(PY) -m gateway.devstack $(ARGS)
 
-test: $(STAMP) test-deps lint
+# The whole suite on the compiled codecs, then the codec tests again on their interpreted sources.
+test: $(BUILT) test-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p tests.pure_python tests/test_fastcgi_codec.py tests/test_uwsgi_codec.py tests/test_build.py
 
 # Tools run as modules of the venv's Python: a console script's shebang may name another interpreter when pip
 # installs it from a prebuilt wheel (seen on these machines), and that interpreter lacks our dependencies.
@@ -35,11 +50,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: $(STAMP) system-deps
+bench: $(BUILT) system-deps
 	$(PY) -m benchmarks $(ARGS)
 
-bench-slow: $(STAMP) system-deps
+bench-slow: $(BUILT) system-deps
 	$(PY) -m benchmarks --slow $(ARGS)
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache build protocols__mypyc.*.so
+	find protocols -name '*.so' -delete

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import protocols
 from gateway.devstack import Gateway, StackError, find_nginx, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -814,7 +815,8 @@ def machine_description(wrk: str | None, peers: Peers) -> list[str]:
     lines = [
         f"- machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, {memory} RAM",
         f"- kernel: {platform.system()} {platform.release()}",
-        f"- python: {sys.version.split()[0]} ({sys.executable})",
+        f"- python: {sys.version.split()[0]} ({sys.executable}); our protocol codecs "
+        f"{'compiled (mypyc)' if protocols.compiled() else 'interpreted'}",
         f"- nginx: {nginx_version.strip().removeprefix('nginx version: ')}",
         f"- wrk: {wrk_version.strip()}",
     ]

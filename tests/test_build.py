@@ -1,0 +1,66 @@
+"""The compiled codecs: each pass of ``make test`` runs the build it says, and edits after a build are caught."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+import pytest
+
+import protocols
+from gateway import server
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTENSION = EXTENSION_SUFFIXES[0]
+
+
+def test_every_codec_module_runs_the_build_of_this_pass(pytestconfig: pytest.Config) -> None:
+    interpreted = pytestconfig.pluginmanager.has_plugin("tests.pure_python")
+    if not interpreted and not protocols.compiled() and os.environ.get("CI") != "true":
+        pytest.skip("the codecs are not built here (`make build`); CI refuses to run without them")
+    # setup.py compiles every module of the package but the __init__ files
+    names = [
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for path in (ROOT / "protocols").rglob("*.py")
+        if path.name != "__init__.py"
+    ]
+    assert "protocols.fastcgi.server" in names and "protocols.uwsgi.codec" in names
+    for name in names:
+        module_file = importlib.import_module(name).__file__ or ""
+        assert module_file.endswith(".py") == interpreted, f"{name} loaded from {module_file}"
+
+
+def test_stale_sources_names_codecs_edited_after_their_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "protocols"
+    (package / "uwsgi").mkdir(parents=True)
+    for name, source_time, build_time in [("cgi", 100, 200), ("uwsgi/codec", 300, 200), ("errors", 100, None)]:
+        source = package / f"{name}.py"
+        source.write_text("")
+        os.utime(source, (source_time, source_time))
+        if build_time is not None:
+            extension = package / f"{name}{EXTENSION}"
+            extension.write_bytes(b"")
+            os.utime(extension, (build_time, build_time))
+    monkeypatch.setattr(protocols, "_ROOT", package)
+    assert protocols.stale_sources() == ["protocols/uwsgi/codec.py"]
+
+
+def test_startup_says_when_codecs_run_interpreted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(protocols, "compiled", lambda: False)
+    with caplog.at_level(logging.INFO, logger="gateway.server"):
+        server.log_codec_build()
+    assert "protocol codecs run interpreted" in caplog.text and "apt-get install gcc python3-dev" in caplog.text
+
+
+def test_startup_names_stale_codec_sources(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(protocols, "compiled", lambda: True)
+    monkeypatch.setattr(protocols, "stale_sources", lambda: ["protocols/cgi.py"])
+    with caplog.at_level(logging.INFO, logger="gateway.server"):
+        server.log_codec_build()
+    assert "protocols/cgi.py changed after the codecs were compiled" in caplog.text
+    assert "make build" in caplog.text
