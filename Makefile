@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 $(BUILT): $(STAMP) setup.py $(CODEC_SOURCES)
 	@{ command -v cc && $(PY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; } >/dev/null \
 		|| { $(APT_GET) update && $(APT_GET) install gcc python3-dev; }
-	$(PY) setup.py -q build_ext --inplace
+	$(PY) setup.py -q build_ext --inplace --force  # also when mypyc writes the same C again
 	touch $@
 
 build: $(BUILT)

@@ -2,13 +2,17 @@
 
 The codecs (``protocols/``) parse every request the event loop receives, and interpreted they are about a fifth of
 its CPU per request. mypyc compiles the same type-checked sources to C extensions (as black and mypy ship), so
-there is one codebase, not a Python one and a C one. ``GATEWAY_PURE_PYTHON=1`` installs the sources uncompiled, for
-a machine without a C compiler or Python headers; the gateway says at startup which it runs.
+there is one codebase, not a Python one and a C one. Where they cannot be compiled (``GATEWAY_PURE_PYTHON=1``, no C
+compiler or Python headers, mypyc refusing the sources) the same sources install uncompiled, with a warning here
+and another each time the gateway starts.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -23,13 +27,36 @@ def compiled_modules() -> list[str]:
     )
 
 
+def missing_build_tools() -> str | None:
+    """What compiling needs and this machine lacks, or None."""
+    compiler = (os.environ.get("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler})"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.exists():
+        return f"no Python headers ({headers})"
+    return None
+
+
 def extensions() -> list[Extension]:
     if os.environ.get("GATEWAY_PURE_PYTHON") == "1":
         return []
-    from mypyc.build import mypycify  # noqa: PLC0415 (a build requirement, needed only when compiling)
+    missing = missing_build_tools()
+    if missing is not None:
+        return _interpreted(f"{missing}; apt-get install gcc python3-dev")
+    try:
+        from mypyc.build import mypycify  # noqa: PLC0415 (a build requirement, needed only when compiling)
 
-    os.chdir(ROOT)  # mypyc names modules from paths relative to the working directory
-    return mypycify(compiled_modules(), opt_level="3", group_name="protocols")
+        os.chdir(ROOT)  # mypyc names modules from paths relative to the working directory
+        return mypycify(compiled_modules(), opt_level="3", group_name="protocols")
+    except (ImportError, SystemExit, Exception) as err:  # mypyc missing, or refusing the sources
+        return _interpreted(f"mypyc failed: {err!r}")
 
 
-setup(ext_modules=extensions())
+def _interpreted(reason: str) -> list[Extension]:
+    print(f"WARNING: the protocol codecs are installed interpreted, not compiled: {reason}", file=sys.stderr)
+    return []
+
+
+if __name__ == "__main__":  # as setuptools and `python setup.py` run it; the tests import it
+    setup(ext_modules=extensions())

@@ -24,8 +24,14 @@ def compiled() -> bool:
 
 
 def stale_sources() -> list[str]:
-    """Sources edited after their compiled module was built: the compiled (older) code runs until a rebuild."""
+    """Sources edited after their compiled module was built: the compiled (older) code runs until a rebuild.
+
+    Only a project checkout (``setup.py`` beside the package) is checked: an installed wheel's files carry their
+    install times, in whatever order the installer wrote them.
+    """
     stale: list[str] = []
+    if not (_ROOT.parent / "setup.py").exists():
+        return stale
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         for extension in _ROOT.rglob(f"*{suffix}"):
             source = extension.with_name(extension.name.removesuffix(suffix) + ".py")

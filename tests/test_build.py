@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -14,6 +16,19 @@ import protocols
 from gateway import server
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_build_script() -> ModuleType:
+    """setup.py as a module: it only builds when run as __main__ (by setuptools or `python setup.py`)."""
+    spec = importlib.util.spec_from_file_location("build_script", ROOT / "setup.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+setup = _load_build_script()
+
 EXTENSION = EXTENSION_SUFFIXES[0]
 
 
@@ -21,19 +36,16 @@ def test_every_codec_module_runs_the_build_of_this_pass(pytestconfig: pytest.Con
     interpreted = pytestconfig.pluginmanager.has_plugin("tests.pure_python")
     if not interpreted and not protocols.compiled() and os.environ.get("CI") != "true":
         pytest.skip("the codecs are not built here (`make build`); CI refuses to run without them")
-    # setup.py compiles every module of the package but the __init__ files
-    names = [
-        ".".join(path.relative_to(ROOT).with_suffix("").parts)
-        for path in (ROOT / "protocols").rglob("*.py")
-        if path.name != "__init__.py"
-    ]
+    names = [module.removesuffix(".py").replace("/", ".") for module in setup.compiled_modules()]
     assert "protocols.fastcgi.server" in names and "protocols.uwsgi.codec" in names
     for name in names:
         module_file = importlib.import_module(name).__file__ or ""
         assert module_file.endswith(".py") == interpreted, f"{name} loaded from {module_file}"
 
 
-def test_stale_sources_names_codecs_edited_after_their_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stale_sources_names_codecs_edited_after_their_build_in_a_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = tmp_path / "protocols"
     (package / "uwsgi").mkdir(parents=True)
     for name, source_time, build_time in [("cgi", 100, 200), ("uwsgi/codec", 300, 200), ("errors", 100, None)]:
@@ -45,6 +57,8 @@ def test_stale_sources_names_codecs_edited_after_their_build(tmp_path: Path, mon
             extension.write_bytes(b"")
             os.utime(extension, (build_time, build_time))
     monkeypatch.setattr(protocols, "_ROOT", package)
+    assert protocols.stale_sources() == []  # installed: no checkout around the package, file times mean nothing
+    (tmp_path / "setup.py").write_text("")
     assert protocols.stale_sources() == ["protocols/uwsgi/codec.py"]
 
 
@@ -64,3 +78,20 @@ def test_startup_names_stale_codec_sources(monkeypatch: pytest.MonkeyPatch, capl
         server.log_codec_build()
     assert "protocols/cgi.py changed after the codecs were compiled" in caplog.text
     assert "make build" in caplog.text
+
+
+def test_build_falls_back_to_interpreted_codecs_without_a_compiler(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert setup.missing_build_tools() == "no C compiler (/nonexistent/cc)"
+    assert setup.extensions() == []
+    assert "codecs are installed interpreted, not compiled: no C compiler" in capsys.readouterr().err
+
+
+def test_build_compiles_every_codec_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    modules = setup.compiled_modules()
+    assert "protocols/fastcgi/server.py" in modules and "protocols/uwsgi/codec.py" in modules
+    assert not any(module.endswith("__init__.py") for module in modules)
+    monkeypatch.setenv("GATEWAY_PURE_PYTHON", "1")
+    assert setup.extensions() == []
