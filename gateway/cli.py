@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import uvloop
 
+import protocols
 from gateway import __version__
 from gateway.accesslog import ATOMS as ACCESS_ATOMS
 from gateway.accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
@@ -327,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --workers MIN:MAX, retire a worker idle this long, never below MIN (default: %(default)s)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    codecs = "compiled" if protocols.compiled() else "interpreted"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol codecs {codecs})")
     return parser
 
 

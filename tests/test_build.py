@@ -14,6 +14,7 @@ import pytest
 
 import protocols
 from gateway import server
+from gateway.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,3 +96,10 @@ def test_build_compiles_every_codec_unless_told_not_to(monkeypatch: pytest.Monke
     assert not any(module.endswith("__init__.py") for module in modules)
     monkeypatch.setenv("GATEWAY_PURE_PYTHON", "1")
     assert setup.extensions() == []
+
+
+def test_version_says_how_the_codecs_run(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    expected = "compiled" if protocols.compiled() else "interpreted"
+    assert f"(protocol codecs {expected})" in capsys.readouterr().out
