@@ -75,7 +75,7 @@ def log_codec_build() -> None:
     if not protocols.compiled():
         log.warning(
             "protocol codecs run interpreted (installed with GATEWAY_PURE_PYTHON=1, or built without a C "
-            "compiler): the event loop spends about a fifth more CPU per request; reinstall with gcc and the "
+            "compiler): the event loop spends 10-15% more CPU per request; reinstall with gcc and the "
             "Python headers (apt-get install gcc python3-dev) to compile them"
         )
         return

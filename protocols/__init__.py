@@ -17,7 +17,7 @@ _ROOT = Path(__file__).resolve().parent
 
 
 def compiled() -> bool:
-    """Whether the codecs run compiled (about a fifth less CPU per request in the event loop) or interpreted."""
+    """Whether the codecs run compiled (9-14% less CPU per request in the event loop) or interpreted."""
     from protocols import errors  # noqa: PLC0415 (imported here so this package's import stays free)
 
     return not (errors.__file__ or "").endswith(".py")
