@@ -46,8 +46,8 @@ class _Exchange:
 
     def send_body(self, data: bytes | memoryview) -> None:
         connection = self.connection
-        if connection.output is not None:  # written vectored: a large body is not copied into its records
-            connection.output.writelines(connection.codec.send_stdout_pieces(self.request_id, data))
+        # written vectored: a large body is not copied into its records
+        connection.writelines(connection.codec.send_stdout_pieces(self.request_id, data))
 
     def send_response(self, response: bytes | memoryview) -> None:
         connection = self.connection
@@ -85,10 +85,6 @@ class FastCGIConnection(FrontConnection):
         self.codec = ServerConnection(limits)
         self.exchanges: dict[int, _Exchange] = {}
 
-    def write(self, data: bytes) -> None:
-        if self.output is not None and data:
-            self.output.write(data)
-
     def data_received(self, data: bytes) -> None:
         try:
             events = self.codec.receive_data(data)
@@ -100,8 +96,8 @@ class FastCGIConnection(FrontConnection):
         pending = codec.data_to_send()
         if pending:
             self.write(pending)
-            if codec.close_after_response and not codec.active_requests and self.output is not None:
-                self.output.close_when_drained()  # a refused request without FCGI_KEEP_CONN
+            if codec.close_after_response and not codec.active_requests:
+                self.close_when_drained()  # a refused request without FCGI_KEEP_CONN
         for event in events:
             event_type = type(event)
             if event_type is BodyData:
@@ -161,8 +157,8 @@ class FastCGIConnection(FrontConnection):
         if self.closed:
             return
         self.write(self.codec.end_request(exchange.request_id, app_status))
-        if self.codec.close_after_response and self.output is not None:
-            self.output.close_when_drained()
+        if self.codec.close_after_response:
+            self.close_when_drained()
 
     def busy(self) -> bool:
         return bool(self.exchanges)

@@ -95,9 +95,6 @@ class FrontConnection(asyncio.Protocol):
                 transport.abort()
                 return
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
-        self.output = OutputBuffer(
-            transport, self.context.config.response_spool_threshold, self.context.spool_dir, self.context.call_soon
-        )
         self.context.connections.add(self)
         if self.context.on_count_changed is not None:
             self.context.on_count_changed()
@@ -112,9 +109,41 @@ class FrontConnection(asyncio.Protocol):
             self._peer = peer
         return peer
 
-    def pause_writing(self) -> None:
+    def _open_output(self) -> OutputBuffer | None:
+        """The connection's OutputBuffer, made on first use; None once the connection is closed.
+
+        Made lazily because a uwsgi connection's one whole response needs none: it goes straight to the transport
+        (``UwsgiConnection.send_response``), which saves the buffer's set-up and its end-of-turn flush per request.
+        """
+        output = self.output
+        if output is None and not self.closed and self.transport is not None:
+            context = self.context
+            output = self.output = OutputBuffer(
+                self.transport, context.config.response_spool_threshold, context.spool_dir, context.call_soon
+            )
+        return output
+
+    def write(self, data: bytes | memoryview) -> None:
+        output = self.output or self._open_output()
+        if output is not None:
+            output.write(data)
+
+    def writelines(self, pieces: list[bytes | memoryview]) -> None:
+        output = self.output or self._open_output()
+        if output is not None:
+            output.writelines(pieces)
+
+    def close_when_drained(self) -> None:
+        """Close once everything written has been handed to the transport (which sends it before closing)."""
         if self.output is not None:
-            self.output.pause_writing()
+            self.output.close_when_drained()
+        elif not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        output = self.output or self._open_output()
+        if output is not None:
+            output.pause_writing()
 
     def resume_writing(self) -> None:
         if self.output is not None:

@@ -90,10 +90,6 @@ class UwsgiConnection(FrontConnection):
         elif self.body is not None:
             self.body.discard()
 
-    def write(self, data: bytes | memoryview) -> None:
-        if self.output is not None:
-            self.output.write(data)
-
     # -- ResponseSink ------------------------------------------------------------------------------------------
     @property
     def client_gone(self) -> bool:
@@ -106,12 +102,17 @@ class UwsgiConnection(FrontConnection):
         self.write(data)
 
     def send_response(self, response: bytes | memoryview) -> None:
-        self.write(self.http_version + response)
+        transport = self.transport
+        if self.output is None and not self.closed and transport is not None:
+            # Nothing was written before and nothing follows: no OutputBuffer, no end-of-turn flush. The transport
+            # sends what the socket takes now and holds the rest (under 64 KiB) until it closes.
+            transport.write(self.http_version + response)
+        else:
+            self.write(self.http_version + response)
 
     def finish(self) -> None:
         self.request = None  # answered: nothing left to cancel when the connection closes
-        if self.output is not None:
-            self.output.close_when_drained()
+        self.close_when_drained()
 
     def abort(self) -> None:
         # uwsgi responses end at connection close, so a plain close would look like success: reset instead.

@@ -94,6 +94,8 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 ("X-Sha256", digest.hexdigest()),
             ],
         )
+        if "whole" in query:  # one list item: the worker sends it as a whole response, not streamed
+            return [b"".join(pattern(size))]
         return pattern(size)
     if path == "/grow":
         _HELD.append(bytearray(int(query["mb"][0]) << 20))  # kept: the worker's resident memory grows

@@ -208,6 +208,36 @@ def test_slow_reader_of_50_mb_does_not_hold_the_worker_and_gets_every_byte(tmp_p
         gateway.stop()
 
 
+def test_whole_uwsgi_response_reaches_a_late_reader_and_then_the_connection_closes(tmp_path: Path) -> None:
+    """A whole response (under 64 KiB) goes from the worker's frame straight to the transport, which sends what the
+    socket does not take at once later and closes the connection only then."""
+    gateway, uwsgi_port, _ = _start(tmp_path, "--workers", "1")
+    size = 60_000
+    try:
+        for _ in range(3):
+            reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.settimeout(10)  # a response that never ends in a close fails here
+            reader.connect(("127.0.0.1", uwsgi_port))
+            query = f"size={size}&whole=1"
+            reader.sendall(
+                encode_uwsgi_request(
+                    {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/download", "QUERY_STRING": query}
+                )
+            )
+            time.sleep(0.3)
+            received = bytearray()
+            while chunk := reader.recv(1024):
+                received += chunk
+            reader.close()
+            head, body = bytes(received).split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 200 OK")
+            assert len(body) == size
+            assert hashlib.sha256(body).hexdigest().encode() in head
+    finally:
+        gateway.stop()
+
+
 def _deleted_files(pid: int) -> int:
     count = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
