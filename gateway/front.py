@@ -42,6 +42,8 @@ class FrontContext:
     connections: set[FrontConnection] = field(default_factory=set)
     #: Told when a connection opens or closes, to enforce --max-connections across listeners.
     on_count_changed: Callable[[], None] | None = None
+    #: The listener is TCP: a connection's close is corked with its last bytes (``close_when_drained``).
+    tcp: bool = False
     #: The listener's codec limits, built from the config by its first connection and shared by the rest.
     codec_limits: object = None
     # The loop's bound methods, looked up once: asyncio.get_running_loop() costs a getpid() syscall per call.
@@ -113,7 +115,7 @@ class FrontConnection(asyncio.Protocol):
         """The connection's OutputBuffer, made on first use; None once the connection is closed.
 
         Made lazily because a uwsgi connection's one whole response needs none: it goes straight to the transport
-        (``UwsgiConnection.send_response``), which saves the buffer's set-up and its end-of-turn flush per request.
+        with the close (``UwsgiConnection.finish``), which saves the buffer's set-up and end-of-turn flush.
         """
         output = self.output
         if output is None and not self.closed and self.transport is not None:
@@ -133,12 +135,32 @@ class FrontConnection(asyncio.Protocol):
         if output is not None:
             output.writelines(pieces)
 
-    def close_when_drained(self) -> None:
-        """Close once everything written has been handed to the transport (which sends it before closing)."""
-        if self.output is not None:
-            self.output.close_when_drained()
-        elif not self.closed and self.transport is not None:
-            self.transport.close()
+    def close_when_drained(self, last: bytes = b"") -> None:
+        """Write ``last``, then close once everything written has been handed to the transport (which sends it
+        before closing).
+
+        On TCP the socket is corked first, so the response's last segment carries the FIN instead of a segment of
+        its own after it: 8 segments per connection instead of 10 for both kernels to process, and the web server
+        reads the response and its end in one wake-up. Full segments still leave at once; only the last partial
+        one waits, for the close that follows.
+        """
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return
+        if self.context.tcp:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        output = self.output
+        if output is None:
+            if last:
+                transport.write(last)
+            transport.close()
+        else:
+            if last:
+                output.write(last)
+            output.close_when_drained()
 
     def pause_writing(self) -> None:
         output = self.output or self._open_output()

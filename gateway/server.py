@@ -16,6 +16,7 @@ import pwd
 import resource
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,8 @@ class Gateway:
             allowed = config.allow_from
             if listener.listen.protocol == "fastcgi" and web_server_addrs:
                 allowed = allowed + parse_networks([web_server_addrs])
-            context = FrontContext(config, dispatcher, spool_dir, str(listener.listen.address), allowed)
+            tcp = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
+            context = FrontContext(config, dispatcher, spool_dir, str(listener.listen.address), allowed, tcp=tcp)
             context.on_count_changed = self._connections_changed
             self.contexts.append(context)
             await serve(listener, context, config.backlog)

@@ -38,6 +38,8 @@ class UwsgiConnection(FrontConnection):
         self.body: RequestBody | None = None
         self.request: Request | None = None
         self.http_version = b"HTTP/1.1 "
+        #: A whole response, written together with the close when the request finishes.
+        self.response: bytes | None = None
 
     # -- input -------------------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -102,19 +104,21 @@ class UwsgiConnection(FrontConnection):
         self.write(data)
 
     def send_response(self, response: bytes | memoryview) -> None:
-        transport = self.transport
-        if self.output is None and not self.closed and transport is not None:
-            # Nothing was written before and nothing follows: no OutputBuffer, no end-of-turn flush. The transport
-            # sends what the socket takes now and holds the rest (under 64 KiB) until it closes.
-            transport.write(self.http_version + response)
+        # The connection's only output (under 64 KiB): held until finish, which writes it straight to the
+        # transport with the close. An abort in between (a session that could not be stored) then sends nothing
+        # that could pass for a success.
+        if self.output is None:
+            self.response = self.http_version + response
         else:
             self.write(self.http_version + response)
 
     def finish(self) -> None:
         self.request = None  # answered: nothing left to cancel when the connection closes
-        self.close_when_drained()
+        response, self.response = self.response, None
+        self.close_when_drained(response or b"")
 
     def abort(self) -> None:
         # uwsgi responses end at connection close, so a plain close would look like success: reset instead.
         self.request = None
+        self.response = None
         self.reset_connection()

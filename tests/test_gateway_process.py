@@ -436,3 +436,36 @@ def test_bad_session_store_is_a_clear_error(store: str) -> None:
     assert result.returncode == 2
     assert "memcached://HOST:PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _segments_received(sock: socket.socket) -> int:
+    """tcpi_segs_in of Linux's struct tcp_info: segments this socket has received."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[140:144], sys.byteorder)
+
+
+def test_response_and_close_leave_in_one_segment(tmp_path: Path) -> None:
+    """On TCP the connection is corked before its close, so the response's last segment carries the FIN.
+
+    The client then receives three segments: the SYN-ACK, the ACK of its request and the response with the FIN
+    (four when the FIN follows in a segment of its own; fewer if the kernel delays its ACK onto the response).
+    """
+    uwsgi_port, fcgi_port = free_port(), free_port()
+    args = ["--uwsgi", f"127.0.0.1:{uwsgi_port}", "--fcgi", f"127.0.0.1:{fcgi_port}", "--workers", "1"]
+    gateway = _gateway(tmp_path, *args, "tests.apps:app").start()
+    params = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SCRIPT_NAME": "", "SERVER_PROTOCOL": "HTTP/1.1"}
+    try:
+        for port, request_bytes in (
+            (uwsgi_port, encode_uwsgi_request(params)),
+            (fcgi_port, encode_request(1, params, keep_conn=False)),
+        ):
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(request_bytes)
+                    received = b""
+                    while chunk := sock.recv(1 << 16):
+                        received += chunk
+                    assert b"hello" in received
+                    assert _segments_received(sock) <= 3
+    finally:
+        gateway.stop()

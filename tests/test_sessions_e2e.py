@@ -397,3 +397,25 @@ def test_demo_counter_through_nginx(tmp_path: Path) -> None:
     finally:
         nginx.stop()
         gateway.stop()
+
+
+def test_uwsgi_response_whose_session_cannot_be_stored_is_never_sent(tmp_path: Path) -> None:
+    """The store fails after the app answered: the web server gets a reset and no byte of a success."""
+    server = Memcached(tmp_path / "mc", free_port()).start()
+    port = free_port()
+    args = ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--sessions", f"memcached://127.0.0.1:{server.port}"]
+    gateway = Gateway(tmp_path / "gw", [*args, "--session-timeout", "1", "tests.apps:app"], env=ENV).start()
+    try:
+        assert call(port, "/session/set", "n=1").status == 200
+        server.pause()  # a new session needs no load: the request runs, and its store times out
+        received = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(encode_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/session/set", "QUERY_STRING": "n=2"}))
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    received += chunk
+        assert received == b""
+        assert "the session could not be stored" in gateway.log_text()
+    finally:
+        gateway.stop()
+        server.stop()
