@@ -26,7 +26,7 @@ _STATUS_PREFIX = b"Status: "
 class _Exchange:
     """One request id on a connection; the ResponseSink of its request."""
 
-    __slots__ = ("body", "connection", "gone", "params", "request", "request_id")
+    __slots__ = ("body", "connection", "gone", "held", "params", "request", "request_id")
 
     def __init__(self, connection: FastCGIConnection, request_id: int, params: dict[str, str], body: RequestBody):
         self.connection = connection
@@ -35,6 +35,9 @@ class _Exchange:
         self.body = body
         self.request: Request | None = None
         self.gone = False
+        #: A whole response's STDOUT records, written with END_REQUEST and the close (connections without
+        #: FCGI_KEEP_CONN; see ``send_response``).
+        self.held = b""
 
     @property
     def client_gone(self) -> bool:
@@ -51,7 +54,13 @@ class _Exchange:
 
     def send_response(self, response: bytes | memoryview) -> None:
         connection = self.connection
-        connection.write(connection.codec.send_stdout(self.request_id, _STATUS_PREFIX + response))
+        records = connection.codec.send_stdout(self.request_id, _STATUS_PREFIX + response)
+        if connection.codec.close_after_response and connection.output is None:
+            # The connection's only output, as over uwsgi: held until finish, then written with END_REQUEST and
+            # the close in one piece, and never sent at all if the request is aborted before that.
+            self.held = records
+        else:
+            connection.write(records)
 
     def finish(self) -> None:
         self.connection.end(self, app_status=0)
@@ -59,6 +68,7 @@ class _Exchange:
     def abort(self) -> None:
         # FastCGI has no way to say "this response failed" except cutting the connection; with other requests
         # multiplexed on it we end this one with a non-zero app status instead of killing theirs.
+        self.held = b""
         connection = self.connection
         if connection.codec.active_requests > 1:
             connection.end(self, app_status=1)
@@ -139,6 +149,7 @@ class FastCGIConnection(FrontConnection):
         if exchange is None:
             return
         exchange.gone = True
+        exchange.held = b""
         if exchange.request is not None:
             self.context.dispatcher.cancel(exchange.request)
         else:
@@ -156,9 +167,12 @@ class FastCGIConnection(FrontConnection):
             exchange.body.discard()
         if self.closed:
             return
-        self.write(self.codec.end_request(exchange.request_id, app_status))
+        end_record = self.codec.end_request(exchange.request_id, app_status)
         if self.codec.close_after_response:
-            self.close_when_drained()
+            held, exchange.held = exchange.held, b""
+            self.close_when_drained(held + end_record if held else end_record)
+        else:
+            self.write(end_record)
 
     def busy(self) -> bool:
         return bool(self.exchanges)

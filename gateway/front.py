@@ -114,8 +114,9 @@ class FrontConnection(asyncio.Protocol):
     def _open_output(self) -> OutputBuffer | None:
         """The connection's OutputBuffer, made on first use; None once the connection is closed.
 
-        Made lazily because a uwsgi connection's one whole response needs none: it goes straight to the transport
-        with the close (``UwsgiConnection.finish``), which saves the buffer's set-up and end-of-turn flush.
+        Made lazily because a connection that closes after one whole response needs none: the response goes
+        straight to the transport with the close (``UwsgiConnection.finish``, ``FastCGIConnection.end``), which
+        saves the buffer's set-up and end-of-turn flush.
         """
         output = self.output
         if output is None and not self.closed and self.transport is not None:

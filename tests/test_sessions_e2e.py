@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from gateway.devstack import Gateway, Nginx, free_port
+from protocols.fastcgi import encode_request as encode_fcgi_request
 from protocols.uwsgi import encode_request
 from tests.http import request
 from tests.load import load, wait_for
@@ -399,18 +400,25 @@ def test_demo_counter_through_nginx(tmp_path: Path) -> None:
         gateway.stop()
 
 
-def test_uwsgi_response_whose_session_cannot_be_stored_is_never_sent(tmp_path: Path) -> None:
-    """The store fails after the app answered: the web server gets a reset and no byte of a success."""
+@pytest.mark.parametrize("protocol", ["uwsgi", "fastcgi"])
+def test_response_whose_session_cannot_be_stored_is_never_sent(tmp_path: Path, protocol: str) -> None:
+    """The store fails after the app answered: on a connection that closes after its response (uwsgi, FastCGI
+    without keep-conn) the web server gets a reset and no byte of a success."""
     server = Memcached(tmp_path / "mc", free_port()).start()
-    port = free_port()
-    args = ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--sessions", f"memcached://127.0.0.1:{server.port}"]
-    gateway = Gateway(tmp_path / "gw", [*args, "--session-timeout", "1", "tests.apps:app"], env=ENV).start()
+    port, fcgi_port = free_port(), free_port()
+    args = ["--uwsgi", f"127.0.0.1:{port}", "--fcgi", f"127.0.0.1:{fcgi_port}", "--workers", "1"]
+    args += ["--sessions", f"memcached://127.0.0.1:{server.port}", "--session-timeout", "1", "tests.apps:app"]
+    gateway = Gateway(tmp_path / "gw", args, env=ENV).start()
+    params = {"REQUEST_METHOD": "GET", "PATH_INFO": "/session/set", "SCRIPT_NAME": "", "QUERY_STRING": "n=2"}
     try:
         assert call(port, "/session/set", "n=1").status == 200
         server.pause()  # a new session needs no load: the request runs, and its store times out
         received = b""
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-            sock.sendall(encode_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/session/set", "QUERY_STRING": "n=2"}))
+        target = port if protocol == "uwsgi" else fcgi_port
+        with socket.create_connection(("127.0.0.1", target), timeout=20) as sock:
+            sock.sendall(
+                encode_request(params) if protocol == "uwsgi" else encode_fcgi_request(1, params, keep_conn=False)
+            )
             with contextlib.suppress(ConnectionResetError):
                 while chunk := sock.recv(65536):
                     received += chunk
