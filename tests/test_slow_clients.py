@@ -215,21 +215,20 @@ def test_whole_uwsgi_response_reaches_a_late_reader_and_then_the_connection_clos
     size = 60_000
     try:
         for _ in range(3):
-            reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            reader.settimeout(10)  # a response that never ends in a close fails here
-            reader.connect(("127.0.0.1", uwsgi_port))
-            query = f"size={size}&whole=1"
-            reader.sendall(
-                encode_uwsgi_request(
-                    {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/download", "QUERY_STRING": query}
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as reader:
+                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                reader.settimeout(10)  # a response that never ends in a close fails here
+                reader.connect(("127.0.0.1", uwsgi_port))
+                query = f"size={size}&whole=1"
+                reader.sendall(
+                    encode_uwsgi_request(
+                        {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/download", "QUERY_STRING": query}
+                    )
                 )
-            )
-            time.sleep(0.3)
-            received = bytearray()
-            while chunk := reader.recv(1024):
-                received += chunk
-            reader.close()
+                time.sleep(0.3)
+                received = bytearray()
+                while chunk := reader.recv(1024):
+                    received += chunk
             head, body = bytes(received).split(b"\r\n\r\n", 1)
             assert head.startswith(b"HTTP/1.1 200 OK")
             assert len(body) == size
