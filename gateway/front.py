@@ -42,7 +42,7 @@ class FrontContext:
     connections: set[FrontConnection] = field(default_factory=set)
     #: Told when a connection opens or closes, to enforce --max-connections across listeners.
     on_count_changed: Callable[[], None] | None = None
-    #: The listener is TCP: a connection's close is corked with its last bytes (``close_when_drained``).
+    #: The listener is TCP: a close is corked with its last bytes (``close_when_drained``), a reset is an RST.
     tcp: bool = False
     #: The listener's codec limits, built from the config by its first connection and shared by the rest.
     codec_limits: object = None
@@ -198,8 +198,8 @@ class FrontConnection(asyncio.Protocol):
             return
         if self.output is not None:
             self.output.flush()  # what the app produced goes out before the reset
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock = transport.get_extra_info("socket") if self.context.tcp else None
+        if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         transport.abort()
