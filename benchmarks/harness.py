@@ -815,8 +815,7 @@ def machine_description(wrk: str | None, peers: Peers) -> list[str]:
     lines = [
         f"- machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, {memory} RAM",
         f"- kernel: {platform.system()} {platform.release()}",
-        f"- python: {sys.version.split()[0]} ({sys.executable}); our protocol codecs "
-        f"{'compiled (mypyc)' if protocols.compiled() else 'interpreted'}",
+        f"- python: {sys.version.split()[0]} ({sys.executable}); our protocol codecs {protocols.build()}",
         f"- nginx: {nginx_version.strip().removeprefix('nginx version: ')}",
         f"- wrk: {wrk_version.strip()}",
     ]

@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --workers MIN:MAX, retire a worker idle this long, never below MIN (default: %(default)s)",
     )
-    codecs = "compiled" if protocols.compiled() else "interpreted"
+    codecs = protocols.build()
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol codecs {codecs})")
     return parser
 

@@ -23,6 +23,11 @@ def compiled() -> bool:
     return not (errors.__file__ or "").endswith(".py")
 
 
+def build() -> str:
+    """``compiled`` or ``interpreted``, for start-up lines, ``--version`` and reports."""
+    return "compiled" if compiled() else "interpreted"
+
+
 def stale_sources() -> list[str]:
     """Sources edited after their compiled module was built: the compiled (older) code runs until a rebuild.
 

@@ -18,7 +18,7 @@ from tests.servers import Memcached
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"protocol codecs: {'compiled' if protocols.compiled() else 'interpreted'}"
+    return f"protocol codecs: {protocols.build()}"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
