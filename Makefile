@@ -37,7 +37,7 @@ test-deps: system-deps
 	@# Debian starts the packaged memcached as a service; ours run on their own ports, so the system one may stay.
 
 run: $(BUILT) system-deps
-	$(PY) -m gateway.devstack $(ARGS)
+	$(PY) -m devstack $(ARGS)
 
 # The whole suite on the compiled codecs, then the codec tests again on their interpreted sources.
 test: $(BUILT) test-deps lint
@@ -48,6 +48,7 @@ test: $(BUILT) test-deps lint
 # installs it from a prebuilt wheel (seen on these machines), and that interpreter lacks our dependencies.
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
 bench: $(BUILT) system-deps

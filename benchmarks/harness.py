@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import protocols
-from gateway.devstack import Gateway, StackError, find_nginx, free_port
+from devstack.stack import GatewayProcess, StackError, find_nginx, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
@@ -275,7 +275,7 @@ class Backend:
     workers: int
     ports: dict[str, int]  # protocol -> port
     process: subprocess.Popen[bytes] | None = None
-    gateway: Gateway | None = None
+    gateway: GatewayProcess | None = None
     restarts: int = 0
     #: extra command-line options for our gateway (the curves: --sessions, --max-body-size)
     extra_args: tuple[str, ...] = ()
@@ -320,7 +320,7 @@ class Backend:
         if self.name == "ours":
             args = ["--fcgi", f"127.0.0.1:{self.ports['fcgi']}", "--uwsgi", f"127.0.0.1:{self.ports['uwsgi']}",
                     "--workers", str(self.workers), *self.extra_args, APP]  # fmt: skip
-            self.gateway = Gateway(self.scratch / "ours", args, env=env, cwd=ROOT).start()
+            self.gateway = GatewayProcess(self.scratch / "ours", args, env=env, cwd=ROOT).start()
             return
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
@@ -815,7 +815,7 @@ def machine_description(wrk: str | None, peers: Peers) -> list[str]:
     lines = [
         f"- machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, {memory} RAM",
         f"- kernel: {platform.system()} {platform.release()}",
-        f"- python: {sys.version.split()[0]} ({sys.executable}); our protocol codecs {protocols.build()}",
+        f"- python: {sys.version.split()[0]} ({sys.executable}); our protocol codecs {protocols.build_kind()}",
         f"- nginx: {nginx_version.strip().removeprefix('nginx version: ')}",
         f"- wrk: {wrk_version.strip()}",
     ]

@@ -29,17 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from benchmarks.apps import app as benchmark_app
-from gateway.config import Config
-from gateway.dispatch import Dispatcher
-from gateway.fastcgi_front import FastCGIConnection
-from gateway.front import FrontConnection, FrontContext
-from gateway.pool import Worker, WorkerPool, _ChannelProtocol, _State
-from gateway.server import session_hook_for
-from gateway.uwsgi_front import UwsgiConnection
-from gateway.worker import Channel, run_request
+from gateway.config.settings import Config
+from gateway.contract.startup import WorkerSettings
+from gateway.loop.dispatch import Dispatcher
+from gateway.loop.fastcgi_front import FastCGIConnection
+from gateway.loop.front import FrontConnection, FrontContext
+from gateway.loop.uwsgi_front import UwsgiConnection
+from gateway.master.pool import Worker, WorkerPool, _ChannelProtocol, _State
+from gateway.master.server import session_hook_for
+from gateway.worker.process import Channel, run_request
 from protocols.fastcgi.client import encode_request as fastcgi_request
 from protocols.uwsgi import encode_request as uwsgi_request
 
@@ -148,7 +147,7 @@ class _Process:
 class _StandIn:
     """One worker process played in this process."""
 
-    def __init__(self, pool: WorkerPool, pid: int, settings: dict[str, Any]) -> None:
+    def __init__(self, pool: WorkerPool, pid: int, settings: WorkerSettings) -> None:
         self.sock = _MemorySocket()
         self.channel = Channel(self.sock)  # type: ignore[arg-type]  # only recv and sendall are used
         self.settings = settings
@@ -162,7 +161,7 @@ class _StandIn:
     def run_requests(self) -> bool:
         """Run every request the loop handed over; True if there were any."""
         ran = False
-        while self.sock.inbox or self.channel._rbuf:  # frames read ahead wait there
+        while self.sock.inbox or self.channel.has_pending_input:  # frames read ahead wait there
             frame = self.channel.next_request()
             if frame is None:
                 break
@@ -220,7 +219,7 @@ async def measure(mode: str, requests: int, connections: int, workers: int, coun
     dispatcher = Dispatcher(pool, [hook] if hook is not None else [])
     spool = tempfile.mkdtemp(prefix="loop-cost-")
     context = FrontContext(config, dispatcher, spool, "loop-cost")
-    settings = orjson.loads(pool._settings)  # what a real worker is started with
+    settings = pool.worker_settings  # what a real worker is started with
     stand_ins = [_StandIn(pool, 1000 + number, settings) for number in range(workers)]
     keep = mode == "fcgi-keep"
     if mode == "uwsgi":

@@ -1,5 +1,5 @@
 """``python -m gateway``: the command line entry point."""
 
-from gateway.cli import main
+from gateway.config.cli import main
 
 raise SystemExit(main())

@@ -2,12 +2,11 @@
 
 The loop and the workers turn over buffers of 64 KiB to 1 MiB per request (reads from sockets, frames, response
 records). With glibc's defaults, freed memory at the top of the heap goes back to the kernel once 128 KiB are
-free there, and the next request's buffers fault fresh zeroed pages back in. Measured on 64 KiB responses
-(``python -m benchmarks.profile --scenario 64k``, three interleaved pairs): 3.6-10.9 page faults per request in
-the loop and 7,103-8,438 req/s with the defaults; none and 9,158-9,795 req/s with the settings below. Here the
-heap keeps up to 32 MiB of free memory per process instead of trimming, and buffers up to 4 MiB (a request frame
-with a body of up to the spool threshold, 1 MiB by default) come from the heap rather than from a fresh mapping
-each time: 1 MiB uploads went from 601 to 1,004 req/s when the worker stopped faulting in 257 pages per request.
+free there, and the next request's buffers fault fresh zeroed pages back in. Here the heap keeps up to 32 MiB of
+free memory per process instead of trimming, and buffers up to 4 MiB (a request frame with a body of up to the
+spool threshold, 1 MiB by default) come from the heap rather than from a fresh mapping each time. The page faults
+and throughput this saves (``python -m benchmarks.profile --scenario 64k`` and ``upload-1m``) are in
+benchmarks/RESULTS.md (History).
 
 An operator who sets glibc's malloc tunables (``GLIBC_TUNABLES=glibc.malloc.…``) keeps them; on another C
 library (musl, macOS) nothing changes.
@@ -25,8 +24,8 @@ _M_MMAP_THRESHOLD = -3
 #: Free memory the heap keeps before giving it back to the kernel.
 TRIM_THRESHOLD = 32 << 20
 #: Allocations at least this large get their own mapping (and give it back when freed). Above the frames of a
-#: request whose body is held in memory (up to the body spool threshold, 1 MiB by default): at 1 MiB, a worker
-#: faulted in 257 fresh pages per 1 MiB upload.
+#: request whose body is held in memory (up to the body spool threshold, 1 MiB by default), which would otherwise
+#: be a fresh mapping, faulted in page by page, for every upload.
 MMAP_THRESHOLD = 4 << 20
 
 

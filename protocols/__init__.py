@@ -17,13 +17,14 @@ _ROOT = Path(__file__).resolve().parent
 
 
 def compiled() -> bool:
-    """Whether the codecs run compiled (9-14% less CPU per request in the event loop) or interpreted."""
+    """Whether the codecs run compiled (less CPU per request in the event loop; benchmarks/RESULTS.md) or
+    interpreted."""
     from protocols import errors  # noqa: PLC0415 (imported here so this package's import stays free)
 
     return not (errors.__file__ or "").endswith(".py")
 
 
-def build() -> str:
+def build_kind() -> str:
     """``compiled`` or ``interpreted``, for start-up lines, ``--version`` and reports."""
     return "compiled" if compiled() else "interpreted"
 

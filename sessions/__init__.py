@@ -4,12 +4,13 @@ Who does what (the gateway wires it up):
 
 * event loop, before dispatch: ``session_id_from_cookies`` on ``HTTP_COOKIE``; if an id was found,
   ``await store.load(id)`` (SessionStoreUnavailable → 503); the record's data (or none) goes to the worker.
-* worker: ``Session(id or None, data or None)`` as ``environ["gateway.session"]``; after the app answered,
-  ``session.changes().to_json()`` goes back (SessionValueError there is the app's bug: a 500 in the worker).
-* event loop, after the response: ``SessionChanges.from_json``; if not ``empty``, ``await store.save(...)`` with
-  the loaded id (a ``new_session_id()`` for a new session) and ``new_id=new_session_id()`` when
-  ``changes.regenerate``; then ``set_cookie_value`` for a new or moved id, or ``delete_cookie_value`` when
-  ``changes.invalidate`` left nothing stored.
+* worker: ``Session(id or None, data or None)`` as ``environ["gateway.session"]``. When the response head goes
+  out, the worker decides the cookie: a new session that was written to, or a regenerated one, gets an id
+  minted there (``new_session_id()``) and ``set_cookie_value``; an invalidated one gets ``delete_cookie_value``.
+  After the app answered, the loaded and issued ids and ``session.changes().to_json()`` go back in the END
+  frame (SessionValueError there is the app's bug: a 500 in the worker).
+* event loop, after the response: ``SessionChanges.from_json``; ``await store.save(...)`` under the loaded id
+  (the issued one for a new session, and ``new_id=`` the issued one when ``changes.regenerate``).
 """
 
 from __future__ import annotations

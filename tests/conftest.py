@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 import protocols
-from gateway.devstack import Gateway, Nginx, free_port
-from tests.servers import Memcached
+from devstack.servers import Memcached
+from devstack.stack import GatewayProcess, Nginx, free_port
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"protocol codecs: {protocols.build()}"
+    return f"protocol codecs: {protocols.build_kind()}"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -36,7 +36,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @dataclass
 class Stack:
-    gateway: Gateway
+    gateway: GatewayProcess
     nginx: Nginx
     fcgi_path: str
     uwsgi_path: str
@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     fcgi_path = str(scratch / "fcgi.sock")
     uwsgi_path = str(scratch / "uwsgi.sock")
     fcgi_port, uwsgi_port = free_port(), free_port()
-    gateway = Gateway(
+    gateway = GatewayProcess(
         scratch,
         [
             "--fcgi",

@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks import slowloris
 from benchmarks.harness import QUICK_SERVERS, BenchError, ensure_nginx, ensure_wrk
-from gateway.devstack import Gateway, free_port
+from devstack.stack import GatewayProcess, free_port
 from tests.load import uwsgi_get
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_curves_quick(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def uwsgi_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path_factory.mktemp("slowloris"),
         ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "tests.apps:app"],
         env={**os.environ, "PYTHONPATH": str(ROOT)},

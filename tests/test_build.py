@@ -13,8 +13,8 @@ from types import ModuleType
 import pytest
 
 import protocols
-from gateway import server
-from gateway.cli import build_parser
+from gateway.config.cli import build_parser
+from gateway.master import server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,39 +1,41 @@
-"""The loop-worker framing (gateway.channel), fed whole, byte by byte, in random cuts and with trailing data; and
-which frames a worker sends for each kind of response."""
+"""The loop-worker framing (gateway.contract.channel), fed whole, byte by byte, in random cuts and with trailing
+data; and which frames a worker sends for each kind of response."""
 
 from __future__ import annotations
 
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.channel import (
+from gateway.contract.channel import (
     FRAME_HEADER,
     MAX_FRAME,
     RESPONSE_PREFIX,
     ChannelError,
     FrameDecoder,
     Kind,
+    Payload,
     WorkerRequest,
     decode_response,
     encode_cancel,
     encode_frame,
     encode_response,
 )
-from gateway.worker import Channel
-from gateway.wsgi import run_app
+from gateway.worker.process import Channel
+from gateway.worker.wsgi import run_app
 
 FRAMES = [(Kind.HEAD, b"200 OK\r\n\r\n"), (Kind.BODY, b"x" * 70000), (Kind.BODY, b""), (Kind.END, b"")]
 STREAM = b"".join(encode_frame(kind, payload) for kind, payload in FRAMES)
 
 
-def _feed_in(pieces: list[bytes]) -> tuple[list[tuple[int, bytes]], FrameDecoder]:
+def _feed_in(pieces: list[bytes]) -> tuple[list[tuple[int, Payload]], FrameDecoder]:
     decoder = FrameDecoder()
-    frames: list[tuple[int, bytes]] = []
+    frames: list[tuple[int, Payload]] = []
     for piece in pieces:
         frames += decoder.feed(piece)
     return frames, decoder
@@ -62,7 +64,7 @@ def test_trailing_partial_frame_is_kept_for_the_next_read() -> None:
 
 def _decode_cut_anywhere(
     frames: list[tuple[Kind, bytes]], data: st.DataObject, max_cuts: int
-) -> list[tuple[int, bytes]]:
+) -> list[tuple[int, Payload]]:
     """The frames encoded, cut at up to ``max_cuts`` places hypothesis picks, fed piece by piece, decoded."""
     stream = b"".join(encode_frame(kind, payload) for kind, payload in frames)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=max_cuts)))
@@ -91,7 +93,7 @@ def test_large_payloads_any_cut_same_frames_and_views_pin_at_most_twice_their_si
         if isinstance(payload, memoryview):
             assert len(payload) >= 1 << 14
             # what the view keeps alive: the read it came in, or the buffer that completed a cut frame
-            assert len(payload.obj) <= max(2 * len(payload), len(payload) + FRAME_HEADER.size)  # type: ignore[arg-type]
+            assert len(cast(bytes, payload.obj)) <= max(2 * len(payload), len(payload) + FRAME_HEADER.size)
 
 
 def test_a_large_payload_is_a_view_of_its_read_and_a_cut_one_of_its_own_buffer() -> None:
@@ -148,7 +150,7 @@ def test_response_frame_with_a_head_longer_than_itself_is_a_channel_error() -> N
 
 
 # -- the worker's end: what run_app's output becomes on the wire ---------------------------------------------------
-def _worker_frames(app: Callable[..., Iterable[bytes]], finish: Kind = Kind.END) -> list[tuple[int, bytes]]:
+def _worker_frames(app: Callable[..., Iterable[bytes]], finish: Kind = Kind.END) -> list[tuple[int, Payload]]:
     ours, theirs = socket.socketpair()
     with ours, theirs:
 
@@ -163,7 +165,7 @@ def _worker_frames(app: Callable[..., Iterable[bytes]], finish: Kind = Kind.END)
         thread = threading.Thread(target=worker)
         thread.start()
         decoder = FrameDecoder()
-        frames: list[tuple[int, bytes]] = []
+        frames: list[tuple[int, Payload]] = []
         while chunk := ours.recv(1 << 20):
             frames += decoder.feed(chunk)
         thread.join()

@@ -635,7 +635,12 @@ def test_streamed_body_over_the_limit_is_refused_once(mode: str) -> None:
 def test_streamed_body_exactly_at_the_limit_is_accepted(mode: str) -> None:
     data = head_of(1, {}) + encode_stdin(1, b"abcde", end=False) + encode_stdin(1, b"fghij")
     events = feed(ServerConnection(Limits(max_body_size=10)), data, mode)
-    expected = [RequestHead(1, {}, True), BodyData(1, b"abcde"), BodyData(1, b"fghij"), RequestComplete(1)]
+    expected: list[ServerEvent] = [
+        RequestHead(1, {}, True),
+        BodyData(1, b"abcde"),
+        BodyData(1, b"fghij"),
+        RequestComplete(1),
+    ]
     assert events == as_fed(mode, expected)
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import build_config, build_parser
-from gateway.config import Address, ConfigError
-from gateway.devstack import Gateway, Nginx, free_port
+from devstack.stack import GatewayProcess, Nginx, free_port
+from gateway.config.cli import build_config, build_parser
+from gateway.config.settings import Address, ConfigError
 from protocols.fastcgi import ClientConnection, EndRequest, Stdout, encode_request
 from protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.http import request
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def _gateway(tmp_path: Path, *args: str) -> Gateway:
-    return Gateway(tmp_path, list(args), env=ENV)
+def _gateway(tmp_path: Path, *args: str) -> GatewayProcess:
+    return GatewayProcess(tmp_path, list(args), env=ENV)
 
 
 @pytest.mark.parametrize(
@@ -188,7 +188,7 @@ def test_allow_from_refuses_other_peers(tmp_path: Path) -> None:
 
 def test_fcgi_web_server_addrs_is_honoured(tmp_path: Path) -> None:
     port = free_port()
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path,
         ["--fcgi", f"127.0.0.1:{port}", "--workers", "1"],
         env={**ENV, "FCGI_WEB_SERVER_ADDRS": "127.0.0.2, 192.0.2.7"},
@@ -199,7 +199,7 @@ def test_fcgi_web_server_addrs_is_honoured(tmp_path: Path) -> None:
             assert _closed_without_answer(sock)
     finally:
         gateway.stop()
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path,
         ["--fcgi", f"127.0.0.1:{port}", "--workers", "1"],
         env={**ENV, "FCGI_WEB_SERVER_ADDRS": "127.0.0.1"},
@@ -337,7 +337,7 @@ def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "gateway.devstack",
+            "devstack.stack",
             "--port",
             str(port),
             "--fcgi",
@@ -379,10 +379,10 @@ def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 def test_nginx_fixture_fails_without_nginx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A missing nginx is an error with the fix in it, never a skip."""
-    from gateway import devstack
+    from devstack import stack as devstack
 
-    monkeypatch.setattr(devstack.shutil, "which", lambda name: None)
-    monkeypatch.setattr(devstack.os, "access", lambda path, mode: False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr("os.access", lambda path, mode: False)
     with pytest.raises(devstack.StackError, match="apt-get install"):
         Nginx(tmp_path, free_port(), ":1", ":2").start()
 

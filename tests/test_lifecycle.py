@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import build_config
-from gateway.devstack import Gateway, free_port
+from devstack.stack import GatewayProcess, free_port
+from gateway.config.cli import build_config
 from protocols.uwsgi import encode_request
 from tests.load import children, load, uwsgi_get, wait_for
 
@@ -36,13 +36,15 @@ def application(environ, start_response):
 """
 
 
-def _start(tmp_path: Path, *args: str, app: str = "tests.apps:app", cwd: Path | None = None) -> tuple[Gateway, int]:
+def _start(
+    tmp_path: Path, *args: str, app: str = "tests.apps:app", cwd: Path | None = None
+) -> tuple[GatewayProcess, int]:
     port = free_port()
-    gateway = Gateway(tmp_path, ["--uwsgi", f"127.0.0.1:{port}", *args, app], env=ENV, cwd=cwd).start()
+    gateway = GatewayProcess(tmp_path, ["--uwsgi", f"127.0.0.1:{port}", *args, app], env=ENV, cwd=cwd).start()
     return gateway, port
 
 
-def _pid(gateway: Gateway) -> int:
+def _pid(gateway: GatewayProcess) -> int:
     assert gateway.process is not None
     return gateway.process.pid
 
@@ -311,7 +313,7 @@ def test_group_is_dropped_after_binding(tmp_path: Path) -> None:
     assert os.geteuid() == 0, "the suite runs as root (make test on a fresh Debian machine)"
     nogroup = grp.getgrnam("nogroup").gr_gid
     socket_path = tmp_path / "app.sock"
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path,
         ["--uwsgi", f"unix:{socket_path}", "--workers", "1", "--group", "nogroup", "tests.apps:app"],
         env=ENV,
@@ -344,7 +346,7 @@ def test_user_is_dropped_after_binding(tmp_path: Path) -> None:
         assert "Permission denied" in result.stderr
         assert "Traceback" not in result.stderr
         return
-    gateway = Gateway(tmp_path, args, env=ENV).start()
+    gateway = GatewayProcess(tmp_path, args, env=ENV).start()
     try:
         for pid in (_pid(gateway), *children(_pid(gateway))):
             status = Path(f"/proc/{pid}/status").read_text()

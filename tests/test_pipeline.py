@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.devstack import Gateway, free_port
+from devstack.stack import GatewayProcess, free_port
 from protocols.fastcgi import encode_abort, encode_request
 from tests.load import wait_for
 from tests.test_raw_sockets import FastCGIClient, _params, _split_response
@@ -24,10 +24,10 @@ ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[Gateway, int]]:
+def gateway(tmp_path: Path) -> Iterator[tuple[GatewayProcess, int]]:
     port = free_port()
     args = ["--fcgi", f"127.0.0.1:{port}", "--workers", "1", "--pipeline", "2", "--log-level", "debug"]
-    gateway = Gateway(tmp_path, [*args, "tests.apps:app"], env=ENV).start()
+    gateway = GatewayProcess(tmp_path, [*args, "tests.apps:app"], env=ENV).start()
     try:
         yield gateway, port
     finally:
@@ -39,7 +39,7 @@ def _body(client: FastCGIClient, request_id: int) -> tuple[str, dict[str, str]]:
     return head, json.loads(body)
 
 
-def test_each_response_reaches_its_own_request(gateway: tuple[Gateway, int]) -> None:
+def test_each_response_reaches_its_own_request(gateway: tuple[GatewayProcess, int]) -> None:
     _, port = gateway
     client = FastCGIClient(port)
     try:
@@ -55,7 +55,7 @@ def test_each_response_reaches_its_own_request(gateway: tuple[Gateway, int]) -> 
 
 
 def test_a_request_whose_client_left_while_it_waited_in_the_worker_never_runs(
-    gateway: tuple[Gateway, int], tmp_path: Path
+    gateway: tuple[GatewayProcess, int], tmp_path: Path
 ) -> None:
     server, port = gateway
     record = tmp_path / "ran.txt"
@@ -79,7 +79,7 @@ def test_a_request_whose_client_left_while_it_waited_in_the_worker_never_runs(
         client.close()
 
 
-def test_requests_a_dead_worker_held_are_served_by_its_replacement(gateway: tuple[Gateway, int]) -> None:
+def test_requests_a_dead_worker_held_are_served_by_its_replacement(gateway: tuple[GatewayProcess, int]) -> None:
     server, port = gateway
     client = FastCGIClient(port)
     try:

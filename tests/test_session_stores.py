@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from typing import Any
 import aiomcache
 import pytest
 
-from gateway.devstack import free_port
+from devstack.servers import Memcached, Nutcracker, _binary
+from devstack.stack import free_port
 from sessions import (
     MemcachedStore,
     MemoryStore,
@@ -35,7 +36,6 @@ from sessions import (
     SessionTooLarge,
     new_session_id,
 )
-from tests.servers import Memcached, Nutcracker, _binary
 
 PREFIX = b"gw:s:"
 
@@ -119,6 +119,10 @@ async def raw_client(port: int) -> AsyncIterator[aiomcache.Client]:
         yield client
     finally:
         await client.close()
+
+
+async def _enter(lock: contextlib.AbstractAsyncContextManager[object]) -> object:
+    return await lock.__aenter__()
 
 
 @contextlib.asynccontextmanager
@@ -581,11 +585,12 @@ async def test_stopped_memcached_is_unavailable_within_the_timeout_and_the_loop_
         try:
             async with ticker() as ticks:
                 started = time.monotonic()
-                for operation in (
+                operations: tuple[Callable[[], Awaitable[object]], ...] = (
                     lambda: store.load(sid),
                     lambda: store.save(sid, changes(b=2)),
-                    lambda: store.lock(new_session_id(), timeout=5).__aenter__(),
-                ):
+                    lambda: _enter(store.lock(new_session_id(), timeout=5)),
+                )
+                for operation in operations:
                     begun = time.monotonic()
                     with pytest.raises(SessionStoreUnavailable, match=r"within 0\.5 s"):
                         await operation()

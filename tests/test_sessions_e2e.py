@@ -1,6 +1,6 @@
 """Sessions through the real path: socket → event loop (load) → worker (environ["gateway.session"]) → loop (store).
 
-Stores: the gateway's own memory and a real memcached (fixtures from tests.servers); the two-gateway topology
+Stores: the gateway's own memory and a real memcached (fixtures from devstack.servers); the two-gateway topology
 runs through nutcracker (twemproxy) in front of two memcached servers.
 """
 
@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from gateway.devstack import Gateway, Nginx, free_port
+from devstack.servers import Memcached, Nutcracker
+from devstack.stack import GatewayProcess, Nginx, free_port
 from protocols.fastcgi import encode_request as encode_fcgi_request
 from protocols.uwsgi import encode_request
 from tests.http import request
 from tests.load import load, wait_for
-from tests.servers import Memcached, Nutcracker
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -80,10 +80,10 @@ def call(port: int, path: str, query: str = "", cookie: str | None = None, *, ht
 @pytest.fixture(scope="module", params=["memory", "memcached"])
 def gateway_port(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, memcached: Memcached
-) -> Iterator[tuple[Gateway, int]]:
+) -> Iterator[tuple[GatewayProcess, int]]:
     store = "memory" if request.param == "memory" else f"memcached://127.0.0.1:{memcached.port}"
     port = free_port()
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path_factory.mktemp(f"gw-{request.param}"),
         ["--uwsgi", f"127.0.0.1:{port}", "--workers", "2", "--sessions", store, "tests.apps:app"],
         env=ENV,
@@ -98,7 +98,7 @@ def _cookie(session_id: str) -> str:
     return f"theme=dark; gwsession={session_id}; other=1"
 
 
-def test_no_session_without_a_write(gateway_port: tuple[Gateway, int]) -> None:
+def test_no_session_without_a_write(gateway_port: tuple[GatewayProcess, int]) -> None:
     _, port = gateway_port
     reply = call(port, "/session/get")
     assert reply.status == 200
@@ -106,7 +106,7 @@ def test_no_session_without_a_write(gateway_port: tuple[Gateway, int]) -> None:
     assert reply.json() == {"data": {}, "new": True, "pid": reply.json()["pid"]}
 
 
-def test_session_is_created_read_and_updated_across_workers(gateway_port: tuple[Gateway, int]) -> None:
+def test_session_is_created_read_and_updated_across_workers(gateway_port: tuple[GatewayProcess, int]) -> None:
     _, port = gateway_port
     first = call(port, "/session/set", "user=ada")
     session_id = first.cookie_id
@@ -125,7 +125,7 @@ def test_session_is_created_read_and_updated_across_workers(gateway_port: tuple[
     assert len(pids) == 2, "both workers saw the same session"
 
 
-def test_secure_flag_over_https(gateway_port: tuple[Gateway, int]) -> None:
+def test_secure_flag_over_https(gateway_port: tuple[GatewayProcess, int]) -> None:
     _, port = gateway_port
     cookie = call(port, "/session/set", "a=1", https=True).set_cookie
     assert cookie is not None and "Secure" in cookie
@@ -142,7 +142,7 @@ def test_secure_flag_over_https(gateway_port: tuple[Gateway, int]) -> None:
         "../../etc/passwd",
     ],
 )
-def test_forged_or_malformed_ids_are_never_adopted(gateway_port: tuple[Gateway, int], presented: str) -> None:
+def test_forged_or_malformed_ids_are_never_adopted(gateway_port: tuple[GatewayProcess, int], presented: str) -> None:
     gateway, port = gateway_port
     reply = call(port, "/session/set", "k=v", f"gwsession={presented}")
     assert reply.status == 200
@@ -151,7 +151,7 @@ def test_forged_or_malformed_ids_are_never_adopted(gateway_port: tuple[Gateway, 
     assert "Traceback" not in gateway.log_text()
 
 
-def test_regenerate_moves_the_session_and_the_old_id_stops_working(gateway_port: tuple[Gateway, int]) -> None:
+def test_regenerate_moves_the_session_and_the_old_id_stops_working(gateway_port: tuple[GatewayProcess, int]) -> None:
     _, port = gateway_port
     old = call(port, "/session/set", "role=guest").cookie_id
     assert old is not None
@@ -163,7 +163,7 @@ def test_regenerate_moves_the_session_and_the_old_id_stops_working(gateway_port:
     assert stale["new"] is True and stale["data"] == {}
 
 
-def test_invalidate_deletes_the_session_and_the_cookie(gateway_port: tuple[Gateway, int]) -> None:
+def test_invalidate_deletes_the_session_and_the_cookie(gateway_port: tuple[GatewayProcess, int]) -> None:
     _, port = gateway_port
     session_id = call(port, "/session/set", "user=bob").cookie_id
     assert session_id is not None
@@ -172,7 +172,7 @@ def test_invalidate_deletes_the_session_and_the_cookie(gateway_port: tuple[Gatew
     assert call(port, "/session/get", cookie=_cookie(session_id)).json()["new"] is True
 
 
-def test_parallel_requests_of_one_session_lose_no_update(gateway_port: tuple[Gateway, int]) -> None:
+def test_parallel_requests_of_one_session_lose_no_update(gateway_port: tuple[GatewayProcess, int]) -> None:
     _, port = gateway_port
     session_id = call(port, "/session/set", "base=1").cookie_id
     assert session_id is not None
@@ -190,7 +190,7 @@ def test_parallel_requests_of_one_session_lose_no_update(gateway_port: tuple[Gat
     assert data == {"base": "1", "left": "L", "right": "R"}
 
 
-def test_oversized_session_is_a_500_and_the_stored_one_survives(gateway_port: tuple[Gateway, int]) -> None:
+def test_oversized_session_is_a_500_and_the_stored_one_survives(gateway_port: tuple[GatewayProcess, int]) -> None:
     gateway, port = gateway_port
     session_id = call(port, "/session/set", "keep=me").cookie_id
     assert session_id is not None
@@ -200,7 +200,7 @@ def test_oversized_session_is_a_500_and_the_stored_one_survives(gateway_port: tu
     assert call(port, "/session/get", cookie=_cookie(session_id)).json()["data"] == {"keep": "me"}
 
 
-def test_value_that_is_not_json_is_a_500_naming_the_key(gateway_port: tuple[Gateway, int]) -> None:
+def test_value_that_is_not_json_is_a_500_naming_the_key(gateway_port: tuple[GatewayProcess, int]) -> None:
     gateway, port = gateway_port
     reply = call(port, "/session/bad")
     assert reply.status == 500
@@ -240,7 +240,7 @@ def _one_worker_gateway(tmp_path: Path, memcached: Memcached) -> Iterator[int]:
     """A gateway with one worker and its sessions in ``memcached``; yields its uwsgi port."""
     port = free_port()
     store = f"memcached://127.0.0.1:{memcached.port}"
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path, ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--sessions", store, "tests.apps:app"], env=ENV
     ).start()
     try:
@@ -267,7 +267,7 @@ def test_memcached_stopped_killed_and_restarted_under_load(tmp_path: Path) -> No
     """Session requests get 503 within the session timeout; others carry on; all recovers by itself."""
     server = Memcached(tmp_path / "mc", free_port()).start()
     port = free_port()
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path / "gw",
         [
             "--uwsgi",
@@ -317,7 +317,7 @@ def test_memcached_stopped_killed_and_restarted_under_load(tmp_path: Path) -> No
 
 def test_serialized_sessions_run_one_at_a_time(tmp_path: Path) -> None:
     port = free_port()
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path,
         ["--uwsgi", f"127.0.0.1:{port}", "--workers", "2", "--session-serialize", "tests.apps:app"],
         env=ENV,
@@ -346,7 +346,7 @@ def test_two_gateways_share_sessions_through_nutcracker(tmp_path: Path) -> None:
     proxy = Nutcracker(tmp_path / "proxy", free_port(), [server.port for server in servers]).start()
     ports = [free_port(), free_port()]
     gateways = [
-        Gateway(
+        GatewayProcess(
             tmp_path / f"gw{index}",
             [
                 "--uwsgi",
@@ -382,7 +382,7 @@ def test_two_gateways_share_sessions_through_nutcracker(tmp_path: Path) -> None:
 
 def test_demo_counter_through_nginx(tmp_path: Path) -> None:
     fcgi, uwsgi = free_port(), free_port()
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path, ["--fcgi", f"127.0.0.1:{fcgi}", "--uwsgi", f"127.0.0.1:{uwsgi}", "--workers", "2"], env=ENV
     ).start()
     nginx = Nginx(tmp_path, free_port(), f"127.0.0.1:{fcgi}", f"127.0.0.1:{uwsgi}").start()
@@ -408,7 +408,7 @@ def test_response_whose_session_cannot_be_stored_is_never_sent(tmp_path: Path, p
     port, fcgi_port = free_port(), free_port()
     args = ["--uwsgi", f"127.0.0.1:{port}", "--fcgi", f"127.0.0.1:{fcgi_port}", "--workers", "1"]
     args += ["--sessions", f"memcached://127.0.0.1:{server.port}", "--session-timeout", "1", "tests.apps:app"]
-    gateway = Gateway(tmp_path / "gw", args, env=ENV).start()
+    gateway = GatewayProcess(tmp_path / "gw", args, env=ENV).start()
     params = {"REQUEST_METHOD": "GET", "PATH_INFO": "/session/set", "SCRIPT_NAME": "", "QUERY_STRING": "n=2"}
     try:
         assert call(port, "/session/set", "n=1").status == 200

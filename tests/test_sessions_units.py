@@ -13,11 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import Config
-from gateway.dispatch import Dispatcher
-from gateway.request import Request
-from gateway.session_hook import SessionHook
-from gateway.spool import RequestBody
+from devstack.servers import Memcached
+from gateway.config.settings import Config
+from gateway.loop.dispatch import Dispatcher
+from gateway.loop.request import Request
+from gateway.loop.session_hook import SessionHook
+from gateway.loop.spool import RequestBody
 from sessions import (
     CookieSettings,
     MemcachedStore,
@@ -37,7 +38,6 @@ from sessions import (
     set_cookie_value,
 )
 from sessions.store import run_at_once
-from tests.servers import Memcached
 
 SETTINGS = CookieSettings()
 

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.devstack import Gateway, free_port
+from devstack.stack import GatewayProcess, free_port
 from protocols.fastcgi import ClientConnection, EndRequest, encode_request
 from protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.apps import pattern
@@ -33,9 +33,9 @@ PARAMS = {
 }
 
 
-def _start(tmp_path: Path, *args: str) -> tuple[Gateway, int, int]:
+def _start(tmp_path: Path, *args: str) -> tuple[GatewayProcess, int, int]:
     uwsgi_port, fcgi_port = free_port(), free_port()
-    gateway = Gateway(
+    gateway = GatewayProcess(
         tmp_path,
         ["--uwsgi", f"127.0.0.1:{uwsgi_port}", "--fcgi", f"127.0.0.1:{fcgi_port}", *args, "tests.apps:app"],
         env=ENV,
@@ -171,7 +171,7 @@ def test_trickled_body_never_occupies_the_worker(tmp_path: Path) -> None:
     thread.start()
     try:
         time.sleep(0.3)
-        timings = []
+        timings: list[float] = []
         while thread.is_alive() and len(timings) < 20:
             timings.append(_fast_request_time(uwsgi_port))
         thread.join(30)
@@ -277,9 +277,9 @@ def test_disconnects_remove_temporary_files(tmp_path: Path) -> None:
                 {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/download", "QUERY_STRING": "size=30000000"}
             )
         )
-        wait_for(lambda: _deleted_files(gateway.process.pid) > 0, 10, "a response spool file")  # type: ignore[union-attr]
+        wait_for(lambda: _deleted_files(gateway.process.pid) > 0, 10, "a response spool file")
         sock.close()
-        wait_for(lambda: _deleted_files(gateway.process.pid) == 0, 10, "the spool file closed")  # type: ignore[union-attr]
+        wait_for(lambda: _deleted_files(gateway.process.pid) == 0, 10, "the spool file closed")
         assert _fast_request_time(uwsgi_port) < 1.0
     finally:
         gateway.stop()

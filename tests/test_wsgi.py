@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway import wsgi
-from gateway.wsgi import InvalidResponse, build_environ, encode_head, run_app
+from gateway.worker import wsgi
+from gateway.worker.wsgi import InvalidResponse, build_environ, encode_head, run_app
 
 
 class Recorder:

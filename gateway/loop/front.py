@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from gateway.config import Config, IPNetwork
-from gateway.dispatch import Dispatcher
-from gateway.request import ResponseSink, respond_error
-from gateway.spool import OutputBuffer, RequestBody
+from gateway.config.settings import Config, IPNetwork
+from gateway.loop.dispatch import Dispatcher
+from gateway.loop.request import ResponseSink, respond_error
+from gateway.loop.spool import OutputBuffer, RequestBody
 
 log = logging.getLogger("gateway.front")
 

@@ -12,12 +12,13 @@ import uvloop
 
 import protocols
 from gateway import __version__
-from gateway.accesslog import ATOMS as ACCESS_ATOMS
-from gateway.accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
-from gateway.config import DEMO_APP, Address, Config, ConfigError, Listen, parse_networks
+from gateway.config.settings import DEMO_APP, Address, Config, ConfigError, Listen, parse_networks
+from gateway.contract.exits import EXIT_CONFIG
 from gateway.log import configure_logging
+from gateway.loop.accesslog import ATOMS as ACCESS_ATOMS
+from gateway.loop.accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
+from gateway.master.server import Gateway
 from gateway.memory import tune_malloc
-from gateway.server import EXIT_CONFIG, Gateway
 
 log = logging.getLogger("gateway")
 
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --workers MIN:MAX, retire a worker idle this long, never below MIN (default: %(default)s)",
     )
-    codecs = protocols.build()
+    codecs = protocols.build_kind()
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol codecs {codecs})")
     return parser
 

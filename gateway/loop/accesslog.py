@@ -10,7 +10,7 @@ import sys
 import time
 from typing import IO
 
-from gateway.request import Request
+from gateway.loop.request import Request
 
 #: Combined log format, then the request time in milliseconds and the worker's pid.
 DEFAULT_FORMAT = '%(h)s %(l)s %(u)s [%(t)s] "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms worker=%(p)s'

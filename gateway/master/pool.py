@@ -23,8 +23,8 @@ from typing import Any, cast
 
 import orjson
 
-from gateway.accesslog import AccessLog
-from gateway.channel import (
+from gateway.config.settings import Config
+from gateway.contract.channel import (
     ChannelError,
     FrameDecoder,
     Kind,
@@ -33,10 +33,11 @@ from gateway.channel import (
     encode_cancel,
     encode_request,
 )
-from gateway.config import Config
-from gateway.request import Request, respond_error
-from gateway.session_hook import worker_settings
-from gateway.worker import APP_LOAD_ERROR
+from gateway.contract.exits import EXIT_APP_LOAD
+from gateway.contract.startup import WorkerSettings
+from gateway.loop.accesslog import AccessLog
+from gateway.loop.request import Request, respond_error
+from gateway.loop.session_hook import worker_session_settings
 
 log = logging.getLogger("gateway.pool")
 
@@ -344,17 +345,16 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tick: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._settings = orjson.dumps(
-            {
-                "app": config.app,
-                "app_dir": os.getcwd(),
-                "script_name": config.script_name,
-                "log_level": config.log_level,
-                "debug": config.debug,
-                "scheduling": config.worker_scheduling,
-                "session": worker_settings(config),
-            }
-        ).decode()
+        self.worker_settings = WorkerSettings(
+            app=config.app,
+            app_dir=os.getcwd(),
+            script_name=config.script_name,
+            log_level=config.log_level,
+            debug=config.debug,
+            scheduling=config.worker_scheduling,
+            session=worker_session_settings(config),
+        )
+        self._encoded_settings = self.worker_settings.encode()
         self.fatal: asyncio.Future[str] | None = None
         self._ready_pids: set[int] = set()
 
@@ -410,7 +410,7 @@ class WorkerPool:
                 "-m",
                 "gateway.worker",
                 str(child.fileno()),
-                self._settings,
+                self._encoded_settings,
                 pass_fds=(child.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
             )
@@ -458,7 +458,7 @@ class WorkerPool:
             self.idle.remove(worker)
         was_starting = worker.pid not in self._ready_pids
         self._ready_pids.discard(worker.pid)
-        if status == APP_LOAD_ERROR and was_starting:
+        if status == EXIT_APP_LOAD and was_starting:
             self._app_load_failed(worker)
             return
         if not self._running:

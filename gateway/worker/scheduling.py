@@ -2,14 +2,10 @@
 
 A worker wakes up each time the loop hands it a request. Under Linux's default policy a task that wakes up may
 preempt the one running on that CPU, and on a busy machine that is usually the loop, caught in the middle of a
-batch of events (other clients, other workers' responses): the loop stalls while the worker runs, and with
-both cores busy it was preempted about 0.7 times per request (``nonvoluntary_ctxt_switches`` in
-/proc/PID/status under ``python -m benchmarks.profile --scenario hello --server ours-uwsgi``). ``SCHED_BATCH``
-marks the workers as throughput work: same priority and time share, but their wake-ups never preempt. Measured
-in three interleaved pairs each (``benchmarks/profile.py --no-profile``, hello world, medians): over uwsgi
-8,669 -> 9,927 req/s, FastCGI without keep-conn 7,575 -> 8,797, with keep-conn 14,097 -> 14,538 (within noise);
-the workers' CPU per request fell by a fifth and the loop was preempted three times less often. A CPU-bound app
-(2 ms per request) is unchanged.
+batch of events (other clients, other workers' responses): the loop stalls while the worker runs
+(``nonvoluntary_ctxt_switches`` in /proc/PID/status shows it). ``SCHED_BATCH`` marks the workers as throughput
+work: same priority and time share, but their wake-ups never preempt. What it is worth, measured with
+``python -m benchmarks.profile``, is in benchmarks/RESULTS.md (History).
 
 Needs no privilege (any process may move itself from SCHED_OTHER to SCHED_BATCH). ``--worker-scheduling
 normal`` keeps the default policy; elsewhere than Linux nothing changes.

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.devstack import free_port
+from devstack.stack import free_port
 
 _START_TIMEOUT = 10.0
 

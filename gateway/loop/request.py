@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.spool import RequestBody
+from gateway.loop.spool import RequestBody
 
 
 class ResponseSink(Protocol):

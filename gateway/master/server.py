@@ -24,23 +24,18 @@ from typing import Any
 import setproctitle
 
 import protocols
-from gateway.accesslog import DEFAULT_FORMAT, AccessLog
-from gateway.config import Address, Config, ConfigError, Listen, ProtocolName, parse_networks
-from gateway.dispatch import Dispatcher
-from gateway.front import FrontContext
-from gateway.listeners import BoundListener, adopt, bind, pause, serve
-from gateway.pool import AppLoadFailed, WorkerPool
-from gateway.session_hook import SessionHook
-from gateway.systemd import inherited_sockets, notify
+from gateway.config.settings import Address, Config, ConfigError, Listen, ProtocolName, parse_networks
+from gateway.contract.exits import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_OK, EXIT_WORKERS_GONE
+from gateway.loop.accesslog import DEFAULT_FORMAT, AccessLog
+from gateway.loop.dispatch import Dispatcher
+from gateway.loop.front import FrontContext
+from gateway.loop.listeners import BoundListener, adopt, bind, pause, serve
+from gateway.loop.session_hook import SessionHook
+from gateway.master.pool import AppLoadFailed, WorkerPool
+from gateway.master.systemd import inherited_sockets, notify
 from sessions import open_store
 
 log = logging.getLogger("gateway.server")
-
-#: Exit statuses, so a process monitor can tell a bad deployment from a crash.
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_APP_LOAD = 3
-EXIT_WORKERS_GONE = 4
 
 _SWEEP_INTERVAL = 1.0
 
@@ -76,7 +71,7 @@ def log_codec_build() -> None:
     if not protocols.compiled():
         log.warning(
             "protocol codecs run interpreted (installed with GATEWAY_PURE_PYTHON=1, or built without a C "
-            "compiler): the event loop spends 10-15% more CPU per request; reinstall with gcc and the "
+            "compiler): the event loop spends more CPU per request; reinstall with gcc and the "
             "Python headers (apt-get install gcc python3-dev) to compile them"
         )
         return

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 import orjson
 
-from gateway.config import Config
-from gateway.request import Request
+from gateway.config.settings import Config
+from gateway.contract.startup import WorkerSessionSettings
+from gateway.loop.dispatch import HookRefused
+from gateway.loop.request import Request
 from sessions import (
     CookieSettings,
     SessionChanges,
@@ -35,34 +36,23 @@ log = logging.getLogger("gateway.sessions")
 MAX_SESSION_SIZE = 1_000_000
 
 
-class HookRefused(Exception):
-    """A hook cannot let the request through: the dispatcher answers ``status`` and logs ``reason`` (one line)."""
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-def worker_settings(config: Config) -> dict[str, Any]:
+def worker_session_settings(config: Config) -> WorkerSessionSettings:
     """What a worker needs to set the session cookie itself."""
-    return {
-        "cookie": {
-            "name": config.session_cookie,
-            "domain": config.session_cookie_domain,
-            "path": config.session_cookie_path,
-            "same_site": config.session_samesite,
-            "secure": config.session_secure,
-        },
-        "max_age": config.session_max_age,
-        "max_size": MAX_SESSION_SIZE,
-    }
+    cookie = CookieSettings(
+        name=config.session_cookie,
+        domain=config.session_cookie_domain,
+        path=config.session_cookie_path,
+        same_site=config.session_samesite,
+        secure=config.session_secure,
+    )
+    return WorkerSessionSettings(cookie, config.session_max_age, MAX_SESSION_SIZE)
 
 
 class SessionHook:
     def __init__(self, store: SessionStore, config: Config) -> None:
         self.store = store
         self.config = config
-        self.cookie = CookieSettings(**worker_settings(config)["cookie"])
+        self.cookie = worker_session_settings(config).cookie
         self._tasks: set[asyncio.Task[None]] = set()
         #: The memory store is loaded and saved on the spot, without a task (a lock may wait: then tasks again).
         self.at_once = store.answers_at_once and not config.session_serialize

@@ -14,10 +14,10 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from gateway.config import Address, ConfigError, Listen
-from gateway.fastcgi_front import FastCGIConnection
-from gateway.front import FrontConnection, FrontContext
-from gateway.uwsgi_front import UwsgiConnection
+from gateway.config.settings import Address, ConfigError, Listen
+from gateway.loop.fastcgi_front import FastCGIConnection
+from gateway.loop.front import FrontConnection, FrontContext
+from gateway.loop.uwsgi_front import UwsgiConnection
 
 log = logging.getLogger("gateway.listeners")
 

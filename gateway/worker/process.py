@@ -1,6 +1,6 @@
 """The worker process: imports the app once, then runs one buffered request at a time.
 
-Started by the pool as ``python -m gateway.worker FD SETTINGS`` (a fresh interpreter, never a fork of the event
+Started by the master as ``python -m gateway.worker FD SETTINGS`` (a fresh interpreter, never a fork of the event
 loop's process). FD is this worker's end of a unix socket pair; the request arrives whole, body included, so the
 app never waits on a client. Output is sent back as it is produced and the loop buffers it, so the worker is free
 as soon as the app is done, however slowly the client reads.
@@ -22,17 +22,16 @@ from typing import Any
 import orjson
 import setproctitle
 
-from gateway.channel import CANCEL_PAYLOAD, FRAME_HEADER, Kind, WorkerRequest, encode_frame, encode_response
+from gateway.contract.channel import CANCEL_PAYLOAD, FRAME_HEADER, Kind, WorkerRequest, encode_frame, encode_response
+from gateway.contract.exits import EXIT_APP_LOAD
+from gateway.contract.startup import WorkerSettings
 from gateway.log import configure_logging
 from gateway.memory import tune_malloc
-from gateway.scheduling import use_batch_scheduling
-from gateway.worker_session import WorkerSession
-from gateway.wsgi import WSGIApp, body_stream, build_environ, run_app
+from gateway.worker.scheduling import use_batch_scheduling
+from gateway.worker.session import WorkerSession
+from gateway.worker.wsgi import WSGIApp, body_stream, build_environ, run_app
 
 log = logging.getLogger("gateway.worker")
-
-#: Exit status of a worker whose app cannot be imported; the pool stops instead of respawning in a storm.
-APP_LOAD_ERROR = 4
 
 #: Below this a body chunk waits for the next one, so a list response leaves in one write.
 _COALESCE = 1 << 16
@@ -40,7 +39,7 @@ _COALESCE = 1 << 16
 _RECEIVE_IN_PLACE = 1 << 16
 
 
-class AppLoadError(Exception):
+class AppImportError(Exception):
     """The application named on the command line cannot be imported or is not callable."""
 
 
@@ -49,15 +48,17 @@ def load_app(spec: str) -> WSGIApp:
     try:
         module = importlib.import_module(module_name)
     except Exception as err:
-        raise AppLoadError(f"cannot import module {module_name!r} of application {spec!r}: {err!r}") from err
+        raise AppImportError(f"cannot import module {module_name!r} of application {spec!r}: {err!r}") from err
     app: Any = module
     for part in attribute.split("."):
         try:
             app = getattr(app, part)
         except AttributeError as err:
-            raise AppLoadError(f"module {module_name!r} has no attribute {attribute!r} (application {spec!r})") from err
+            raise AppImportError(
+                f"module {module_name!r} has no attribute {attribute!r} (application {spec!r})"
+            ) from err
     if not callable(app):
-        raise AppLoadError(f"application {spec!r} is a {type(app).__name__}, not a WSGI callable")
+        raise AppImportError(f"application {spec!r} is a {type(app).__name__}, not a WSGI callable")
     return app  # type: ignore[no-any-return]
 
 
@@ -80,6 +81,11 @@ class Channel:
         self._held: list[bytes] = []
         self.number = 0
         self._cancelled: set[int] = set()
+
+    @property
+    def has_pending_input(self) -> bool:
+        """Bytes already read from the socket wait to be decoded (frames the loop sent ahead of time)."""
+        return bool(self._rbuf)
 
     def read_frame(self) -> tuple[int, bytes | memoryview] | None:
         """Block until one whole frame is here; None when the loop closed the channel."""
@@ -235,7 +241,7 @@ class Channel:
             self._out_size = 0
 
 
-def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
+def serve(channel: Channel, app: WSGIApp, settings: WorkerSettings) -> None:
     while True:
         frame = channel.next_request()
         if frame is None:
@@ -243,22 +249,22 @@ def serve(channel: Channel, app: WSGIApp, settings: dict[str, Any]) -> None:
         run_request(channel, app, settings, frame[1])
 
 
-def run_request(channel: Channel, app: WSGIApp, settings: dict[str, Any], payload: bytes | memoryview) -> None:
+def run_request(channel: Channel, app: WSGIApp, settings: WorkerSettings, payload: bytes | memoryview) -> None:
     """One REQUEST frame through the app, its response sent on ``channel``."""
     request = WorkerRequest.decode(payload)
     body = body_stream(request.body, request.body_path)
     try:
-        environ = build_environ(request.environ, body, script_name=settings.get("script_name", ""))
+        environ = build_environ(request.environ, body, script_name=settings.script_name)
         session = None
         if request.session is not None:
-            session = WorkerSession(request.session, settings.get("session", {}), environ)
+            session = WorkerSession(request.session, settings.session, environ)
             environ["gateway.session"] = session.session
         try:
             run_app(
                 app,
                 environ,
                 channel,
-                debug=settings.get("debug", False),
+                debug=settings.debug,
                 head_hook=session.head_headers if session else None,
             )
         except Exception:
@@ -276,25 +282,25 @@ def run_request(channel: Channel, app: WSGIApp, settings: dict[str, Any], payloa
 
 def main(argv: list[str]) -> int:
     fd = int(argv[0])
-    settings: dict[str, Any] = orjson.loads(argv[1])
+    settings = WorkerSettings.decode(argv[1])
     # Ctrl-C reaches the whole process group; the loop decides when workers stop (it closes the channel).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(settings.get("log_level", "info"), role=f"worker {os.getpid()}")
+    configure_logging(settings.log_level, role=f"worker {os.getpid()}")
     tune_malloc()
-    if settings.get("scheduling", "batch") == "batch":
+    if settings.scheduling == "batch":
         use_batch_scheduling()
-    setproctitle.setproctitle(f"gateway worker [{settings['app']}]")
+    setproctitle.setproctitle(f"gateway worker [{settings.app}]")
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     channel = Channel(sock)
-    if settings.get("app_dir"):
-        sys.path.insert(0, settings["app_dir"])
+    if settings.app_dir:
+        sys.path.insert(0, settings.app_dir)
     try:
-        app = load_app(settings["app"])
-    except AppLoadError as err:
+        app = load_app(settings.app)
+    except AppImportError as err:
         log.critical("%s", err)
         log.debug("%s", traceback.format_exc())
-        return APP_LOAD_ERROR
+        return EXIT_APP_LOAD
     gc.freeze()  # the app's modules live as long as the worker: never rescan them
     # BrokenPipe/ConnectionReset: the loop went away (it may be shutting down while we started), so nothing is
     # left to answer.
@@ -302,7 +308,3 @@ def main(argv: list[str]) -> int:
         channel.finish(Kind.READY, orjson.dumps({"pid": os.getpid()}))
         serve(channel, app, settings)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
+from gateway.contract.startup import WorkerSessionSettings
 from sessions import (
-    CookieSettings,
     Session,
     SessionChanges,
     SessionTooLarge,
@@ -37,7 +37,7 @@ class WorkerSession:
     def __init__(
         self,
         loaded: tuple[str | None, dict[str, Any] | None],
-        settings: dict[str, Any],
+        settings: WorkerSessionSettings,
         params: dict[str, Any],
     ) -> None:
         self.loaded_id, self._data = loaded
@@ -47,9 +47,6 @@ class WorkerSession:
         self.issued_id: str | None = None
         self._decided = False
         self._failed = False
-
-    def _cookie_settings(self) -> CookieSettings:
-        return CookieSettings(**self._settings["cookie"])
 
     def head_headers(self) -> bytes:
         """Called as the response head is sent: the Set-Cookie header line this response needs, if any."""
@@ -63,13 +60,13 @@ class WorkerSession:
         except Exception:
             self._failed = True
             raise
-        max_age = int(self._settings["max_age"]) or None
+        max_age = int(self._settings.max_age) or None
         https = request_is_https(self._params)
         if changes.regenerate or (session.is_new and changes.set):
             self.issued_id = new_session_id()
-            value = set_cookie_value(self._cookie_settings(), self.issued_id, https=https, max_age=max_age)
+            value = set_cookie_value(self._settings.cookie, self.issued_id, https=https, max_age=max_age)
         elif changes.invalidate and self.loaded_id is not None:
-            value = delete_cookie_value(self._cookie_settings(), https=https)
+            value = delete_cookie_value(self._settings.cookie, https=https)
         else:
             return b""
         return f"Set-Cookie: {value}\r\n".encode("latin-1")
@@ -80,7 +77,7 @@ class WorkerSession:
             merged.pop(key, None)
         merged.update(changes.set)
         size = len(orjson.dumps(merged)) + _RECORD_OVERHEAD
-        limit = int(self._settings["max_size"])
+        limit = self._settings.max_size
         if size > limit:
             raise SessionTooLarge(size, limit)
 

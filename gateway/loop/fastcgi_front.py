@@ -6,9 +6,9 @@ answered on its own; their output records interleave on the one connection in th
 
 from __future__ import annotations
 
-from gateway.front import FrontConnection, FrontContext
-from gateway.request import Request
-from gateway.spool import RequestBody
+from gateway.loop.front import FrontConnection, FrontContext
+from gateway.loop.request import Request
+from gateway.loop.spool import RequestBody
 from protocols.errors import RemoteProtocolError
 from protocols.fastcgi import (
     BodyData,

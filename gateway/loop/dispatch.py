@@ -12,13 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.pool import WorkerPool
-from gateway.request import Request, respond_error
-from gateway.session_hook import HookRefused
+from gateway.loop.request import Request, respond_error
+
+if TYPE_CHECKING:  # the pool hands finished requests back to the dispatcher: a cycle at run time
+    from gateway.master.pool import WorkerPool
 
 log = logging.getLogger("gateway.dispatch")
+
+
+class HookRefused(Exception):
+    """A hook cannot let the request through: the dispatcher answers ``status`` and logs ``reason`` (one line)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 class RequestHook(Protocol):

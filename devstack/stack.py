@@ -4,7 +4,7 @@ Everything nginx writes (config, pid, logs, temp files) lives under one scratch 
 its configuration are never touched. The stock ``fastcgi_params`` and ``uwsgi_params`` files are included as
 shipped, because that is what users run.
 
-``python -m gateway.devstack`` serves the demo app: FastCGI on 127.0.0.1:9000, uwsgi on 127.0.0.1:9001, nginx
+``python -m devstack`` serves the demo app: FastCGI on 127.0.0.1:9000, uwsgi on 127.0.0.1:9001, nginx
 on 127.0.0.1:8080 routing ``/`` over FastCGI and ``/uwsgi/`` over uwsgi. Ctrl-C stops everything.
 """
 
@@ -113,7 +113,7 @@ def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, ti
 
 
 @dataclass
-class Gateway:
+class GatewayProcess:
     """A gateway subprocess; ``log`` collects its stderr."""
 
     scratch: Path
@@ -126,7 +126,7 @@ class Gateway:
     def __post_init__(self) -> None:
         self.log = self.scratch / "gateway.log"
 
-    def start(self, timeout: float = 30.0) -> Gateway:
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
         self.scratch.mkdir(parents=True, exist_ok=True)
         # The log is appended to across restarts; readiness counts only what this start wrote.
         seen = len(self.log_text())
@@ -195,7 +195,7 @@ class Nginx:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.devstack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8080, help="nginx's port on 127.0.0.1")
     parser.add_argument("--fcgi", default="127.0.0.1:9000")
     parser.add_argument("--uwsgi", default="127.0.0.1:9001")
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(scratch)
     # Ctrl-C goes to the whole process group; we stop the children in order ourselves.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    gateway = Gateway(scratch, ["--fcgi", args.fcgi, "--uwsgi", args.uwsgi, *args.gateway_args])
+    gateway = GatewayProcess(scratch, ["--fcgi", args.fcgi, "--uwsgi", args.uwsgi, *args.gateway_args])
     nginx = Nginx(scratch, args.port, args.fcgi, args.uwsgi)
     try:
         gateway.start()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.front import FrontConnection, FrontContext
-from gateway.request import Request
-from gateway.spool import RequestBody
+from gateway.loop.front import FrontConnection, FrontContext
+from gateway.loop.request import Request
+from gateway.loop.spool import RequestBody
 from protocols.errors import RemoteProtocolError
 from protocols.uwsgi import (
     BodyData,

@@ -1,0 +1,38 @@
+"""The layout along the process boundary holds: the master never loads the worker side, the worker never loads the
+event loop's, and development tooling is not part of the installed package."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _modules_loaded_by(statement: str) -> set[str]:
+    """The project's modules a fresh interpreter holds after ``statement`` (run from the checkout)."""
+    probe = f"{statement}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    output = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    return {name for name in json.loads(output.stdout) if name.split(".")[0] in ("gateway", "devstack")}
+
+
+def test_the_master_never_loads_worker_or_wsgi_code() -> None:
+    # What `python -m gateway` imports before it runs anything: the CLI and, through it, the whole master.
+    loaded = _modules_loaded_by("import gateway.config.cli")
+    assert {"gateway.master.server", "gateway.master.pool", "gateway.loop.dispatch"} <= loaded  # the probe works
+    assert not {name for name in loaded if name.startswith(("gateway.worker", "devstack"))}
+
+
+def test_a_worker_never_loads_the_event_loop_side() -> None:
+    loaded = _modules_loaded_by("import gateway.worker.process")
+    assert {"gateway.worker.wsgi", "gateway.contract.channel"} <= loaded
+    assert not {name for name in loaded if name.startswith(("gateway.loop", "gateway.master", "gateway.config"))}
+
+
+def test_development_tooling_is_not_installed_with_the_package() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'include = ["gateway*", "protocols*", "sessions*"]' in pyproject
+    assert not list((ROOT / "gateway").rglob("devstack*"))
+    assert (ROOT / "devstack" / "__main__.py").exists()  # `make run`'s entry point lives beside the package
