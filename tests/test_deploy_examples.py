@@ -1,0 +1,93 @@
+"""The systemd socket unit in deploy/ runs as written: its socket, its name and its mode, handed to a real gateway
+the way systemd hands them (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID), answer FastCGI through that socket.
+
+Only the path moves (the unit's /run/gateway is root's and systemd's): everything else is read from the file.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from protocols.fastcgi import EndRequest, Stdout
+from protocols.fastcgi.client import ClientConnection, encode_request
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+SOCKET_UNIT = ROOT / "deploy" / "systemd" / "gateway.socket"
+
+
+def _unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    parser.read_string(path.read_text())
+    return parser
+
+
+def _fastcgi_get(path: str, uri: str) -> tuple[bytes, int]:
+    """One FastCGI request over a unix socket, as nginx sends it: (STDOUT bytes, app status)."""
+    params = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": uri, "REQUEST_URI": uri,
+              "SERVER_NAME": "localhost", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1"}  # fmt: skip
+    client = ClientConnection()
+    stdout = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(path)
+        sock.sendall(encode_request(1, params, keep_conn=False))
+        while chunk := sock.recv(65536):
+            for event in client.receive_data(chunk):
+                if isinstance(event, Stdout):
+                    stdout += event.data
+                elif isinstance(event, EndRequest):
+                    return stdout, event.app_status
+    raise AssertionError(f"no END_REQUEST; got {stdout!r}")
+
+
+def test_socket_unit_is_served_as_its_name_says(tmp_path: Path) -> None:
+    section = _unit(SOCKET_UNIT)["Socket"]
+    listen_path = section["ListenStream"]
+    name = section["FileDescriptorName"]
+    mode = int(section["SocketMode"], 8)
+    assert listen_path.startswith("/"), "the example listens on a unix socket"
+    assert "uwsgi" not in name, "the example's name makes it a FastCGI socket"
+    path = str(tmp_path / Path(listen_path).name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, mode)
+    listener.listen(16)
+    # What systemd does between fork and exec: the socket at fd 3, LISTEN_PID naming the process that execs.
+    launcher = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'gateway', '--workers', '1', 'tests.apps:app'])"
+    )
+    env = {**ENV, "LISTEN_FDS": "1", "LISTEN_FDNAMES": name}
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", launcher, str(listener.fileno())],
+            pass_fds=(listener.fileno(),),
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    listener.close()
+    try:
+        # The kernel queues the connection on the inherited socket until the gateway serves it.
+        stdout, app_status = _fastcgi_get(path, "/hello")
+        assert app_status == 0
+        assert stdout.startswith(b"Status: 200 OK\r\n")
+        assert stdout.endswith(b"\r\n\r\nhello")
+        process.terminate()
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert f"socket activation: fastcgi socket unix:{path} named {name!r}" in log_path.read_text()
+    # The socket file belongs to the socket unit: the gateway leaves it, with the unit's mode, behind.
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode
