@@ -97,8 +97,6 @@ _STDIN_CONTENT: Final = _State.STDIN_CONTENT
 _STDIN_PADDING: Final = _State.STDIN_PADDING
 _CLOSED: Final = _State.CLOSED
 _ERROR: Final = _State.ERROR
-#: The states in which the web server is in the middle of a record: it owes us the rest of it.
-_MID_RECORD: Final = frozenset((_PARTIAL, _STDIN_CONTENT, _STDIN_PADDING))
 
 _PARAMS = RecordType.PARAMS
 _STDIN = RecordType.STDIN
@@ -147,7 +145,9 @@ class ServerConnection:
     @property
     def input_pending(self) -> bool:
         """Part of a record, or a request whose params or body have not ended: the web server owes us bytes."""
-        if self._state in _MID_RECORD:
+        state = self._state
+        # Identity tests, not a set of states: hashing an Enum member runs Python code, and this runs per read.
+        if state is _PARTIAL or state is _STDIN_CONTENT or state is _STDIN_PADDING:
             return True
         return any(not request.refused_body for request in self._requests.values())
 
