@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import cast
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.contract.channel import (
@@ -236,3 +236,157 @@ def test_a_large_frame_is_received_in_place_and_the_frames_after_it_stay_intact(
     assert WorkerRequest.decode(frames[0][1]).body == body
     assert bytes(frames[1][1]) == (2).to_bytes(4, "little")
     assert WorkerRequest.decode(frames[2][1]).environ == {"PATH_INFO": "/small"}
+
+
+# -- the worker's end: frames read through the FrameDecoder ------------------------------------------------------
+class _ScriptedSocket:
+    """The worker's socket in memory: each scripted chunk is what one read can get at most (the kernel's cut)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = [chunk for chunk in chunks if chunk]
+        self.into_sizes: list[int] = []  # what each recv_into was offered
+        self.sent: list[bytes] = []
+        #: Whether the loop closed its end: then an empty socket reads as the end of input even without blocking.
+        self.closed = False
+
+    def more(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if not self.chunks:
+            if flags & socket.MSG_DONTWAIT and not self.closed:
+                raise BlockingIOError
+            return b""
+        chunk = self.chunks[0]
+        if len(chunk) > size:
+            self.chunks[0] = chunk[size:]
+            return chunk[:size]
+        del self.chunks[0]
+        return chunk
+
+    def recv_into(self, buffer: memoryview) -> int:
+        self.into_sizes.append(len(buffer))
+        data = self.recv(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def _channel(chunks: Iterable[bytes]) -> tuple[Channel, _ScriptedSocket]:
+    sock = _ScriptedSocket(chunks)
+    return Channel(cast(socket.socket, sock)), sock
+
+
+def _cut(stream: bytes, cuts: Iterable[int]) -> list[bytes]:
+    points = sorted(set(cuts))
+    return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+
+
+@settings(deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([Kind.REQUEST, Kind.CANCEL]), st.binary(max_size=300)), max_size=8), st.data()
+)
+def test_the_worker_reads_the_same_frames_however_the_stream_is_cut(
+    frames: list[tuple[Kind, bytes]], data: st.DataObject
+) -> None:
+    stream = b"".join(encode_frame(kind, payload) for kind, payload in frames)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=10))
+    channel, _ = _channel(_cut(stream, cuts))
+    read = []
+    while (frame := channel.read_frame()) is not None:
+        read.append((frame[0], bytes(frame[1])))
+    assert read == [(int(kind), payload) for kind, payload in frames]
+    assert not channel.has_pending_input
+
+
+def test_frames_read_ahead_wait_in_order_and_count_as_pending_input() -> None:
+    first, second = encode_frame(Kind.REQUEST, b"one"), encode_frame(Kind.REQUEST, b"two")
+    channel, _ = _channel([first + second[:3], second[3:]])
+    pending = [channel.has_pending_input]
+    assert channel.read_frame() == (Kind.REQUEST, b"one")
+    pending.append(channel.has_pending_input)  # the start of the second frame came in the same read
+    assert channel.read_frame() == (Kind.REQUEST, b"two")
+    pending.append(channel.has_pending_input)
+    assert channel.read_frame() is None
+    assert pending == [False, True, False]
+
+
+def test_a_large_frame_is_completed_by_recv_into_one_buffer_of_its_size() -> None:
+    body = bytes(range(256)) * 1024
+    frame = encode_frame(Kind.REQUEST, body)
+    after = encode_frame(Kind.CANCEL, (1).to_bytes(4, "little"))
+    channel, sock = _channel([frame[:1000], frame[1000:50_000], frame[50_000:] + after])
+    kind, payload = channel.read_frame() or (0, b"")
+    assert kind == Kind.REQUEST and isinstance(payload, memoryview) and payload == body
+    assert len(cast(bytearray, payload.obj)) == len(frame)  # received in place: its own buffer, nothing copied out
+    # offered exactly what the frame lacked each time, so the CANCEL behind it was left for the next read
+    assert sock.into_sizes == [len(frame) - 1000, len(frame) - 50_000]
+    assert channel.read_frame() == (Kind.CANCEL, (1).to_bytes(4, "little"))
+
+
+def test_end_of_input_inside_a_frame_received_in_place_keeps_what_arrived() -> None:
+    frame = encode_frame(Kind.REQUEST, b"x" * 200_000)
+    channel, _ = _channel([frame[:10], frame[10:150_000]])
+    assert channel.read_frame() is None
+    assert channel.has_pending_input
+
+
+def test_decoder_says_what_a_cut_frame_lacks() -> None:
+    decoder = FrameDecoder()
+    frame = encode_frame(Kind.BODY, b"x" * 100)
+    assert decoder.lacking == 0
+    assert decoder.feed(frame[:2]) == []
+    assert (decoder.pending, decoder.lacking) == (2, FRAME_HEADER.size - 2)  # the length is not known yet
+    assert decoder.feed(frame[2:40]) == []
+    assert (decoder.pending, decoder.lacking) == (40, len(frame) - 40)
+    with pytest.raises(ValueError, match="needs the frame's header"):
+        FrameDecoder().complete_in_place(lambda view: 0)
+    assert decoder.feed(frame[40:]) == [(Kind.BODY, b"x" * 100)]
+    assert (decoder.pending, decoder.lacking) == (0, 0)
+
+
+def _requests(*numbers: int) -> list[bytes]:
+    return [b"".join(WorkerRequest({"N": str(number)}, b"", None, "uwsgi").encode()) for number in numbers]
+
+
+def _number_of(payload: bytes | memoryview) -> str:
+    return WorkerRequest.decode(payload).environ["N"]
+
+
+def test_a_cancel_read_with_the_request_it_names_skips_that_request() -> None:
+    one, two, three = _requests(1, 2, 3)
+    channel, sock = _channel([one + two + encode_cancel(2) + three])
+    first = channel.next_request()
+    assert first is not None and first[0] == 1 and _number_of(first[1]) == "1"
+    channel.finish(Kind.END)
+    following = channel.next_request()
+    assert following is not None and following[0] == 3 and _number_of(following[1]) == "3"
+    skipped = [frame for frame in FrameDecoder().feed(b"".join(sock.sent)) if frame[0] == Kind.END]
+    assert len(skipped) == 2  # request 1's end, and request 2 ended without running
+
+
+def test_a_cancel_for_the_running_request_is_polled_without_blocking_and_later_requests_keep_their_order() -> None:
+    one, two, three = _requests(1, 2, 3)
+    channel, sock = _channel([one])
+    request = channel.next_request()
+    assert request is not None and request[0] == 1
+    assert not channel.cancelled()  # nothing to read: the poll does not block
+    sock.more(two + encode_cancel(1) + three[:5])
+    assert channel.cancelled()
+    sock.more(three[5:])
+    channel.finish(Kind.END)
+    numbers = []
+    while (request := channel.next_request()) is not None:
+        numbers.append(_number_of(request[1]))
+        channel.finish(Kind.END)
+    assert numbers == ["2", "3"]
+
+
+def test_the_loop_closing_while_a_request_runs_counts_as_its_cancel() -> None:
+    channel, sock = _channel(_requests(1))
+    assert channel.next_request() is not None
+    assert not channel.cancelled()
+    sock.closed = True
+    assert channel.cancelled()  # the poll read the end of input

@@ -8,7 +8,6 @@ the exact layout on the wire is the point of the test.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import struct
@@ -76,6 +75,19 @@ BODY = b"hello world"
 
 CODECS_COMPILED = compiled()
 CODEC_SETTINGS = settings(max_examples=200, deadline=None)
+
+#: Every limit spelled out, since the codec has none of its own; tests that are about one limit override it.
+TEST_LIMITS = {
+    "max_params_size": 64 * 1024,
+    "max_params": 1000,
+    "max_body_size": 1 << 30,
+    "max_requests_per_connection": 128,
+    "max_connections": 1024,
+}
+
+
+def limits(**overrides: int) -> Limits:
+    return Limits(**{**TEST_LIMITS, **overrides})
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -153,10 +165,30 @@ def events_for(events: list[ServerEvent], request_id: int) -> list[ServerEvent]:
     return [event for event in events if event.request_id == request_id]
 
 
+def assert_failed_for_good(conn: ServerConnection, reason: str) -> None:
+    """``conn`` raised RemoteProtocolError(``reason``): from now on every input and every output call raises."""
+    already = "the connection already failed"
+    for data in (b"", b"\x01", encode_request(1, {})):
+        with pytest.raises(RemoteProtocolError, match=already) as raised:
+            conn.receive_data(data)
+        assert reason in str(raised.value)
+    with pytest.raises(LocalProtocolError, match=already):
+        conn.data_to_send()
+    for request_id in (1, NEXT_ID):
+        with pytest.raises(LocalProtocolError, match=already):
+            conn.send_stdout(request_id, b"x")
+        with pytest.raises(LocalProtocolError, match=already):
+            conn.send_stdout_pieces(request_id, b"x")
+        with pytest.raises(LocalProtocolError, match=already):
+            conn.end_request(request_id)
+    assert conn.active_requests == 0
+    assert not conn.input_pending
+
+
 # -- a complete request --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_responder_request_gives_head_body_and_completion(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     events = feed(conn, encode_request(1, PARAMS, BODY), mode)
     assert events == [RequestHead(1, PARAMS, True), BodyData(1, BODY), RequestComplete(1)]
     assert conn.is_active(1)
@@ -166,14 +198,14 @@ def test_responder_request_gives_head_body_and_completion(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_request_without_body_completes_after_head(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     events = feed(conn, encode_request(7, {"REQUEST_METHOD": "GET"}), mode)
     assert events == [RequestHead(7, {"REQUEST_METHOD": "GET"}, True), RequestComplete(7)]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_body_in_several_stdin_records_gives_one_body_data_per_record(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     data = encode_begin(3) + encode_params(3, {}) + encode_stdin(3, b"abc", end=False)
     data += encode_stdin(3, b"defg", end=False) + encode_stdin(3, b"")
     events = feed(conn, data, mode)
@@ -185,7 +217,7 @@ def test_body_in_several_stdin_records_gives_one_body_data_per_record(mode: str)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("keep_conn", [True, False])
 def test_keep_conn_flag_decides_whether_to_close_after_the_response(mode: str, keep_conn: bool) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     events = feed(conn, encode_request(1, PARAMS, BODY, keep_conn=keep_conn), mode)
     assert events[0] == RequestHead(1, PARAMS, keep_conn)
     assert conn.close_after_response is (not keep_conn)
@@ -193,7 +225,7 @@ def test_keep_conn_flag_decides_whether_to_close_after_the_response(mode: str, k
 
 @pytest.mark.parametrize("mode", MODES)
 def test_one_request_without_keep_conn_makes_the_connection_close(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     data = encode_request(1, {}, keep_conn=True) + encode_request(2, {}, keep_conn=False)
     feed(conn, data, mode)
     assert conn.close_after_response
@@ -208,14 +240,14 @@ def test_params_split_across_several_params_records(mode: str) -> None:
     for start, end in itertools.pairwise(cuts):
         data += record(RecordType.PARAMS, 1, block[start:end])  # one name-value pair spans several records
     data += record(RecordType.PARAMS, 1) + encode_stdin(1, BODY)
-    events = feed(ServerConnection(), data, mode)
+    events = feed(ServerConnection(limits()), data, mode)
     assert events == [RequestHead(1, PARAMS, True), BodyData(1, BODY), RequestComplete(1)]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_params_stream_longer_than_one_record(mode: str) -> None:
     params = {"HUGE": "v" * 70_000, "SMALL": "s"}
-    conn = ServerConnection(Limits(max_params_size=100_000))
+    conn = ServerConnection(limits(max_params_size=100_000))
     events = feed(conn, encode_request(1, params), mode)
     assert events == [RequestHead(1, params, True), RequestComplete(1)]
 
@@ -232,7 +264,7 @@ def test_one_and_four_byte_name_value_lengths(mode: str) -> None:
         + bytes([127, 0]) + b"L" * 127  # the longest 1-byte length, and an empty value
     )  # fmt: skip
     data = encode_begin(1) + record(RecordType.PARAMS, 1, block) + record(RecordType.PARAMS, 1) + encode_stdin(1, b"")
-    events = feed(ServerConnection(), data, mode)
+    events = feed(ServerConnection(limits()), data, mode)
     expected = {"SHORT": long_value, long_name: "x", "M" * 130: long_value, "L" * 127: ""}
     assert events == [RequestHead(1, expected, True), RequestComplete(1)]
 
@@ -272,7 +304,7 @@ def test_repeated_params_are_merged_like_cgi_headers(mode: str) -> None:
         ("SCRIPT_NAME", "/second"),
         ("HTTP_X_FORWARDED_FOR", "10.0.0.3"),
     ]
-    events = feed(ServerConnection(), encode_request(1, pairs), mode)
+    events = feed(ServerConnection(limits()), encode_request(1, pairs), mode)
     expected = {
         "HTTP_X_FORWARDED_FOR": "10.0.0.1, 10.0.0.2, 10.0.0.3",
         "HTTP_COOKIE": "a=1; b=2",
@@ -292,12 +324,12 @@ def test_padding_bytes_are_skipped(mode: str, padding: int) -> None:
         + padded_record(RecordType.STDIN, 1, BODY, padding, filler=b"\x01")  # filler that looks like a header
         + padded_record(RecordType.STDIN, 1, b"", padding)
     )
-    events = feed(ServerConnection(), data, mode)
+    events = feed(ServerConnection(limits()), data, mode)
     assert events == [RequestHead(1, PARAMS, True), BodyData(1, BODY), RequestComplete(1)]
 
 
 def test_record_is_not_handled_before_its_padding_arrived() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(encode_begin(1))
     params = padded_record(RecordType.PARAMS, 1, b"", 4)
     assert conn.receive_data(params[:-1]) == []
@@ -305,7 +337,7 @@ def test_record_is_not_handled_before_its_padding_arrived() -> None:
 
 
 def test_stdin_content_is_passed_on_as_it_arrives_and_its_padding_skipped() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(head_of(1, {}))
     stdin = padded_record(RecordType.STDIN, 1, b"abcdefgh", 5) + encode_stdin(1, b"")
     assert conn.receive_data(stdin[:11]) == [BodyData(1, b"abc")]
@@ -317,7 +349,7 @@ def test_stdin_content_is_passed_on_as_it_arrives_and_its_padding_skipped() -> N
 
 
 def test_streamed_stdin_is_a_view_of_the_input_not_a_copy() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(head_of(1, {}))
     stdin = encode_stdin(1, b"x" * 40_000, end=False)
     first, second = stdin[:30_000], stdin[30_000:]
@@ -333,7 +365,7 @@ def test_streamed_stdin_is_a_view_of_the_input_not_a_copy() -> None:
 
 
 def test_end_of_input_inside_a_streamed_stdin_record_names_the_request() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(head_of(9, {}) + encode_stdin(9, b"abcdef", end=False)[:-2])
     with pytest.raises(RemoteProtocolError, match=r"inside a STDIN record of request 9 \(\d+ bytes pending\)"):
         conn.receive_data(b"")
@@ -343,7 +375,7 @@ def test_end_of_input_inside_a_streamed_stdin_record_names_the_request() -> None
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("role", [Role.AUTHORIZER, Role.FILTER, 0, 99])
 def test_unknown_role_is_refused_with_unknown_role(mode: str, role: int) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     events = feed(conn, encode_request(5, PARAMS, BODY, role=role), mode)
     assert events == []  # its PARAMS and STDIN are dropped
     assert decode_output(conn.data_to_send()) == [EndRequest(5, 0, ProtocolStatus.UNKNOWN_ROLE)]
@@ -355,7 +387,7 @@ def test_unknown_role_is_refused_with_unknown_role(mode: str, role: int) -> None
 
 @pytest.mark.parametrize("mode", MODES)
 def test_requests_beyond_the_per_connection_limit_are_overloaded(mode: str) -> None:
-    conn = ServerConnection(Limits(max_requests_per_connection=2))
+    conn = ServerConnection(limits(max_requests_per_connection=2))
     data = encode_request(1, {"N": "1"}) + encode_request(2, {"N": "2"}) + encode_request(3, {"N": "3"}, BODY)
     events = feed(conn, data, mode)
     assert events == [
@@ -370,7 +402,7 @@ def test_requests_beyond_the_per_connection_limit_are_overloaded(mode: str) -> N
 
 
 def test_a_slot_freed_by_end_request_accepts_a_new_request() -> None:
-    conn = ServerConnection(Limits(max_requests_per_connection=1))
+    conn = ServerConnection(limits(max_requests_per_connection=1))
     conn.receive_data(encode_request(1, {}))
     conn.end_request(1)
     assert conn.receive_data(encode_request(2, {})) == [RequestHead(2, {}, True), RequestComplete(2)]
@@ -380,7 +412,7 @@ def test_a_slot_freed_by_end_request_accepts_a_new_request() -> None:
 # -- abort and ended requests --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_abort_of_an_active_request_is_reported(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     data = head_of(1, PARAMS) + encode_stdin(1, b"hello", end=False) + encode_abort(1)
     events = feed(conn, data, mode)
     assert events == [RequestHead(1, PARAMS, True), BodyData(1, b"hello"), RequestAborted(1)]
@@ -390,7 +422,7 @@ def test_abort_of_an_active_request_is_reported(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_abort_before_params_ended_is_reported(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     events = feed(conn, encode_begin(4) + encode_abort(4), mode)
     assert events == [RequestAborted(4)]
 
@@ -398,7 +430,7 @@ def test_abort_before_params_ended_is_reported(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("request_id", [2, 300, 0xFFFF])
 def test_abort_of_an_unknown_request_is_ignored(mode: str, request_id: int) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(encode_request(1, {}))
     assert feed(conn, encode_abort(request_id), mode) == []
     assert conn.data_to_send() == b""
@@ -407,7 +439,7 @@ def test_abort_of_an_unknown_request_is_ignored(mode: str, request_id: int) -> N
 
 @pytest.mark.parametrize("mode", MODES)
 def test_records_for_an_ended_request_are_ignored(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(head_of(1, PARAMS) + encode_stdin(1, b"part", end=False))
     conn.end_request(1)
     late = (
@@ -423,7 +455,7 @@ def test_records_for_an_ended_request_are_ignored(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_request_id_can_be_reused_after_end_request(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(encode_request(1, {"N": "first"}))
     conn.end_request(1)
     events = feed(conn, encode_request(1, {"N": "second"}, b"x"), mode)
@@ -435,20 +467,20 @@ def test_data_records_are_ignored(mode: str) -> None:
     data = (
         head_of(1, {}) + record(RecordType.DATA, 1, b"filter file") + record(RecordType.DATA, 1) + encode_stdin(1, b"")
     )
-    assert feed(ServerConnection(), data, mode) == [RequestHead(1, {}, True), RequestComplete(1)]
+    assert feed(ServerConnection(limits()), data, mode) == [RequestHead(1, {}, True), RequestComplete(1)]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_stdin_after_the_end_of_the_body_is_ignored(mode: str) -> None:
     data = encode_request(1, {}, b"body") + encode_stdin(1, b"extra")
-    events = feed(ServerConnection(), data, mode)
+    events = feed(ServerConnection(limits()), data, mode)
     assert events == [RequestHead(1, {}, True), BodyData(1, b"body"), RequestComplete(1)]
 
 
 # -- management records --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_get_values_reports_multiplexing_and_limits(mode: str) -> None:
-    conn = ServerConnection(Limits(max_connections=7, max_requests_per_connection=5))
+    conn = ServerConnection(limits(max_connections=7, max_requests_per_connection=5))
     query = encode_get_values([FCGI_MPXS_CONNS, FCGI_MAX_CONNS, FCGI_MAX_REQS, "FCGI_UNHEARD_OF"])
     assert feed(conn, query, mode) == []
     assert decode_output(conn.data_to_send()) == [
@@ -459,7 +491,7 @@ def test_get_values_reports_multiplexing_and_limits(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_get_values_with_only_unknown_names_gets_an_empty_result(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     assert feed(conn, encode_get_values(["NOPE"]), mode) == []
     output = conn.data_to_send()
     assert output == record(RecordType.GET_VALUES_RESULT, 0)
@@ -467,7 +499,7 @@ def test_get_values_with_only_unknown_names_gets_an_empty_result(mode: str) -> N
 
 
 def test_oversized_get_values_is_an_error() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     with pytest.raises(RemoteProtocolError, match="GET_VALUES block of 5000 bytes"):
         conn.receive_data(record(RecordType.GET_VALUES, 0, encode_pairs({"X" * 4995: ""})))
 
@@ -475,7 +507,7 @@ def test_oversized_get_values_is_an_error() -> None:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("record_type", [42, 12, 255])
 def test_unknown_management_record_type_is_answered_with_unknown_type(mode: str, record_type: int) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     assert feed(conn, record(record_type, 0, b"whatever"), mode) == []
     output = conn.data_to_send()
     assert decode_output(output) == [UnknownType(record_type)]
@@ -510,7 +542,7 @@ def test_interleaved_requests_each_get_their_own_events(mode: str) -> None:
         for parts in streams.values():
             if position < len(parts):
                 interleaved += parts[position]
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     events = feed(conn, interleaved, mode)
     for request_id, (params, body_parts) in requests.items():
         expected: list[ServerEvent] = [RequestHead(request_id, params, True)]
@@ -522,7 +554,7 @@ def test_interleaved_requests_each_get_their_own_events(mode: str) -> None:
 
 
 def test_responses_of_interleaved_requests_are_independent() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(encode_request(1, {}) + encode_request(2, {}))
     output = conn.send_stdout(2, b"two") + conn.send_stdout(1, b"one") + conn.end_request(2) + conn.end_request(1)
     assert decode_output(output) == [
@@ -548,7 +580,7 @@ def test_responses_of_interleaved_requests_are_independent() -> None:
     ],
 )
 def test_send_stdout_splits_data_into_records_of_at_most_65535_bytes(size: int, record_sizes: list[int]) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(encode_request(9, {}))
     assert MAX_CONTENT == 65_535  # the content length is a u16
     data = bytes(index % 251 for index in range(size))
@@ -560,7 +592,7 @@ def test_send_stdout_splits_data_into_records_of_at_most_65535_bytes(size: int, 
 
 @pytest.mark.parametrize("size", [1, 65_535, 65_536, 200_000])
 def test_send_stdout_pieces_are_the_same_records_with_the_data_not_copied(size: int) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(encode_request(9, {}))
     data = bytes(index % 251 for index in range(size))
     pieces = conn.send_stdout_pieces(9, data)
@@ -573,14 +605,14 @@ def test_send_stdout_pieces_are_the_same_records_with_the_data_not_copied(size: 
 
 def test_send_stdout_of_nothing_sends_no_record() -> None:
     # An empty STDOUT record would end the stream before the response does.
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(encode_request(1, {}))
     assert conn.send_stdout(1, b"") == b""
 
 
 @pytest.mark.parametrize(("app_status", "on_the_wire"), [(0, 0), (3, 3), (255, 255), (-1, 0xFFFFFFFF)])
 def test_end_request_closes_stdout_then_ends_the_request(app_status: int, on_the_wire: int) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(encode_request(2, {}))
     output = conn.end_request(2, app_status)
     assert decode_output(output) == [Stdout(2, b""), EndRequest(2, on_the_wire, ProtocolStatus.REQUEST_COMPLETE)]
@@ -594,7 +626,7 @@ def test_end_request_closes_stdout_then_ends_the_request(app_status: int, on_the
 
 @pytest.mark.parametrize("request_id", [2, 0, 0xFFFF])
 def test_output_for_a_request_that_never_began_is_a_local_error(request_id: int) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     conn.receive_data(encode_begin(1))
     assert decode_output(conn.send_stdout(1, b"ok")) == [Stdout(1, b"ok")]  # active as soon as it began
     with pytest.raises(LocalProtocolError, match=f"STDOUT for request {request_id}, which is not active"):
@@ -606,7 +638,7 @@ def test_output_for_a_request_that_never_began_is_a_local_error(request_id: int)
 # -- body size limit -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_declared_body_over_the_limit_is_refused_right_after_the_head(mode: str) -> None:
-    conn = ServerConnection(Limits(max_body_size=10))
+    conn = ServerConnection(limits(max_body_size=10))
     params = {"CONTENT_LENGTH": "11"}
     events = feed(conn, encode_request(1, params, b"x" * 11), mode)
     assert events == [RequestHead(1, params, True), BodyTooLarge(1, 10)]
@@ -616,13 +648,13 @@ def test_declared_body_over_the_limit_is_refused_right_after_the_head(mode: str)
 @pytest.mark.parametrize("mode", MODES)
 def test_declared_body_at_the_limit_is_accepted(mode: str) -> None:
     params = {"CONTENT_LENGTH": "10"}
-    events = feed(ServerConnection(Limits(max_body_size=10)), encode_request(1, params, b"x" * 10), mode)
+    events = feed(ServerConnection(limits(max_body_size=10)), encode_request(1, params, b"x" * 10), mode)
     assert events == [RequestHead(1, params, True), BodyData(1, b"x" * 10), RequestComplete(1)]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_streamed_body_over_the_limit_is_refused_once(mode: str) -> None:
-    conn = ServerConnection(Limits(max_body_size=10))
+    conn = ServerConnection(limits(max_body_size=10))
     data = head_of(1, {}) + b"".join(encode_stdin(1, b"abcdef", end=False) for _ in range(4)) + encode_stdin(1, b"")
     events = feed(conn, data, mode)
     # Whole records: the record that crosses the limit is refused whole. Fed a byte at a time, every byte up to
@@ -634,7 +666,7 @@ def test_streamed_body_over_the_limit_is_refused_once(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_streamed_body_exactly_at_the_limit_is_accepted(mode: str) -> None:
     data = head_of(1, {}) + encode_stdin(1, b"abcde", end=False) + encode_stdin(1, b"fghij")
-    events = feed(ServerConnection(Limits(max_body_size=10)), data, mode)
+    events = feed(ServerConnection(limits(max_body_size=10)), data, mode)
     expected: list[ServerEvent] = [
         RequestHead(1, {}, True),
         BodyData(1, b"abcde"),
@@ -648,13 +680,13 @@ def test_streamed_body_exactly_at_the_limit_is_accepted(mode: str) -> None:
 @pytest.mark.parametrize("value", ["abc", "-1", "+5", "1.5", " 12", "12 ", "1e3", "0x10", "\xb2"])
 def test_non_numeric_content_length_is_an_error(mode: str, value: str) -> None:
     with pytest.raises(RemoteProtocolError, match=r"CONTENT_LENGTH .* is not a decimal number"):
-        feed(ServerConnection(), encode_request(1, {"CONTENT_LENGTH": value}), mode)
+        feed(ServerConnection(limits()), encode_request(1, {"CONTENT_LENGTH": value}), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_empty_content_length_means_no_declared_length(mode: str) -> None:
     params = {"CONTENT_LENGTH": ""}
-    events = feed(ServerConnection(Limits(max_body_size=1)), encode_request(1, params, b"x"), mode)
+    events = feed(ServerConnection(limits(max_body_size=1)), encode_request(1, params, b"x"), mode)
     assert events == [RequestHead(1, params, True), BodyData(1, b"x"), RequestComplete(1)]
 
 
@@ -664,7 +696,7 @@ def test_empty_content_length_means_no_declared_length(mode: str) -> None:
 def test_record_version_other_than_1_is_an_error(mode: str, version: int) -> None:
     data = bytes([version]) + encode_begin(1)[1:]
     with pytest.raises(RemoteProtocolError, match=f"record version {version}, expected 1"):
-        feed(ServerConnection(), data, mode)
+        feed(ServerConnection(limits()), data, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -672,7 +704,7 @@ def test_wrong_version_in_a_later_record_is_an_error(mode: str) -> None:
     stdin = encode_stdin(1, BODY)
     data = head_of(1, PARAMS) + bytes([2]) + stdin[1:]
     with pytest.raises(RemoteProtocolError, match="record version 2, expected 1"):
-        feed(ServerConnection(), data, mode)
+        feed(ServerConnection(limits()), data, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -680,28 +712,28 @@ def test_wrong_version_in_a_later_record_is_an_error(mode: str) -> None:
 def test_begin_request_with_a_wrong_body_length_is_an_error(mode: str, length: int) -> None:
     content = (begin_body() + bytes(16))[:length]
     with pytest.raises(RemoteProtocolError, match=f"BEGIN_REQUEST body is {length} bytes, expected 8"):
-        feed(ServerConnection(), record(RecordType.BEGIN_REQUEST, 1, content), mode)
+        feed(ServerConnection(limits()), record(RecordType.BEGIN_REQUEST, 1, content), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_duplicate_begin_request_for_an_active_id_is_an_error(mode: str) -> None:
     data = head_of(3, PARAMS) + encode_begin(3)
     with pytest.raises(RemoteProtocolError, match="BEGIN_REQUEST for request id 3, which is already active"):
-        feed(ServerConnection(), data, mode)
+        feed(ServerConnection(limits()), data, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_params_after_the_params_stream_ended_is_an_error(mode: str) -> None:
     data = head_of(1, PARAMS) + record(RecordType.PARAMS, 1, encode_pairs({"LATE": "1"}))
     with pytest.raises(RemoteProtocolError, match="PARAMS for request 1 after its params stream ended"):
-        feed(ServerConnection(), data, mode)
+        feed(ServerConnection(limits()), data, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_second_params_terminator_is_an_error(mode: str) -> None:
     data = head_of(1, PARAMS) + record(RecordType.PARAMS, 1)
     with pytest.raises(RemoteProtocolError, match="after its params stream ended"):
-        feed(ServerConnection(), data, mode)
+        feed(ServerConnection(limits()), data, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -709,7 +741,7 @@ def test_second_params_terminator_is_an_error(mode: str) -> None:
 def test_stdin_before_the_params_ended_is_an_error(mode: str, stdin: bytes) -> None:
     data = encode_begin(1) + record(RecordType.PARAMS, 1, encode_pairs(PARAMS)) + stdin
     with pytest.raises(RemoteProtocolError, match="STDIN for request 1 before its params stream ended"):
-        feed(ServerConnection(), data, mode)
+        feed(ServerConnection(limits()), data, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -717,14 +749,14 @@ def test_params_over_the_size_limit_are_an_error(mode: str) -> None:
     block = encode_pairs({"NAME": "v" * 95})  # 101 bytes
     data = encode_begin(1) + record(RecordType.PARAMS, 1, block[:60]) + record(RecordType.PARAMS, 1, block[60:])
     with pytest.raises(RemoteProtocolError, match="params of request 1 exceed 100 bytes"):
-        feed(ServerConnection(Limits(max_params_size=100)), data, mode)
+        feed(ServerConnection(limits(max_params_size=100)), data, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_params_exactly_at_the_size_limit_are_accepted(mode: str) -> None:
     params = {"NAME": "v" * 94}
     assert len(encode_pairs(params)) == 100
-    events = feed(ServerConnection(Limits(max_params_size=100)), encode_request(1, params), mode)
+    events = feed(ServerConnection(limits(max_params_size=100)), encode_request(1, params), mode)
     assert events == [RequestHead(1, params, True), RequestComplete(1)]
 
 
@@ -732,13 +764,13 @@ def test_params_exactly_at_the_size_limit_are_accepted(mode: str) -> None:
 def test_more_params_than_the_limit_is_an_error(mode: str) -> None:
     params = {f"P{index}": str(index) for index in range(4)}
     with pytest.raises(RemoteProtocolError, match="more than 3 params"):
-        feed(ServerConnection(Limits(max_params=3)), encode_request(1, params), mode)
+        feed(ServerConnection(limits(max_params=3)), encode_request(1, params), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_params_exactly_at_the_count_limit_are_accepted(mode: str) -> None:
     params = {f"P{index}": str(index) for index in range(3)}
-    events = feed(ServerConnection(Limits(max_params=3)), encode_request(1, params), mode)
+    events = feed(ServerConnection(limits(max_params=3)), encode_request(1, params), mode)
     assert events == [RequestHead(1, params, True), RequestComplete(1)]
 
 
@@ -757,7 +789,7 @@ def test_params_exactly_at_the_count_limit_are_accepted(mode: str) -> None:
 def test_truncated_name_value_pair_is_an_error(mode: str, block: bytes, message: str) -> None:
     data = encode_begin(1) + record(RecordType.PARAMS, 1, block) + record(RecordType.PARAMS, 1)
     with pytest.raises(RemoteProtocolError, match=message):
-        feed(ServerConnection(), data, mode)
+        feed(ServerConnection(limits()), data, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -776,7 +808,59 @@ def test_records_that_only_flow_to_the_web_server_are_an_error(mode: str, record
     data = head_of(1, PARAMS) + record(record_type, 1, content)
     name = RecordType(record_type).name
     with pytest.raises(RemoteProtocolError, match=f"{name} record sent to the application"):
-        feed(ServerConnection(), data, mode)
+        feed(ServerConnection(limits()), data, mode)
+
+
+# -- after an error ------------------------------------------------------------------------------------------------
+#: (what breaks the protocol, what the error says): each is followed by a valid request in the same read.
+BROKEN = [
+    (bytes([2]) + encode_begin(1)[1:], "record version 2"),
+    (head_of(3, PARAMS) + encode_begin(3), "already active"),
+    (record(RecordType.BEGIN_REQUEST, 1, b"short"), "BEGIN_REQUEST body is 5 bytes"),
+    (head_of(1, PARAMS) + record(RecordType.STDOUT, 1, b"x"), "STDOUT record sent to the application"),
+    (encode_begin(1) + record(RecordType.PARAMS, 1, b"\x04") + record(RecordType.PARAMS, 1), "ends inside"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("broken", "message"), BROKEN)
+def test_after_a_remote_error_every_call_raises(mode: str, broken: bytes, message: str) -> None:
+    conn = ServerConnection(limits())
+    with pytest.raises(RemoteProtocolError, match=message) as raised:
+        feed(conn, broken + encode_request(NEXT_ID, NEXT_PARAMS), mode)
+    assert_failed_for_good(conn, str(raised.value))
+
+
+def test_a_valid_request_after_an_error_is_refused_in_a_read_of_its_own() -> None:
+    conn = ServerConnection(limits())
+    assert conn.receive_data(head_of(1, PARAMS)) == [RequestHead(1, PARAMS, True)]
+    with pytest.raises(RemoteProtocolError, match="record version 0"):
+        conn.receive_data(bytes(8))
+    with pytest.raises(RemoteProtocolError, match=r"already failed \(record version 0, expected 1\)"):
+        conn.receive_data(encode_request(2, {"A": "b"}))
+    with pytest.raises(LocalProtocolError, match="already failed"):
+        conn.end_request(1)  # active before the error: no request survives it
+
+
+@pytest.mark.parametrize(
+    "data",
+    [encode_begin(1)[:3], encode_begin(1)[:12], head_of(1, {}) + encode_stdin(1, b"abcdefgh", end=False)[:12]],
+    ids=["in a header", "in a buffered record", "in a streamed STDIN record"],
+)
+def test_end_of_input_inside_a_record_fails_the_connection_for_good(data: bytes) -> None:
+    conn = ServerConnection(limits())
+    conn.receive_data(data)
+    with pytest.raises(RemoteProtocolError, match="connection closed inside") as raised:
+        conn.receive_data(b"")
+    assert_failed_for_good(conn, str(raised.value))
+
+
+def test_data_after_end_of_input_fails_the_connection_for_good() -> None:
+    conn = ServerConnection(limits())
+    assert conn.receive_data(b"") == []
+    with pytest.raises(RemoteProtocolError, match="data after the end of the connection") as raised:
+        conn.receive_data(encode_request(1, {}))
+    assert_failed_for_good(conn, str(raised.value))
 
 
 # -- end of input --------------------------------------------------------------------------------------------------
@@ -788,14 +872,14 @@ RECORD_BOUNDARIES = [16, 16 + 8 + len(encode_pairs(PARAMS)), len(REQUEST) - 8]
 @pytest.mark.parametrize("cut", [1, 7, 8, 12, 15, 17, RECORD_BOUNDARIES[1] - 1, len(REQUEST) - 1])
 def test_end_of_input_inside_a_record_is_an_error(mode: str, cut: int) -> None:
     # The "trailing" mode is this very case: a complete request and the first bytes of the next one.
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     feed(conn, REQUEST[:cut], mode)
     with pytest.raises(RemoteProtocolError, match=r"connection closed inside a record \(\d+ bytes pending\)"):
         conn.receive_data(b"")
 
 
 def test_end_of_input_after_a_complete_request_and_part_of_the_next_is_an_error() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     assert conn.receive_data(REQUEST + NEXT_PREFIX) == [
         RequestHead(1, PARAMS, True),
         BodyData(1, BODY),
@@ -808,7 +892,7 @@ def test_end_of_input_after_a_complete_request_and_part_of_the_next_is_an_error(
 @pytest.mark.parametrize("mode", ["whole", "bytewise"])
 @pytest.mark.parametrize("cut", [*RECORD_BOUNDARIES, len(REQUEST)])
 def test_end_of_input_between_records_is_clean(mode: str, cut: int) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     feed(conn, REQUEST[:cut], mode)
     assert conn.receive_data(b"") == []
     assert conn.receive_data(b"") == []
@@ -816,7 +900,7 @@ def test_end_of_input_between_records_is_clean(mode: str, cut: int) -> None:
 
 @pytest.mark.parametrize("mode", ["whole", "bytewise"])
 def test_data_after_end_of_input_is_an_error(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     feed(conn, REQUEST, mode)
     assert conn.receive_data(b"") == []
     with pytest.raises(RemoteProtocolError, match="data after the end of the connection"):
@@ -824,7 +908,7 @@ def test_data_after_end_of_input_is_an_error(mode: str) -> None:
 
 
 def test_end_of_input_on_a_fresh_connection_is_clean() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     assert conn.receive_data(b"") == []
     with pytest.raises(RemoteProtocolError, match="data after the end of the connection"):
         conn.receive_data(b"\x01")
@@ -881,7 +965,7 @@ def test_request_round_trips_through_any_chunking(
 ) -> None:
     params = {**params, "CONTENT_LENGTH": str(len(body))}
     payload = encode_request(request_id, params, body)
-    conn = ServerConnection(Limits(max_params_size=1 << 24))
+    conn = ServerConnection(limits(max_params_size=1 << 24))
     events = feed_in_chunks(conn, payload, split_points(data, len(payload)))
     assert events[0] == RequestHead(request_id, params, True)
     assert events[-1] == RequestComplete(request_id)
@@ -910,7 +994,7 @@ def test_interleaved_bodies_round_trip_through_any_chunking(
     payload = b"".join(
         parts[position] for position in range(max(map(len, streams))) for parts in streams if position < len(parts)
     )
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     events = feed_in_chunks(conn, payload, split_points(data, len(payload)))
     for request_id, parts in enumerate(parts_by_request, start=1):
         mine = events_for(events, request_id)
@@ -927,12 +1011,17 @@ def test_name_value_pairs_round_trip(pairs: list[tuple[str, str]]) -> None:
 
 
 def assert_only_remote_errors(conn: ServerConnection, chunks: Iterable[bytes]) -> None:
-    """Feeding may stop at a RemoteProtocolError, nothing else; whatever the codec answered parses cleanly."""
-    with contextlib.suppress(RemoteProtocolError):
+    """Feeding may stop at a RemoteProtocolError, nothing else, and after one every further call raises; whatever
+    the codec answered until then (collected after each read, as the gateway does) parses cleanly."""
+    answered = b""
+    try:
         for chunk in chunks:
             for event in conn.receive_data(chunk):
                 assert event.request_id > 0
-    decode_output(conn.data_to_send())
+            answered += conn.data_to_send()
+    except RemoteProtocolError as err:
+        assert_failed_for_good(conn, str(err))
+    decode_output(answered)
 
 
 @CODEC_SETTINGS
@@ -940,7 +1029,7 @@ def assert_only_remote_errors(conn: ServerConnection, chunks: Iterable[bytes]) -
 def test_arbitrary_bytes_give_events_or_a_remote_error(garbage: bytes, data: st.DataObject) -> None:
     cuts = split_points(data, len(garbage))
     chunks = [garbage[start:end] for start, end in zip([0, *cuts], [*cuts, len(garbage)], strict=True)]
-    assert_only_remote_errors(ServerConnection(Limits(max_params=5, max_body_size=100)), [*chunks, b""])
+    assert_only_remote_errors(ServerConnection(limits(max_params=5, max_body_size=100)), [*chunks, b""])
 
 
 record_soup = st.lists(
@@ -958,7 +1047,7 @@ record_soup = st.lists(
 @CODEC_SETTINGS
 @given(records=record_soup)
 def test_arbitrary_well_framed_records_give_events_or_a_remote_error(records: list[bytes]) -> None:
-    conn = ServerConnection(Limits(max_params=5, max_body_size=100, max_requests_per_connection=2))
+    conn = ServerConnection(limits(max_params=5, max_body_size=100, max_requests_per_connection=2))
     assert_only_remote_errors(conn, [*records, b""])
 
 
@@ -975,4 +1064,19 @@ def test_mutated_valid_requests_give_events_or_a_remote_error(flips: list[tuple[
     for index, mask in flips:
         mutated[index] ^= mask
     chunks = [bytes(mutated[start : start + chunk]) for start in range(0, len(mutated), chunk)]
-    assert_only_remote_errors(ServerConnection(), [*chunks, b""])
+    assert_only_remote_errors(ServerConnection(limits()), [*chunks, b""])
+
+
+@CODEC_SETTINGS
+@given(
+    prefix=st.integers(0, len(VALID)), garbage=st.binary(min_size=1, max_size=200), data=st.data(), eof=st.booleans()
+)
+def test_any_input_parses_or_raises_a_remote_error_and_then_fails_for_good(
+    prefix: int, garbage: bytes, data: st.DataObject, eof: bool
+) -> None:
+    # Garbage inside or between valid records, then whole valid requests: if the garbage broke the framing, those
+    # requests must be refused too, however the stream was cut into reads.
+    stream = VALID[:prefix] + garbage + VALID
+    cuts = split_points(data, len(stream))
+    chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert_only_remote_errors(ServerConnection(limits(max_params=5, max_body_size=100)), chunks + [b""] * eof)

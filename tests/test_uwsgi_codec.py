@@ -8,7 +8,6 @@ reads); the head and the end of the request must come out identical.
 
 from __future__ import annotations
 
-import contextlib
 import struct
 from collections.abc import Callable, Iterable, Mapping
 
@@ -18,7 +17,6 @@ from hypothesis import strategies as st
 
 from protocols.errors import RemoteProtocolError
 from protocols.uwsgi import (
-    DEFAULT_MAX_VARS_SIZE,
     MAX_VARS_BLOCK,
     MODIFIER_PING,
     MODIFIER_WSGI,
@@ -58,6 +56,13 @@ BODY = b"hello world"
 
 CODEC_SETTINGS = settings(max_examples=200, deadline=None)
 
+#: Every limit spelled out, since the codec has none of its own; tests that are about one limit override it.
+TEST_LIMITS = {"max_vars_size": MAX_VARS_BLOCK, "max_vars": 1000, "max_body_size": 1 << 30}
+
+
+def limits(**overrides: int) -> Limits:
+    return Limits(**{**TEST_LIMITS, **overrides})
+
 
 # -- helpers -------------------------------------------------------------------------------------------------------
 def coalesce(events: Iterable[Event]) -> list[Event]:
@@ -86,14 +91,21 @@ def feed(conn: ServerConnection, data: bytes, mode: str) -> list[Event]:
     """Feed a complete request as ``mode`` says and return its events, adjacent BodyData joined.
 
     In "trailing" mode, the request followed by trailing bytes in the same read must be refused, and so must
-    trailing bytes in a read of their own after the request was accepted.
+    trailing bytes in a read of their own after the request was accepted, each for good; both are tried on
+    connections of their own, so that ``conn`` gets the request alone and stays usable.
     """
     if mode == "trailing":
-        with pytest.raises(RemoteProtocolError, match=AFTER_THE_REQUEST):
-            ServerConnection(conn.limits).receive_data(data + TRAILER)
+        same_read = ServerConnection(conn.limits)
+        with pytest.raises(RemoteProtocolError, match=AFTER_THE_REQUEST) as raised:
+            same_read.receive_data(data + TRAILER)
+        assert_failed_for_good(same_read, str(raised.value))
+        later_read = ServerConnection(conn.limits)
+        accepted = later_read.receive_data(data)
+        with pytest.raises(RemoteProtocolError, match=AFTER_THE_REQUEST) as raised:
+            later_read.receive_data(TRAILER)
+        assert_failed_for_good(later_read, str(raised.value))
         events = conn.receive_data(data)
-        with pytest.raises(RemoteProtocolError, match=AFTER_THE_REQUEST):
-            conn.receive_data(TRAILER)
+        assert events == accepted
         return coalesce(events)
     return coalesce(feed_raw(conn, data, mode))
 
@@ -114,10 +126,19 @@ def with_vars_block(block: bytes, *, modifier1: int = 0, modifier2: int = 0) -> 
     return HEADER.pack(modifier1, len(block), modifier2) + block
 
 
+def assert_failed_for_good(conn: ServerConnection, reason: str) -> None:
+    """``conn`` raised RemoteProtocolError(``reason``): from now on every call raises it again."""
+    for data in (b"", TRAILER, encode_ping(), request_bytes(PARAMS, BODY)):
+        with pytest.raises(RemoteProtocolError, match="the connection already failed") as raised:
+            conn.receive_data(data)
+        assert reason in str(raised.value)
+    assert not conn.input_pending
+
+
 # -- requests ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_request_with_vars_and_body_gives_head_body_and_completion(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     events = feed(conn, request_bytes(PARAMS, BODY), mode)
     assert events == [RequestHead(PARAMS, 0), BodyData(BODY), RequestComplete()]
     assert conn.receive_data(b"") == []  # closing after a complete request is how it should end
@@ -126,14 +147,14 @@ def test_request_with_vars_and_body_gives_head_body_and_completion(mode: str) ->
 def test_body_bytes_in_the_same_read_as_the_header_come_out_at_once() -> None:
     data = request_bytes(PARAMS, BODY)
     header_end = len(data) - len(BODY)
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     assert conn.receive_data(data[: header_end + 4]) == [RequestHead(PARAMS, 0), BodyData(b"hell")]
     assert conn.receive_data(data[header_end + 4 : header_end + 5]) == [BodyData(b"o")]
     assert conn.receive_data(data[header_end + 5 :]) == [BodyData(b" world"), RequestComplete()]
 
 
 def test_head_and_whole_body_in_one_read_gives_all_events_at_once() -> None:
-    events = ServerConnection().receive_data(request_bytes(PARAMS, BODY))
+    events = ServerConnection(limits()).receive_data(request_bytes(PARAMS, BODY))
     assert events == [RequestHead(PARAMS, 0), BodyData(BODY), RequestComplete()]
 
 
@@ -145,21 +166,21 @@ def test_encode_request_matches_the_hand_built_layout() -> None:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("modifier2", [0, 1, 7, 255])
 def test_modifier2_is_reported_in_the_head(mode: str, modifier2: int) -> None:
-    events = feed(ServerConnection(), request_bytes({"PATH_INFO": "/"}, modifier2=modifier2), mode)
+    events = feed(ServerConnection(limits()), request_bytes({"PATH_INFO": "/"}, modifier2=modifier2), mode)
     assert events == [RequestHead({"PATH_INFO": "/"}, modifier2), RequestComplete()]
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("params", [{"PATH_INFO": "/"}, {"CONTENT_LENGTH": "0"}, {"CONTENT_LENGTH": ""}, {}])
 def test_request_without_body_completes_right_after_the_head(mode: str, params: dict[str, str]) -> None:
-    events = feed(ServerConnection(), request_bytes(params), mode)
+    events = feed(ServerConnection(limits()), request_bytes(params), mode)
     assert events == [RequestHead(params, 0), RequestComplete()]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_long_keys_and_values_and_latin1_bytes(mode: str) -> None:
     params = {"K" * 300: "v" * 40_000, "PATH_INFO": "/caf\xe9\xff", "EMPTY": "", "": "empty key"}
-    events = feed(ServerConnection(), request_bytes(params), mode)
+    events = feed(ServerConnection(limits()), request_bytes(params), mode)
     assert events == [RequestHead(params, 0), RequestComplete()]
 
 
@@ -174,7 +195,7 @@ def test_repeated_vars_are_merged_like_cgi_headers(mode: str) -> None:
         ("PATH_INFO", "/second"),
         ("HTTP_COOKIE", "c=3"),
     ]
-    events = feed(ServerConnection(), request_bytes(pairs), mode)
+    events = feed(ServerConnection(limits()), request_bytes(pairs), mode)
     expected = {"HTTP_ACCEPT": "text/html, text/plain", "HTTP_COOKIE": "a=1; b=2; c=3", "PATH_INFO": "/second"}
     assert events == [RequestHead(expected, 0), RequestComplete()]
 
@@ -182,7 +203,7 @@ def test_repeated_vars_are_merged_like_cgi_headers(mode: str) -> None:
 # -- ping ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_ping_is_reported_and_answered_with_a_pong(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     assert encode_ping() == HEADER.pack(MODIFIER_PING, 0, 0)
     assert feed(conn, encode_ping(), mode) == [Ping()]
     assert encode_pong() == struct.pack("<BHB", 100, 0, 1)
@@ -193,7 +214,7 @@ def test_ping_is_reported_and_answered_with_a_pong(mode: str) -> None:
 @pytest.mark.parametrize("data", [HEADER.pack(MODIFIER_PING, 4, 0) + b"data", HEADER.pack(MODIFIER_PING, 1, 0)])
 def test_ping_with_a_payload_is_an_error(mode: str, data: bytes) -> None:
     with pytest.raises(RemoteProtocolError, match="a ping carries no payload"):
-        feed_raw(ServerConnection(), data, mode)
+        feed_raw(ServerConnection(limits()), data, mode)
 
 
 # -- refused input -------------------------------------------------------------------------------------------------
@@ -202,18 +223,18 @@ def test_ping_with_a_payload_is_an_error(mode: str, data: bytes) -> None:
 def test_other_modifier1_is_an_error(mode: str, modifier1: int) -> None:
     data = with_vars_block(encode_vars({"PATH_INFO": "/"}), modifier1=modifier1)
     with pytest.raises(RemoteProtocolError, match=f"modifier1 {modifier1} is not served"):
-        feed_raw(ServerConnection(), data, mode)
+        feed_raw(ServerConnection(limits()), data, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_vars_block_above_the_limit_is_an_error(mode: str) -> None:
     block = encode_vars({"NAME": "v" * 95})  # 103 bytes
     with pytest.raises(RemoteProtocolError, match="vars block of 103 bytes exceeds 100"):
-        feed_raw(ServerConnection(Limits(max_vars_size=100)), with_vars_block(block), mode)
+        feed_raw(ServerConnection(limits(max_vars_size=100)), with_vars_block(block), mode)
 
 
 def test_vars_block_above_the_limit_is_refused_from_the_header_alone() -> None:
-    conn = ServerConnection(Limits(max_vars_size=100))
+    conn = ServerConnection(limits(max_vars_size=100))
     with pytest.raises(RemoteProtocolError, match="vars block of 101 bytes exceeds 100"):
         conn.receive_data(HEADER.pack(0, 101, 0))
 
@@ -222,17 +243,20 @@ def test_vars_block_above_the_limit_is_refused_from_the_header_alone() -> None:
 def test_vars_block_exactly_at_the_limit_is_accepted(mode: str) -> None:
     params = {"NAME": "v" * 92}
     assert len(encode_vars(params)) == 100
-    events = feed(ServerConnection(Limits(max_vars_size=100)), request_bytes(params), mode)
+    events = feed(ServerConnection(limits(max_vars_size=100)), request_bytes(params), mode)
     assert events == [RequestHead(params, 0), RequestComplete()]
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_largest_possible_vars_block_is_accepted_by_default(mode: str) -> None:
-    assert DEFAULT_MAX_VARS_SIZE == MAX_VARS_BLOCK == 0xFFFF
+def test_largest_possible_vars_block_is_accepted_at_the_protocol_maximum(mode: str) -> None:
+    assert MAX_VARS_BLOCK == 0xFFFF
     params = {"BIG": "x" * (MAX_VARS_BLOCK - 2 - 3 - 2)}
     data = encode_request(params)
     assert len(data) == 4 + MAX_VARS_BLOCK
-    assert feed(ServerConnection(), data, mode) == [RequestHead(params, 0), RequestComplete()]
+    assert feed(ServerConnection(limits(max_vars_size=MAX_VARS_BLOCK)), data, mode) == [
+        RequestHead(params, 0),
+        RequestComplete(),
+    ]
 
 
 def test_encode_request_refuses_a_vars_block_that_does_not_fit_the_header() -> None:
@@ -254,20 +278,20 @@ def test_encode_request_refuses_a_vars_block_that_does_not_fit_the_header() -> N
 )
 def test_truncated_vars_are_an_error(mode: str, block: bytes, message: str) -> None:
     with pytest.raises(RemoteProtocolError, match=message):
-        feed_raw(ServerConnection(), with_vars_block(block), mode)
+        feed_raw(ServerConnection(limits()), with_vars_block(block), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_more_vars_than_the_limit_is_an_error(mode: str) -> None:
     params = {f"V{index}": str(index) for index in range(4)}
     with pytest.raises(RemoteProtocolError, match="more than 3 vars"):
-        feed_raw(ServerConnection(Limits(max_vars=3)), request_bytes(params), mode)
+        feed_raw(ServerConnection(limits(max_vars=3)), request_bytes(params), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_vars_exactly_at_the_count_limit_are_accepted(mode: str) -> None:
     params = {f"V{index}": str(index) for index in range(3)}
-    events = feed(ServerConnection(Limits(max_vars=3)), request_bytes(params), mode)
+    events = feed(ServerConnection(limits(max_vars=3)), request_bytes(params), mode)
     assert events == [RequestHead(params, 0), RequestComplete()]
 
 
@@ -275,13 +299,13 @@ def test_vars_exactly_at_the_count_limit_are_accepted(mode: str) -> None:
 @pytest.mark.parametrize("value", ["abc", "-1", "+5", "1.5", " 12", "1e3", "0x10", "\xb2"])
 def test_non_numeric_content_length_is_an_error(mode: str, value: str) -> None:
     with pytest.raises(RemoteProtocolError, match=r"CONTENT_LENGTH .* is not a decimal number"):
-        feed_raw(ServerConnection(), request_bytes({"CONTENT_LENGTH": value}), mode)
+        feed_raw(ServerConnection(limits()), request_bytes({"CONTENT_LENGTH": value}), mode)
 
 
 # -- body ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_body_over_the_limit_is_consumed_without_being_reported(mode: str) -> None:
-    conn = ServerConnection(Limits(max_body_size=10))
+    conn = ServerConnection(limits(max_body_size=10))
     params = {"CONTENT_LENGTH": "25"}
     events = feed(conn, request_bytes(params, b"b" * 25), mode)
     assert events == [RequestHead(params, 0), BodyTooLarge(10)]
@@ -289,7 +313,7 @@ def test_body_over_the_limit_is_consumed_without_being_reported(mode: str) -> No
 
 
 def test_body_over_the_limit_is_dropped_read_by_read() -> None:
-    conn = ServerConnection(Limits(max_body_size=10))
+    conn = ServerConnection(limits(max_body_size=10))
     params = {"CONTENT_LENGTH": "25"}
     assert conn.receive_data(request_bytes(params, b"b" * 5)) == [RequestHead(params, 0), BodyTooLarge(10)]
     assert conn.receive_data(b"b" * 19) == []
@@ -299,7 +323,7 @@ def test_body_over_the_limit_is_dropped_read_by_read() -> None:
 
 
 def test_end_of_input_inside_a_dropped_body_is_an_error() -> None:
-    conn = ServerConnection(Limits(max_body_size=10))
+    conn = ServerConnection(limits(max_body_size=10))
     conn.receive_data(request_bytes({"CONTENT_LENGTH": "25"}, b"b" * 24))
     with pytest.raises(RemoteProtocolError, match=r"connection closed before the request was complete \(in BODY\)"):
         conn.receive_data(b"")
@@ -308,16 +332,43 @@ def test_end_of_input_inside_a_dropped_body_is_an_error() -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_body_exactly_at_the_limit_is_accepted(mode: str) -> None:
     params = {"CONTENT_LENGTH": "10"}
-    events = feed(ServerConnection(Limits(max_body_size=10)), request_bytes(params, b"0123456789"), mode)
+    events = feed(ServerConnection(limits(max_body_size=10)), request_bytes(params, b"0123456789"), mode)
     assert events == [RequestHead(params, 0), BodyData(b"0123456789"), RequestComplete()]
 
 
 def test_body_beyond_content_length_in_a_later_read_is_an_error() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     data = request_bytes(PARAMS, BODY)
     conn.receive_data(data[:-3])
     with pytest.raises(RemoteProtocolError, match="1 bytes beyond CONTENT_LENGTH"):
         conn.receive_data(data[-3:] + b"!")
+
+
+# -- after an error ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["whole", "bytewise"])
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (with_vars_block(b"", modifier1=7), "modifier1 7 is not served"),
+        (with_vars_block(b"\x04"), "ends inside a key length"),
+        (HEADER.pack(MODIFIER_PING, 1, 0), "a ping carries no payload"),
+        (request_bytes({"CONTENT_LENGTH": "x"}), "is not a decimal number"),
+        (request_bytes(PARAMS, BODY + b"!"), AFTER_THE_REQUEST + "|beyond CONTENT_LENGTH"),
+    ],
+)
+def test_after_a_remote_error_every_call_raises(mode: str, broken: bytes, message: str) -> None:
+    conn = ServerConnection(limits())
+    with pytest.raises(RemoteProtocolError, match=message) as raised:
+        feed_raw(conn, broken, mode)
+    assert_failed_for_good(conn, str(raised.value))
+
+
+def test_end_of_input_inside_the_request_fails_the_connection_for_good() -> None:
+    conn = ServerConnection(limits())
+    conn.receive_data(request_bytes(PARAMS, BODY)[:-1])
+    with pytest.raises(RemoteProtocolError, match="closed before the request was complete") as raised:
+        conn.receive_data(b"")
+    assert_failed_for_good(conn, str(raised.value))
 
 
 # -- end of input --------------------------------------------------------------------------------------------------
@@ -330,21 +381,21 @@ REQUEST = request_bytes(PARAMS, BODY)
     [(1, "HEADER"), (3, "HEADER"), (4, "VARS"), (20, "VARS"), (len(REQUEST) - len(BODY), "BODY"), (-1, "BODY")],
 )
 def test_end_of_input_before_the_request_is_complete_is_an_error(mode: str, cut: int, state: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     feed_raw(conn, REQUEST[:cut], mode)
     with pytest.raises(RemoteProtocolError, match=rf"closed before the request was complete \(in {state}\)"):
         conn.receive_data(b"")
 
 
 def test_end_of_input_on_a_fresh_connection_is_clean() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     assert conn.receive_data(b"") == []
     assert conn.receive_data(b"") == []
 
 
 @pytest.mark.parametrize("mode", ["whole", "bytewise"])
 def test_end_of_input_after_a_ping_is_clean(mode: str) -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     assert feed(conn, encode_ping(), mode) == [Ping()]
     assert conn.receive_data(b"") == []
     with pytest.raises(RemoteProtocolError, match="after the end of the request"):
@@ -376,7 +427,7 @@ def test_request_round_trips_through_any_chunking(
 ) -> None:
     params = {**params, "CONTENT_LENGTH": str(len(body))}
     payload = encode_request(params, body, modifier2=modifier2)
-    conn = ServerConnection()
+    conn = ServerConnection(limits())
     events: list[Event] = []
     for chunk in chunks_of(payload, split_points(data, len(payload))):
         events += conn.receive_data(chunk)
@@ -400,18 +451,20 @@ def test_vars_round_trip(pairs: list[tuple[str, str]]) -> None:
 
 
 def assert_only_remote_errors(conn: ServerConnection, chunks: Iterable[bytes]) -> None:
-    """Feeding may stop at a RemoteProtocolError, and at nothing else."""
-    with contextlib.suppress(RemoteProtocolError):
+    """Feeding may stop at a RemoteProtocolError, and at nothing else; after one, every further call raises."""
+    try:
         for chunk in chunks:
             for event in conn.receive_data(chunk):
                 assert isinstance(event, RequestHead | BodyData | RequestComplete | Ping | BodyTooLarge)
+    except RemoteProtocolError as err:
+        assert_failed_for_good(conn, str(err))
 
 
 @CODEC_SETTINGS
 @given(garbage=st.binary(max_size=2000), data=st.data())
 def test_arbitrary_bytes_give_events_or_a_remote_error(garbage: bytes, data: st.DataObject) -> None:
     chunks = chunks_of(garbage, split_points(data, len(garbage)))
-    assert_only_remote_errors(ServerConnection(Limits(max_vars=5, max_body_size=100)), [*chunks, b""])
+    assert_only_remote_errors(ServerConnection(limits(max_vars=5, max_body_size=100)), [*chunks, b""])
 
 
 @CODEC_SETTINGS
@@ -422,7 +475,7 @@ def test_arbitrary_bytes_give_events_or_a_remote_error(garbage: bytes, data: st.
 )
 def test_well_framed_garbage_vars_give_events_or_a_remote_error(modifier1: int, block: bytes, rest: bytes) -> None:
     data = with_vars_block(block, modifier1=modifier1) + rest
-    assert_only_remote_errors(ServerConnection(Limits(max_vars=5, max_body_size=100)), [data, b""])
+    assert_only_remote_errors(ServerConnection(limits(max_vars=5, max_body_size=100)), [data, b""])
 
 
 VALID = request_bytes({**PARAMS, "HTTP_COOKIE": "a=1", "EMPTY": ""}, BODY, modifier2=2)
@@ -438,7 +491,7 @@ def test_mutated_valid_requests_give_events_or_a_remote_error(flips: list[tuple[
     for index, mask in flips:
         mutated[index] ^= mask
     chunks = [bytes(mutated[start : start + chunk]) for start in range(0, len(mutated), chunk)]
-    assert_only_remote_errors(ServerConnection(Limits(max_body_size=5)), [*chunks, b""])
+    assert_only_remote_errors(ServerConnection(limits(max_body_size=5)), [*chunks, b""])
 
 
 def _outcome(decode: Callable[[bytes, int], list[tuple[str, str]]], block: bytes, limit: int) -> object:
@@ -464,3 +517,17 @@ def test_the_fast_vars_decoder_agrees_with_the_careful_one(
     block = encode_vars(pairs)
     for candidate in (block, block[: len(block) - cut], block + garbage, garbage):
         assert _outcome(decode_vars, candidate, limit) == _outcome(_decode_vars_checked, candidate, limit)
+
+
+@CODEC_SETTINGS
+@given(
+    prefix=st.integers(0, len(VALID)), garbage=st.binary(min_size=1, max_size=200), data=st.data(), eof=st.booleans()
+)
+def test_any_input_parses_or_raises_a_remote_error_and_then_fails_for_good(
+    prefix: int, garbage: bytes, data: st.DataObject, eof: bool
+) -> None:
+    # Garbage anywhere in a request, then a whole valid request: the codec refuses at the first byte it cannot
+    # take, and from there on refuses everything, however the stream was cut into reads.
+    stream = VALID[:prefix] + garbage + VALID
+    chunks = chunks_of(stream, split_points(data, len(stream)))
+    assert_only_remote_errors(ServerConnection(limits(max_vars=5, max_body_size=100)), chunks + [b""] * eof)

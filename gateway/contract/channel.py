@@ -14,7 +14,7 @@ its next request ahead of time (``--pipeline``), and both sides number requests 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 
 FRAME_HEADER = struct.Struct("<IB")
+_HEADER_SIZE = FRAME_HEADER.size
+_UNPACK_HEADER = FRAME_HEADER.unpack_from
 _REQUEST_PREFIX = struct.Struct("<I")
 
 #: A frame larger than this means the two sides disagree on the format; fail loudly rather than allocate it.
@@ -126,70 +128,119 @@ Payload = bytes | memoryview
 
 
 class FrameDecoder:
-    """Splits a byte stream into (kind, payload) frames.
+    """Splits a byte stream into (kind, payload) frames; the one decoder of both ends of the channel.
 
     Frames are cut straight out of each read. A large payload (a response body) that fills most of its read is
     passed on as a view of it, not copied: the view keeps the read alive while the response waits for its client,
     so views are only made where that read is at most twice the payload. A frame cut by a read is completed from
     the next reads alone, in a buffer that then becomes its payload, so a read is never recopied whole.
+
+    The worker, which reads with blocking calls, also asks how much the cut frame still ``lacks``: a large request
+    frame is then received in place (``complete_in_place``) rather than fed read by read.
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "pending")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        #: Bytes held of a frame cut by a read (read only). An attribute, not a property: the worker asks before
+        #: every request, and a property would be a Python call each time.
+        self.pending = 0
 
     def feed(self, data: bytes) -> list[tuple[int, Payload]]:
         frames: list[tuple[int, Payload]] = []
-        offset = self._complete_buffered(data, frames) if self._buffer else 0
-        if offset is None:
-            return frames
+        offset = 0
+        if self._buffer:
+            resumed = self._complete_buffered(data, frames)
+            if resumed is None:
+                return frames
+            offset = resumed
         available = len(data)
-        header_size = FRAME_HEADER.size
-        view = memoryview(data)
-        while available - offset >= header_size:
-            length, kind = FRAME_HEADER.unpack_from(data, offset)
-            if length > MAX_FRAME:
-                raise ChannelError(f"frame of {length} bytes exceeds the channel maximum")
-            end = offset + header_size + length
-            if end > available:
+        while available - offset >= _HEADER_SIZE:
+            length, kind = _UNPACK_HEADER(data, offset)
+            start = offset + _HEADER_SIZE
+            offset = start + length
+            if offset > available:
+                # Only a frame that does not fit its read is held, so only its length needs bounding.
+                if length > MAX_FRAME:
+                    raise ChannelError(f"frame of {length} bytes exceeds the channel maximum")
+                offset = start - _HEADER_SIZE
                 break
-            payload = view[offset + header_size : end]
-            frames.append((kind, payload if length >= _VIEW_MIN and 2 * length >= available else payload.tobytes()))
-            offset = end
+            if length >= _VIEW_MIN and 2 * length >= available:
+                frames.append((kind, memoryview(data)[start:offset]))
+            else:
+                frames.append((kind, data[start:offset]))
         if offset < available:
-            self._buffer += view[offset:]
+            self._buffer += memoryview(data)[offset:]
+            self.pending = len(self._buffer)
         return frames
 
     def _complete_buffered(self, data: bytes, frames: list[tuple[int, Payload]]) -> int | None:
         """Add to the held partial frame what it lacks from ``data``; where parsing of ``data`` resumes, or None
         when all of ``data`` went into the still incomplete frame."""
         buffer = self._buffer
-        header_size = FRAME_HEADER.size
         used = 0
-        if len(buffer) < header_size:
-            used = min(header_size - len(buffer), len(data))
+        if len(buffer) < _HEADER_SIZE:
+            used = min(_HEADER_SIZE - len(buffer), len(data))
             buffer += data[:used]
-            if len(buffer) < header_size:
+            if len(buffer) < _HEADER_SIZE:
+                self.pending = len(buffer)
                 return None
         length: int
-        length, kind = FRAME_HEADER.unpack_from(buffer)
+        length, kind = _UNPACK_HEADER(buffer)
         if length > MAX_FRAME:
             raise ChannelError(f"frame of {length} bytes exceeds the channel maximum")
-        missing = header_size + length - len(buffer)
+        missing = _HEADER_SIZE + length - len(buffer)
         if len(data) - used < missing:
             buffer += memoryview(data)[used:]
+            self.pending = len(buffer)
             return None
         buffer += memoryview(data)[used : used + missing]
         # The buffer becomes the payload's (never written again): no copy out of it.
         self._buffer = bytearray()
-        payload = memoryview(buffer)[header_size:]
+        self.pending = 0
+        payload = memoryview(buffer)[_HEADER_SIZE:]
         frames.append((kind, payload if length >= _VIEW_MIN else payload.tobytes()))
         return used + missing
 
     @property
-    def pending(self) -> int:
-        return len(self._buffer)
+    def lacking(self) -> int:
+        """Bytes the frame cut by a read still lacks: 0 when none is cut; while its header is cut, only the rest of
+        the header (its payload's length is not known yet)."""
+        buffer = self._buffer
+        if not buffer:
+            return 0
+        if len(buffer) < _HEADER_SIZE:
+            return _HEADER_SIZE - len(buffer)
+        length: int = _UNPACK_HEADER(buffer)[0]
+        return _HEADER_SIZE + length - len(buffer)
+
+    def complete_in_place(self, recv_into: Callable[[memoryview], int]) -> tuple[int, Payload] | None:
+        """The cut frame (its header complete), its rest written by ``recv_into`` straight into one buffer of the
+        frame's size, which its payload then views: no growing buffer to copy from and no copy out of it.
+
+        ``recv_into`` (a blocking socket's) gets exactly the part still missing, so the frames after this one stay
+        unread. None if it returns 0 first (the other side closed); what it wrote stays held. The decoder itself
+        still does no I/O: the caller hands it the read.
+        """
+        held = self._buffer
+        if len(held) < _HEADER_SIZE:
+            raise ValueError("complete_in_place needs the frame's header (see lacking)")
+        length, kind = _UNPACK_HEADER(held)
+        frame = memoryview(bytearray(_HEADER_SIZE + length))
+        got = len(held)
+        frame[:got] = held
+        size = len(frame)
+        while got < size:
+            received = recv_into(frame[got:])
+            if not received:
+                self._buffer = bytearray(frame[:got])
+                self.pending = got
+                return None
+            got += received
+        self._buffer = bytearray()
+        self.pending = 0
+        return kind, frame[_HEADER_SIZE:]
 
 
 def decode_json(payload: bytes) -> Any:

@@ -137,6 +137,12 @@ class FastCGIConnection(FrontConnection):
             self.protocol_error(err)
         return None
 
+    def protocol_error(self, reason: object) -> None:
+        super().protocol_error(reason)
+        # The failed codec refuses all output from now on: its requests are released at once, not when the closed
+        # transport reports the loss on a later turn, so that no worker's answer arriving meanwhile writes to it.
+        self.release_requests()
+
     def _dispatch(self, request_id: int) -> None:
         exchange = self.exchanges.get(request_id)
         if exchange is None:

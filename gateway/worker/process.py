@@ -17,12 +17,22 @@ import signal
 import socket
 import sys
 import traceback
+from collections import deque
 from typing import Any
 
 import orjson
 import setproctitle
 
-from gateway.contract.channel import CANCEL_PAYLOAD, FRAME_HEADER, Kind, WorkerRequest, encode_frame, encode_response
+from gateway.contract.channel import (
+    CANCEL_PAYLOAD,
+    FRAME_HEADER,
+    FrameDecoder,
+    Kind,
+    Payload,
+    WorkerRequest,
+    encode_frame,
+    encode_response,
+)
 from gateway.contract.exits import EXIT_APP_LOAD
 from gateway.contract.startup import WorkerSettings
 from gateway.log import configure_logging
@@ -35,7 +45,10 @@ log = logging.getLogger("gateway.worker")
 
 #: Below this a body chunk waits for the next one, so a list response leaves in one write.
 _COALESCE = 1 << 16
-#: A frame with more than this still to come is received in place (see Channel._receive_in_place).
+_FRAME_HEADER_SIZE = FRAME_HEADER.size
+#: What one read asks for (more when the frame being assembled lacks more).
+_READ_SIZE = 1 << 16
+#: A frame with more than this still to come is received in place (see FrameDecoder.complete_in_place).
 _RECEIVE_IN_PLACE = 1 << 16
 
 
@@ -68,11 +81,15 @@ class Channel:
     Requests are numbered in the order they arrive (the loop counts the same way); ``number`` is the one running.
     A CANCEL names a number: the running request's stops its output, a later one's makes us skip that request
     when its turn comes (the loop may have handed it to us ahead of time, while we ran another).
+
+    Frames are cut out of what the socket gives by the loop's own FrameDecoder; those decoded ahead of their turn
+    (the loop may send ahead: ``--pipeline``) wait in ``_frames``, in order.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._rbuf = bytearray()
+        self._decoder = FrameDecoder()
+        self._frames: deque[tuple[int, Payload]] = deque()
         self._out: list[bytes] = []
         self._out_size = 0
         # The head and the body chunks sent after it, held until the response ends (they leave as one RESPONSE
@@ -85,48 +102,35 @@ class Channel:
     @property
     def has_pending_input(self) -> bool:
         """Bytes already read from the socket wait to be decoded (frames the loop sent ahead of time)."""
-        return bool(self._rbuf)
+        return bool(self._frames or self._decoder.pending)
 
-    def read_frame(self) -> tuple[int, bytes | memoryview] | None:
-        """Block until one whole frame is here; None when the loop closed the channel."""
-        header_size = FRAME_HEADER.size
-        while True:
-            buffer = self._rbuf
-            if len(buffer) >= header_size:
-                length, kind = FRAME_HEADER.unpack_from(buffer)
-                end = header_size + length
-                if len(buffer) >= end:
-                    payload = bytes(memoryview(buffer)[header_size:end])
-                    del buffer[:end]
-                    return kind, payload
-                if end - len(buffer) > _RECEIVE_IN_PLACE:
-                    frame = self._receive_in_place(end)
-                    return None if frame is None else (kind, frame[header_size:])
-                chunk = self.sock.recv(max(end - len(buffer), 1 << 16))
+    def read_frame(self) -> tuple[int, Payload] | None:
+        """Block until one whole frame is here; None when the loop closed the channel.
+
+        A frame with more than _RECEIVE_IN_PLACE bytes still to come (a large request body) is received straight
+        into a buffer of its size, stopping at its end; smaller ones come from reads of at least 64 KiB, which may
+        bring the frames after them too.
+        """
+        frames = self._frames
+        decoder = self._decoder
+        while not frames:
+            if decoder.pending:
+                lacking = decoder.lacking
+                if lacking > _RECEIVE_IN_PLACE:
+                    return decoder.complete_in_place(self.sock.recv_into)
+                chunk = self.sock.recv(max(lacking, _READ_SIZE))
             else:
-                chunk = self.sock.recv(1 << 16)
+                chunk = self.sock.recv(_READ_SIZE)
             if not chunk:
                 return None
-            buffer += chunk
-
-    def _receive_in_place(self, end: int) -> memoryview | None:
-        """The rest of a large frame (a request body) received straight into one buffer of its size: no growing
-        buffer to copy from and no copy out of it. Reads stop at the frame's end, so the next frames stay queued."""
-        frame = memoryview(bytearray(end))
-        got = len(self._rbuf)
-        frame[:got] = self._rbuf
-        self._rbuf.clear()
-        while got < end:
-            received = self.sock.recv_into(frame[got:])
-            if not received:
-                return None
-            got += received
-        return frame
+            frames.extend(decoder.feed(chunk))
+        return frames.popleft()
 
     def next_request(self) -> tuple[int, bytes | memoryview] | None:
         """The next request to run as (number, payload), skipping cancelled ones; None when the loop closed."""
         while True:
-            waited = len(self._rbuf) >= FRAME_HEADER.size  # it was here before we asked: it waited behind another
+            # it was here before we asked: it waited behind another
+            waited = bool(self._frames) or self._decoder.pending >= _FRAME_HEADER_SIZE
             frame = self.read_frame()
             if frame is None:
                 return None
@@ -154,29 +158,26 @@ class Channel:
             self._cancelled.add(number)
 
     def _poll_cancels(self) -> None:
-        """Read what the loop sent meanwhile without blocking, and take the CANCEL frames out of it."""
+        """Read what the loop sent meanwhile without blocking, and take the CANCEL frames out of it; the other
+        frames keep their place in the queue."""
         try:
-            chunk = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            chunk = self.sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            chunk = None
-        if chunk == b"":
-            self._cancelled.add(self.number)  # the loop itself is gone
+            pass  # nothing new; the frames read before may still hold one
+        else:
+            if not chunk:
+                self._cancelled.add(self.number)  # the loop itself is gone
+                return
+            self._frames.extend(self._decoder.feed(chunk))
+        frames = self._frames
+        if not frames:
             return
-        buffer = self._rbuf
-        if chunk:
-            buffer += chunk
-        header_size = FRAME_HEADER.size
-        offset = 0
-        while len(buffer) - offset >= header_size:
-            length, kind = FRAME_HEADER.unpack_from(buffer, offset)
-            end = offset + header_size + length
-            if end > len(buffer):
-                break
-            if kind == Kind.CANCEL:
-                self._note_cancel(bytes(buffer[offset + header_size : end]))
-                del buffer[offset:end]
+        for _ in range(len(frames)):  # once round the queue: the CANCEL frames taken out, the others in order
+            frame = frames.popleft()
+            if frame[0] == Kind.CANCEL:
+                self._note_cancel(frame[1])
             else:
-                offset = end
+                frames.append(frame)
 
     # ResponseOutput
     def send_head(self, head: bytes) -> None:

@@ -3,11 +3,18 @@
 Every request id is independent (multiplexing): its params, body and end are tracked on their own, and records of
 different ids may interleave freely. Management records (request id 0) are answered by the codec itself through
 ``data_to_send``, as are requests we refuse (unknown role, too many at once).
+
+The record parser's state is one ``_State`` value, in h11's spirit: between records, inside a record cut by a read
+(its start buffered), inside a streamed STDIN record's content or padding, closed, or failed. A
+``RemoteProtocolError`` is terminal: the connection enters ERROR and refuses every further call, since whatever
+follows a broken record cannot be framed with any confidence.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
+from typing import Final
 
 from protocols.cgi import content_length, merge_params
 from protocols.errors import LocalProtocolError, RemoteProtocolError
@@ -33,26 +40,24 @@ from protocols.fastcgi.records import (
     stream_pieces,
 )
 
-DEFAULT_MAX_PARAMS_SIZE = 64 * 1024
-DEFAULT_MAX_PARAMS = 1000
-DEFAULT_MAX_BODY_SIZE = 1 << 30
-DEFAULT_MAX_REQUESTS_PER_CONNECTION = 128
-DEFAULT_MAX_CONNECTIONS = 1024
-
 #: GET_VALUES names are short; a larger block is hostile, not a query.
 MAX_GET_VALUES_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What one connection may make us hold. Each is a CLI option of the gateway."""
+    """What one connection may make us hold. Each is a CLI option of the gateway.
 
-    max_params_size: int = DEFAULT_MAX_PARAMS_SIZE
-    max_params: int = DEFAULT_MAX_PARAMS
-    max_body_size: int = DEFAULT_MAX_BODY_SIZE
-    max_requests_per_connection: int = DEFAULT_MAX_REQUESTS_PER_CONNECTION
+    No field has a default: the gateway's declared settings are the one place defaults live, so the codec can never
+    report or enforce a value the gateway was not configured with.
+    """
+
+    max_params_size: int
+    max_params: int
+    max_body_size: int
+    max_requests_per_connection: int
     #: Only reported to the web server (GET_VALUES); the gateway enforces it.
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections: int
 
 
 class _Request:
@@ -67,6 +72,32 @@ class _Request:
         self.refused_body = False
 
 
+class _State(Enum):
+    """Where the record parser stands between two reads."""
+
+    #: At a record boundary: the next byte starts a header.
+    RECORDS = "between records"
+    #: A record cut by a read that is not streamed (a header cut short, or a record other than STDIN): its start is
+    #: in ``_buffer`` until the rest arrives.
+    PARTIAL = "inside a record"
+    #: A STDIN record whose content is passed on as it arrives: ``_stdin_left`` bytes of it, then its padding.
+    STDIN_CONTENT = "inside a STDIN record"
+    #: The padding of that STDIN record: ``_padding_left`` bytes to skip.
+    STDIN_PADDING = "inside a STDIN record's padding"
+    #: The web server closed its side at a record boundary; nothing more may arrive.
+    CLOSED = "closed"
+    #: A RemoteProtocolError was raised: every further call raises.
+    ERROR = "failed"
+
+
+# Module-level finals: mypyc reads them as C globals, where ``_State.X`` would be an attribute lookup per read.
+_RECORDS: Final = _State.RECORDS
+_PARTIAL: Final = _State.PARTIAL
+_STDIN_CONTENT: Final = _State.STDIN_CONTENT
+_STDIN_PADDING: Final = _State.STDIN_PADDING
+_CLOSED: Final = _State.CLOSED
+_ERROR: Final = _State.ERROR
+
 _PARAMS = RecordType.PARAMS
 _STDIN = RecordType.STDIN
 _BEGIN_REQUEST = RecordType.BEGIN_REQUEST
@@ -79,19 +110,28 @@ _STDOUT = int(RecordType.STDOUT)
 
 
 class ServerConnection:
-    """One FastCGI connection as the application sees it."""
+    """One FastCGI connection as the application sees it.
 
-    def __init__(self, limits: Limits | None = None) -> None:
-        self.limits = limits or Limits()
-        #: An incomplete record that is not streamed: a header cut short, or a record other than STDIN.
+    Once ``receive_data`` raised a RemoteProtocolError the connection is in ERROR, for good: every later
+    ``receive_data`` raises RemoteProtocolError again (saying the connection already failed, and why), and every
+    call that produces output (``data_to_send``, ``send_stdout``, ``send_stdout_pieces``, ``end_request``) raises
+    LocalProtocolError, because nothing more may be said on a connection whose framing is lost. The queries still
+    answer: no request is active any more, and no input is pending.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._state: _State = _RECORDS
+        #: In PARTIAL: the start of the record cut by a read. Empty in every other state.
         self._buffer = bytearray()
-        #: A STDIN record whose content is passed on as it arrives: its request, content and padding still due.
+        #: In STDIN_CONTENT and STDIN_PADDING: the streamed record's request, and its content and padding still due.
         self._stdin_id = 0
         self._stdin_left = 0
         self._padding_left = 0
+        #: In ERROR: the message of the error that put us there.
+        self._failure = ""
         self._requests: dict[int, _Request] = {}
         self._outgoing: list[bytes] = []
-        self._closed = False
         #: A request arrived without FCGI_KEEP_CONN: the web server expects us to close once it is answered.
         self.close_after_response = False
 
@@ -105,7 +145,9 @@ class ServerConnection:
     @property
     def input_pending(self) -> bool:
         """Part of a record, or a request whose params or body have not ended: the web server owes us bytes."""
-        if self._buffer or self._stdin_left or self._padding_left:
+        state = self._state
+        # Identity tests, not a set of states: hashing an Enum member runs Python code, and this runs per read.
+        if state is _PARTIAL or state is _STDIN_CONTENT or state is _STDIN_PADDING:
             return True
         return any(not request.refused_body for request in self._requests.values())
 
@@ -114,7 +156,7 @@ class ServerConnection:
         """A request (or a record) has started whose params are not complete yet."""
         if any(not request.params_done for request in self._requests.values()):
             return True
-        return bool(self._buffer) and not self._requests
+        return self._state is _PARTIAL and not self._requests
 
     # -- input -------------------------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[ServerEvent]:
@@ -124,28 +166,34 @@ class ServerConnection:
         change afterwards (uvloop and asyncio hand ``bytes``). A STDIN record cut by the end of a read is passed on
         piece by piece as its content arrives; only the other records cut by a read (headers, params, management
         records: all bounded and small) are buffered until they are whole.
+
+        Raises RemoteProtocolError when the web server broke the protocol or a limit; the connection is then in
+        ERROR and every later call raises (see the class).
         """
-        if self._closed:
-            if data:
-                raise RemoteProtocolError("data after the end of the connection")
-            return []
+        try:
+            return self._receive(data)
+        except RemoteProtocolError as err:
+            self._fail(err)
+            raise
+
+    def _receive(self, data: bytes) -> list[ServerEvent]:
         if not data:
-            self._closed = True
-            if self._buffer:
-                raise RemoteProtocolError(f"connection closed inside a record ({len(self._buffer)} bytes pending)")
-            if self._stdin_left or self._padding_left:
-                raise RemoteProtocolError(
-                    f"connection closed inside a STDIN record of request {self._stdin_id} "
-                    f"({self._stdin_left + self._padding_left} bytes pending)"
-                )
-            return []
+            return self._end_of_input()
         events: list[ServerEvent] = []
         view = memoryview(data)
         position = 0
-        if self._stdin_left or self._padding_left:
-            position = self._continue_stdin(view, 0, events)
-        elif self._buffer:
-            position = self._complete_buffered(view, events)
+        state = self._state
+        # Each state but RECORDS first finishes what the previous read left open; what follows starts at a
+        # record boundary again, unless this read ended first (the state then still says where we are).
+        if state is not _RECORDS:
+            if state is _STDIN_CONTENT or state is _STDIN_PADDING:
+                position = self._continue_stdin(view, 0, events)
+            elif state is _PARTIAL:
+                position = self._complete_buffered(view, events)
+            else:
+                raise self._refused(len(data))
+            if self._state is not _RECORDS:
+                return events
         available = len(data)
         requests = self._requests
         while available - position >= HEADER_SIZE:
@@ -157,7 +205,9 @@ class ServerConnection:
             if end + padding > available:
                 if record_type == _STDIN and size:
                     self._stdin_id, self._stdin_left, self._padding_left = request_id, size, padding
-                    position = self._continue_stdin(view, start, events)
+                    self._state = _STDIN_CONTENT
+                    self._continue_stdin(view, start, events)  # takes all the rest: the record goes beyond it
+                    return events
                 break
             if record_type == _STDIN:
                 request = requests.get(request_id)
@@ -168,24 +218,69 @@ class ServerConnection:
             position = end + padding
         if position < available:
             self._buffer += view[position:]
+            self._state = _PARTIAL
         return events
 
+    def _fail(self, err: RemoteProtocolError) -> None:
+        """Enter ERROR (keeping the first error's message): no request survives a connection whose framing is lost."""
+        if self._state is _ERROR:
+            return
+        self._state, self._failure = _ERROR, str(err)
+        self._buffer = bytearray()
+        self._requests.clear()
+        self._outgoing.clear()
+
+    def _end_of_input(self) -> list[ServerEvent]:
+        """The web server closed its side: clean at a record boundary, an error inside a record."""
+        state = self._state
+        if state is _RECORDS or state is _CLOSED:
+            self._state = _CLOSED
+            return []
+        if state is _PARTIAL:
+            raise RemoteProtocolError(f"connection closed inside a record ({len(self._buffer)} bytes pending)")
+        if state is _ERROR:
+            raise self._refused(0)
+        raise RemoteProtocolError(
+            f"connection closed inside a STDIN record of request {self._stdin_id} "
+            f"({self._stdin_left + self._padding_left} bytes pending)"
+        )
+
+    def _refused(self, size: int) -> RemoteProtocolError:
+        """Why input in CLOSED or ERROR is refused."""
+        if self._state is _ERROR:
+            return RemoteProtocolError(f"the connection already failed ({self._failure}); no input is accepted")
+        return RemoteProtocolError(f"data after the end of the connection ({size} bytes)")
+
     def _continue_stdin(self, view: memoryview, position: int, events: list[ServerEvent]) -> int:
-        """Pass on what ``view`` holds of the streamed STDIN record from ``position``; return where it ends."""
+        """Pass on what ``view`` holds of the streamed STDIN record from ``position``; return where it ends.
+
+        Leaves STDIN_CONTENT for STDIN_PADDING once the content is through, and STDIN_PADDING for RECORDS once the
+        padding is skipped.
+        """
         available = len(view)
-        if self._stdin_left and position < available:
-            end = min(position + self._stdin_left, available)
-            self._stdin_left -= end - position
-            request = self._requests.get(self._stdin_id)
-            if request is not None:  # an empty piece would read as the end of the body
-                self._stdin(self._stdin_id, request, view[position:end], events)
-            position = end
+        if self._state is _STDIN_CONTENT:
+            if position < available:  # an empty piece would read as the end of the body
+                end = min(position + self._stdin_left, available)
+                self._stdin_left -= end - position
+                request = self._requests.get(self._stdin_id)
+                if request is not None:
+                    self._stdin(self._stdin_id, request, view[position:end], events)
+                position = end
+            if self._stdin_left:
+                return position
+            self._state = _STDIN_PADDING
         skipped = min(self._padding_left, available - position)
         self._padding_left -= skipped
+        if not self._padding_left:
+            self._state = _RECORDS
         return position + skipped
 
     def _complete_buffered(self, view: memoryview, events: list[ServerEvent]) -> int:
-        """Complete the buffered record from the start of ``view``, taking only its own bytes; return how many."""
+        """Complete the buffered record from the start of ``view``, taking only its own bytes; return how many.
+
+        Stays in PARTIAL while the record is still incomplete; a STDIN record whose header completes streams from
+        there (STDIN_CONTENT), any other record is handled once whole (RECORDS).
+        """
         buffer = self._buffer
         taken = 0
         if len(buffer) < HEADER_SIZE:
@@ -199,12 +294,14 @@ class ServerConnection:
         if record_type == _STDIN and size:  # only its header was buffered: a STDIN record streams from there
             self._buffer = bytearray()
             self._stdin_id, self._stdin_left, self._padding_left = request_id, size, padding
+            self._state = _STDIN_CONTENT
             return self._continue_stdin(view, taken, events)
         missing: int = HEADER_SIZE + size + padding - len(buffer)
         buffer += view[taken : taken + missing]
         if len(buffer) < HEADER_SIZE + size + padding:
             return len(view)
         self._buffer = bytearray()
+        self._state = _RECORDS
         self._record(record_type, request_id, bytes(buffer[HEADER_SIZE : HEADER_SIZE + size]), events)
         return taken + missing
 
@@ -309,6 +406,8 @@ class ServerConnection:
     # -- output ------------------------------------------------------------------------------------------------
     def data_to_send(self) -> bytes:
         """What the codec answered on its own (management records, refused requests); empty when nothing."""
+        if self._state is _ERROR:
+            raise self._no_output("its own answers")
         if not self._outgoing:
             return b""
         data = b"".join(self._outgoing)
@@ -318,20 +417,29 @@ class ServerConnection:
     def send_stdout(self, request_id: int, data: bytes) -> bytes:
         """STDOUT records carrying ``data``, split at the 65535-byte record limit."""
         if request_id not in self._requests:
-            raise LocalProtocolError(f"STDOUT for request {request_id}, which is not active")
+            raise self._inactive("STDOUT", request_id)
         return stream(_STDOUT, request_id, data)
 
     def send_stdout_pieces(self, request_id: int, data: bytes | memoryview) -> list[bytes | memoryview]:
         """``send_stdout`` as pieces to write in order (headers and views of ``data``), for a large body."""
         if request_id not in self._requests:
-            raise LocalProtocolError(f"STDOUT for request {request_id}, which is not active")
+            raise self._inactive("STDOUT", request_id)
         return stream_pieces(_STDOUT, request_id, data)
 
     def end_request(self, request_id: int, app_status: int = 0) -> bytes:
         """Close the STDOUT stream and end the request; nothing may be sent for this id afterwards."""
         if self._requests.pop(request_id, None) is None:
-            raise LocalProtocolError(f"END_REQUEST for request {request_id}, which is not active")
+            raise self._inactive("END_REQUEST", request_id)
         return record(_STDOUT, request_id) + self._end_record(request_id, app_status, ProtocolStatus.REQUEST_COMPLETE)
+
+    def _inactive(self, what: str, request_id: int) -> LocalProtocolError:
+        """Output asked for a request that is not active; in ERROR none is, and that is the reason to name."""
+        if self._state is _ERROR:
+            return self._no_output(f"{what} for request {request_id}")
+        return LocalProtocolError(f"{what} for request {request_id}, which is not active")
+
+    def _no_output(self, what: str) -> LocalProtocolError:
+        return LocalProtocolError(f"cannot send {what}: the connection already failed ({self._failure})")
 
     @staticmethod
     def _end_record(request_id: int, app_status: int, protocol_status: ProtocolStatus) -> bytes:

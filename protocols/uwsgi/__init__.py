@@ -1,9 +1,6 @@
 """The uwsgi binary protocol, sans-IO. Reference: https://uwsgi-docs.readthedocs.io/en/latest/Protocol.html"""
 
 from protocols.uwsgi.codec import (
-    DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_MAX_VARS,
-    DEFAULT_MAX_VARS_SIZE,
     MAX_VARS_BLOCK,
     MODIFIER_PING,
     MODIFIER_WSGI,
@@ -23,9 +20,6 @@ from protocols.uwsgi.codec import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_BODY_SIZE",
-    "DEFAULT_MAX_VARS",
-    "DEFAULT_MAX_VARS_SIZE",
     "MAX_VARS_BLOCK",
     "MODIFIER_PING",
     "MODIFIER_WSGI",

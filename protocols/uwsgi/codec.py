@@ -3,6 +3,9 @@
 A 4-byte header (modifier1, little-endian u16 size, modifier2), a vars block of ``size`` bytes made of
 u16-length-prefixed keys and values, then CONTENT_LENGTH bytes of body. The response is raw HTTP ended by closing
 the connection, so there is nothing to encode for it here beyond the ping's pong.
+
+A ``RemoteProtocolError`` is terminal, as in h11: the connection enters ERROR and every later ``receive_data``
+raises again, naming the first failure.
 """
 
 from __future__ import annotations
@@ -25,16 +28,20 @@ MODIFIER_PING = 100
 
 #: The header's size field is a u16: no vars block can be larger, whatever the limit says.
 MAX_VARS_BLOCK = 0xFFFF
-DEFAULT_MAX_VARS_SIZE = MAX_VARS_BLOCK
-DEFAULT_MAX_VARS = 1000
-DEFAULT_MAX_BODY_SIZE = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_vars_size: int = DEFAULT_MAX_VARS_SIZE
-    max_vars: int = DEFAULT_MAX_VARS
-    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    """What one connection may make us hold. Each is a CLI option of the gateway (``max_vars_size`` is
+    ``--max-params-size``, ``max_vars`` is ``--max-params``).
+
+    No field has a default: the gateway's declared settings are the one place defaults live. A ``max_vars_size``
+    above MAX_VARS_BLOCK is allowed and simply never reached.
+    """
+
+    max_vars_size: int
+    max_vars: int
+    max_body_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,8 @@ class _State(Enum):
     VARS = auto()
     BODY = auto()
     DONE = auto()
+    #: A RemoteProtocolError was raised: every further call raises.
+    ERROR = auto()
 
 
 def decode_vars(block: bytes | bytearray, max_vars: int) -> list[tuple[str, str]]:
@@ -139,20 +148,27 @@ def _string_span(block: bytes | bytearray, position: int, end: int, what: str) -
 
 
 class ServerConnection:
-    """One uwsgi connection as the application sees it."""
+    """One uwsgi connection as the application sees it.
 
-    def __init__(self, limits: Limits | None = None) -> None:
-        self.limits = limits or Limits()
+    Once ``receive_data`` raised a RemoteProtocolError the connection is in ERROR, for good: every later call
+    raises RemoteProtocolError again, saying that the connection already failed and why. Nothing is sent through
+    this object, so there is no output to refuse.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
         self._state = _State.HEADER
         self._buffer = bytearray()
         self._vars_size = 0
         self._body_left = 0
         self._discard_body = False
+        #: In ERROR: the message of the error that put us there.
+        self._failure = ""
 
     @property
     def input_pending(self) -> bool:
         """The request (header, vars or body) is not complete: the web server owes us bytes."""
-        return self._state is not _State.DONE
+        return self._state is not _State.DONE and self._state is not _State.ERROR
 
     @property
     def head_pending(self) -> bool:
@@ -160,8 +176,23 @@ class ServerConnection:
         return self._state in (_State.HEADER, _State.VARS)
 
     def receive_data(self, data: bytes) -> list[Event]:
-        """Feed bytes from the web server; ``b""`` means it closed (or half-closed) its side."""
+        """Feed bytes from the web server; ``b""`` means it closed (or half-closed) its side.
+
+        Raises RemoteProtocolError when the web server broke the protocol or a limit; the connection is then in
+        ERROR and every later call raises (see the class).
+        """
+        try:
+            return self._receive(data)
+        except RemoteProtocolError as err:
+            if self._state is not _State.ERROR:
+                self._state, self._failure = _State.ERROR, str(err)
+                self._buffer = bytearray()
+            raise
+
+    def _receive(self, data: bytes) -> list[Event]:
         state = self._state
+        if state is _State.ERROR:
+            raise RemoteProtocolError(f"the connection already failed ({self._failure}); no input is accepted")
         if not data:
             if state is _State.DONE or (state is _State.HEADER and not self._buffer):
                 return []
