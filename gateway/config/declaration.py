@@ -154,7 +154,7 @@ class Setting:
     checks: tuple[Check, ...] = ()
     #: The Config fields one value fills, in order, when it is a tuple of several (``--workers MIN:MAX``).
     spread: tuple[str, ...] = ()
-    #: A text other than the default, for ``--help`` readers and for the tests' round trip.
+    #: A text the setting accepts that is not its default: what the tests' round trip through the parser reads.
     example: str = ""
     #: What an error message calls the setting when that is not its CLI name (the positional application).
     label_text: str = ""
