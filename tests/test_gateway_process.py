@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import GatewayProcess, Nginx, free_port
+from gateway.config.addresses import Address
 from gateway.config.cli import build_config, build_parser
-from gateway.config.settings import Address, ConfigError
+from gateway.config.errors import ConfigError
 from protocols.fastcgi import ClientConnection, EndRequest, Stdout, encode_request
 from protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.http import request

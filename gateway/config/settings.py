@@ -1,197 +1,643 @@
-"""The one typed configuration object, and the parsing of listen addresses.
+"""The one typed configuration object, each of its settings declared once on its field.
 
 The CLI only builds a :class:`Config`; everything that acts on it (binding sockets, importing the app in the
 workers) happens later, in one place each, so a Config can be built and checked in tests without side effects.
+Every option's type, default, checks, help and README text is the ``setting(...)`` on its field (see
+:mod:`gateway.config.declaration`); the parser, ``--help``, the README tables and any later reader (a TOML file,
+``GATEWAY_*`` variables) are generated from :data:`SETTINGS`. The codecs' limits (``protocols.fastcgi.Limits``,
+``protocols.uwsgi.Limits``) are built by the fronts from these fields: this is the one place their defaults live.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-ProtocolName = Literal["fastcgi", "uwsgi"]
+from gateway.config.addresses import Address, IPNetwork, Listen, parse_networks
+from gateway.config.declaration import (
+    AT_LEAST_ONE,
+    BYTES,
+    FLAG,
+    INTEGER,
+    NOT_NEGATIVE,
+    OCTAL,
+    POSITIVE,
+    POSITIVE_SECONDS,
+    SECONDS,
+    TEXT,
+    Check,
+    Kind,
+    Setting,
+    bind,
+    by_name,
+    choice,
+    setting,
+    within,
+)
+from gateway.config.errors import ConfigError
+from gateway.loop.accesslog import ATOMS as ACCESS_ATOMS
+from gateway.loop.accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
+
+__all__ = ["DEMO_APP", "SECTIONS", "SETTINGS", "Config", "ConfigError", "config_from", "parse_value", "setting_named"]
+
 LogLevel = Literal["debug", "info", "warning", "error"]
-
-#: FastCGI and uwsgi carry no authentication, so a bare ``:PORT`` binds loopback only; listening on every
-#: interface must be asked for explicitly (``0.0.0.0:9000``).
-DEFAULT_HOST = "127.0.0.1"
 
 #: Far above any real header set; a bound so one connection cannot make us buffer without end.
 MAX_PARAMS_SIZE_CEILING = 16 << 20
 
 DEMO_APP = "gateway.demo:application"
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: The CLI's argument groups, in ``--help`` order, with the line shown under a group's title (if any).
+SECTIONS: dict[str, str] = {
+    "listeners": "",
+    "application": "",
+    "limits": "",
+    "operations": "",
+    "sessions": "environ['gateway.session'], loaded and stored by the event loop, never by a worker",
+    "worker lifecycle": "",
+}
 
 
-class ConfigError(ValueError):
-    """A setting is invalid; the message names the option and what to write instead."""
+def _workers_text(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    if not low.isdigit() or int(low) < 1 or (high and not high.isdigit()):
+        raise ValueError(text)
+    return int(low), int(high or low)
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    """Where a listener binds: a TCP host and port, or a unix socket path."""
-
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Address:
-        """Parse ``HOST:PORT``, ``:PORT``, ``[IPV6]:PORT`` or ``unix:PATH``."""
-        if text.startswith("unix:"):
-            path = text[5:]
-            if not path:
-                raise ConfigError(f"listen address {text!r} has no path; write unix:/run/app.sock")
-            return cls(path=os.path.abspath(path))
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not port_text.isdigit():
-            raise ConfigError(f"listen address {text!r} is not HOST:PORT, :PORT or unix:PATH")
-        port = int(port_text)
-        if not 0 <= port <= 65535:
-            raise ConfigError(f"listen address {text!r}: port {port} is outside 0-65535")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        return cls(host=host or DEFAULT_HOST, port=port)
-
-    @property
-    def is_unix(self) -> bool:
-        return self.path is not None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        if self.host is not None and ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+def _workers_to_text(value: tuple[int, int]) -> str:
+    low, high = value
+    return str(low) if high <= low else f"{low}:{high}"
 
 
-@dataclass(frozen=True, slots=True)
-class Listen:
-    """One listener: a wire protocol on an address."""
+#: ``N`` or ``MIN:MAX``; a TOML integer is a fixed number.
+_WORKERS = Kind(
+    "a number of workers (N) or a range (MIN:MAX), e.g. 2:8",
+    _workers_text,
+    _workers_to_text,
+    (int,),
+    from_toml=lambda value: (value, value),
+)
+_ADDRESSES = Kind("HOST:PORT, :PORT, [IPV6]:PORT or unix:PATH", lambda text: (Address.parse(text),), str)
+_NETWORKS = Kind("a list of IP addresses or networks", lambda text: parse_networks([text]), str)
 
-    protocol: ProtocolName
-    address: Address
+_APP = Check(lambda app: ":" in app, "must be MODULE:CALLABLE, e.g. myproject.wsgi:application")
+_PREFIX = Check(
+    lambda prefix: not prefix or (prefix.startswith("/") and not prefix.endswith("/")),
+    "must start with '/' and not end with one, e.g. /app",
+)
+_STORE = Check(
+    lambda store: store in ("memory", "off") or store.startswith("memcached://"),
+    "must be memory, memcached://HOST:PORT or off",
+)
 
-
-def parse_networks(items: list[str]) -> tuple[IPNetwork, ...]:
-    """Parse allow-list entries (addresses or CIDR networks), naming the bad one on error."""
-    networks = []
-    for item in items:
-        for raw in item.split(","):
-            part = raw.strip()
-            if not part:
-                continue
-            try:
-                networks.append(ipaddress.ip_network(part, strict=False))
-            except ValueError as err:
-                raise ConfigError(f"allow-from entry {part!r} is not an IP address or network") from err
-    return tuple(networks)
+_ATOMS_HELP = ", ".join(f"%({atom})s {meaning}" for atom, meaning in ACCESS_ATOMS.items())
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     """Every setting of a gateway run, with production defaults."""
 
-    listeners: tuple[Listen, ...] = ()
-    app: str = DEMO_APP
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    script_name: str = ""
-    socket_mode: int | None = None
-    backlog: int = 1024
-    allow_from: tuple[IPNetwork, ...] = ()
-    # Codec limits; the defaults are those of protocols.fastcgi / protocols.uwsgi.
-    max_params_size: int = 64 * 1024
-    max_params: int = 1000
-    max_body_size: int = 1 << 30
-    max_requests_per_connection: int = 128
-    max_connections: int = 10000
-    # A body or a pending response beyond this many bytes moves from memory to a temporary file.
-    body_spool_threshold: int = 1 << 20
-    response_spool_threshold: int = 1 << 20
-    spool_dir: str | None = None
-    graceful_timeout: float = 30.0
-    log_level: LogLevel = "info"
-    # Worker lifecycle. workers_max above workers makes the pool grow under load and shrink back when idle.
+    app: str = setting(
+        TEXT,
+        default=DEMO_APP,
+        section="application",
+        positional=True,
+        metavar="MODULE:CALLABLE",
+        label_text="application",
+        help="the WSGI application",
+        default_text="the built-in demo app",
+        checks=(_APP,),
+        example="myproject.wsgi:application",
+    )
+    fcgi: tuple[Address, ...] = setting(
+        _ADDRESSES,
+        default=(),
+        section="listeners",
+        metavar="ADDR",
+        repeatable=True,
+        help="serve FastCGI on ADDR",
+        example=":9000",
+    )
+    uwsgi: tuple[Address, ...] = setting(
+        _ADDRESSES,
+        default=(),
+        section="listeners",
+        metavar="ADDR",
+        repeatable=True,
+        help="serve the uwsgi protocol on ADDR",
+        example="unix:/run/gateway/uwsgi.sock",
+    )
+    socket_mode: int | None = setting(
+        OCTAL,
+        default=None,
+        section="listeners",
+        metavar="MODE",
+        help="permissions of unix sockets, in octal (e.g. 660 so nginx's group can connect)",
+        default_text="as the umask leaves them",
+        example="660",
+    )
+    backlog: int = setting(
+        INTEGER,
+        default=1024,
+        section="listeners",
+        metavar="N",
+        help="listen backlog per socket",
+        doc="listen backlog per socket (uWSGI's default of 100 is a known source of 502s)",
+        checks=(POSITIVE,),
+        example="4096",
+    )
+    allow_from: tuple[IPNetwork, ...] = setting(
+        _NETWORKS,
+        default=(),
+        section="listeners",
+        metavar="NETS",
+        repeatable=True,
+        help="accept TCP connections only from these addresses or networks (comma-separated); FastCGI listeners "
+        "also honour FCGI_WEB_SERVER_ADDRS",
+        doc="accept TCP peers only from these addresses or networks (comma-separated); FastCGI listeners also "
+        "honour the spec's `FCGI_WEB_SERVER_ADDRS`",
+        default_text="everyone",
+        example="10.0.0.0/8",
+    )
+    workers: int = setting(
+        _WORKERS,
+        default_factory=lambda: os.cpu_count() or 1,
+        section="application",
+        metavar="N|MIN:MAX",
+        spread=("workers", "workers_max"),
+        help="worker processes: a fixed number, or MIN:MAX to grow while requests wait and shrink back after "
+        "--scale-down-after idle seconds",
+        doc="worker processes; a range MIN:MAX grows the pool while requests wait and shrinks it back after "
+        "`--scale-down-after` idle seconds, never below MIN",
+        default_text="the number of CPUs",
+        checks=(AT_LEAST_ONE,),
+        example="2:8",
+    )
+    #: The MAX of ``--workers MIN:MAX`` (0 or ``workers``: a fixed pool); the pool grows up to it under load.
     workers_max: int = 0
-    timeout: float = 0.0  # seconds a request may run; 0 = no limit
-    max_requests: int = 0  # recycle a worker after this many requests; 0 = never
-    max_requests_jitter: int = 0
-    max_rss: int = 0  # MiB; recycle a worker whose resident memory grew beyond it; 0 = never
-    pipeline: int = 2  # requests a busy worker may be handed ahead of time
-    #: "batch": workers run under SCHED_BATCH, so waking one never preempts the event loop (gateway/scheduling.py).
-    worker_scheduling: Literal["batch", "normal"] = "batch"
-    queue_size: int = 1024
-    queue_timeout: float = 30.0
-    scale_down_after: float = 30.0
-    # Time limits on what clients send (the slow-client protections); all in seconds.
-    header_timeout: float = 10.0
-    body_timeout: float = 60.0
-    read_timeout: float = 600.0
-    keepalive_timeout: float = 300.0
-    # Sessions, loaded and stored by the event loop (see sessions/).
-    sessions: str = "memory"  # "memory", "memcached://HOST:PORT" or "off"
-    session_ttl: float = 1800.0  # idle, sliding
-    session_max_age: float = 0.0  # absolute, from creation; 0 = none
-    session_cookie: str = "gwsession"
-    session_cookie_domain: str | None = None
-    session_cookie_path: str = "/"
-    session_samesite: Literal["Lax", "Strict", "None"] = "Lax"
-    session_secure: Literal["auto", "always", "never"] = "auto"
-    session_serialize: bool = False
-    session_timeout: float = 2.0
-    session_prefix: str = "gw:s:"
-    session_pool_size: int = 16
-    debug: bool = False
-    reload: bool = False
-    access_log: str | None = None
-    access_log_format: str = ""
-    pidfile: str | None = None
-    user: str | None = None
-    group: str | None = None
+    debug: bool = setting(
+        FLAG,
+        default=False,
+        section="application",
+        help="show an app's traceback as an HTML page in the 500 response (development only)",
+    )
+    reload: bool = setting(
+        FLAG,
+        default=False,
+        section="application",
+        help="restart the workers when a Python file under the current directory changes (development)",
+        doc="restart the workers when a `.py` file under the current directory changes (development; watchfiles)",
+    )
+    script_name: str = setting(
+        TEXT,
+        default="",
+        section="application",
+        metavar="PREFIX",
+        help="the URL prefix the app is mounted under, e.g. /app (SCRIPT_NAME)",
+        checks=(_PREFIX,),
+        example="/app",
+    )
+    max_params_size: int = setting(
+        BYTES,
+        default=64 * 1024,
+        section="limits",
+        metavar="BYTES",
+        help="largest FastCGI params block; a uwsgi vars block is also capped at 65535 by its u16 size field",
+        doc="largest FastCGI params block (uWSGI's 4 KiB default breaks large cookies); a uwsgi vars block is "
+        "also capped at 65535 by its u16 size field",
+        checks=(within(1, MAX_PARAMS_SIZE_CEILING, "bytes"),),
+        example="131072",
+    )
+    max_params: int = setting(
+        INTEGER,
+        default=1000,
+        section="limits",
+        metavar="N",
+        help="most params/vars in one request",
+        checks=(POSITIVE,),
+        example="200",
+    )
+    max_body_size: int = setting(
+        BYTES,
+        default=1 << 30,
+        section="limits",
+        metavar="BYTES",
+        help="largest request body; larger ones are answered 413",
+        checks=(POSITIVE,),
+        example="1048576",
+    )
+    max_requests_per_connection: int = setting(
+        INTEGER,
+        default=128,
+        section="limits",
+        metavar="N",
+        help="concurrent requests multiplexed on one FastCGI connection",
+        doc="concurrent requests multiplexed on one FastCGI connection (reported to the web server as FCGI_MAX_REQS)",
+        checks=(POSITIVE,),
+        example="16",
+    )
+    max_connections: int = setting(
+        INTEGER,
+        default=10000,
+        section="limits",
+        metavar="N",
+        help="open connections at most; beyond it the gateway stops accepting and the listen backlog holds new ones",
+        doc="open connections at most; at the cap the gateway stops accepting and the kernel's listen backlog "
+        "holds new connections (established ones are unaffected); it resumes below the cap",
+        checks=(POSITIVE,),
+        example="500",
+    )
+    header_timeout: float = setting(
+        SECONDS,
+        default=10.0,
+        section="limits",
+        metavar="SECONDS",
+        help="a connection must deliver a request's complete params/vars within this (a new connection too)",
+        checks=(POSITIVE_SECONDS,),
+        example="2.5",
+    )
+    body_timeout: float = setting(
+        SECONDS,
+        default=60.0,
+        section="limits",
+        metavar="SECONDS",
+        help="longest pause between two pieces of a request body",
+        checks=(POSITIVE_SECONDS,),
+        example="15",
+    )
+    read_timeout: float = setting(
+        SECONDS,
+        default=600.0,
+        section="limits",
+        metavar="SECONDS",
+        help="a whole request (params and body) must arrive within this",
+        checks=(POSITIVE_SECONDS,),
+        example="120",
+    )
+    keepalive_timeout: float = setting(
+        SECONDS,
+        default=300.0,
+        section="limits",
+        metavar="SECONDS",
+        help="close a kept-alive FastCGI connection idle this long; keep it above nginx's upstream "
+        "keepalive_timeout (60 s)",
+        doc="close a kept-alive FastCGI connection idle this long; keep it above nginx's upstream "
+        "`keepalive_timeout` (60 s)",
+        checks=(POSITIVE_SECONDS,),
+        example="75",
+    )
+    body_spool_threshold: int = setting(
+        BYTES,
+        default=1 << 20,
+        section="limits",
+        metavar="BYTES",
+        help="request bodies larger than this go to a temporary file",
+        checks=(POSITIVE,),
+        example="65536",
+    )
+    response_spool_threshold: int = setting(
+        BYTES,
+        default=1 << 20,
+        section="limits",
+        metavar="BYTES",
+        help="response bytes a client has not taken yet beyond this go to a temporary file",
+        doc="response bytes a slow client has not taken yet go to a temporary file beyond this",
+        checks=(POSITIVE,),
+        example="65536",
+    )
+    spool_dir: str | None = setting(
+        TEXT,
+        default=None,
+        section="limits",
+        metavar="DIR",
+        help="where temporary files go",
+        doc="where those temporary files (request bodies, unsent responses) go",
+        default_text="the system temporary directory",
+        example="/srv/spool",
+    )
+    graceful_timeout: float = setting(
+        SECONDS,
+        default=30.0,
+        section="operations",
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long in-flight requests may take to finish",
+        example="5",
+    )
+    log_level: LogLevel = setting(  # noqa: RUF009 - a field() with metadata; ruff only knows Literal is immutable
+        choice("debug", "info", "warning", "error"),
+        default="info",
+        section="operations",
+        help="how much the error log (stderr) says",
+        example="debug",
+    )
+    access_log: str | None = setting(
+        TEXT,
+        default=None,
+        section="operations",
+        metavar="PATH|-",
+        help="write an access log line per response to PATH, or to stdout with -",
+        doc="one line per response to PATH, or stdout with `-`: combined format, then request time and worker pid "
+        "(`--access-log-format` to change it)",
+        default_text="off",
+        example="/var/log/gateway/access.log",
+    )
+    access_log_format: str = setting(
+        TEXT,
+        default=DEFAULT_ACCESS_FORMAT,
+        section="operations",
+        metavar="FORMAT",
+        help=f"gunicorn-style atoms: {_ATOMS_HELP}",
+        doc="gunicorn's atoms, e.g. `%(h)s %(r)s %(s)s %(b)s %(f)s %(a)s %(M)s %(p)s` (every atom in `--help`)",
+        example="%(h)s %(r)s %(s)s",
+    )
+    pidfile: str | None = setting(
+        TEXT,
+        default=None,
+        section="operations",
+        metavar="PATH",
+        help="write the gateway's pid here",
+        doc="the gateway's pid, written at start and removed at exit",
+        example="/run/gateway.pid",
+    )
+    user: str | None = setting(
+        TEXT,
+        default=None,
+        section="operations",
+        metavar="USER",
+        help="switch to this user after binding the sockets",
+        doc="switch to this user after binding (so ports below 1024 and root-owned socket directories work); unix "
+        "socket files are handed to it",
+        example="www-data",
+    )
+    group: str | None = setting(
+        TEXT,
+        default=None,
+        section="operations",
+        metavar="GROUP",
+        help="switch to this group after binding the sockets",
+        doc="switch to this group after binding; unix socket files are handed to it",
+        example="www-data",
+    )
+    sessions: str = setting(
+        TEXT,
+        default="memory",
+        section="sessions",
+        metavar="memory|memcached://HOST:PORT|off",
+        help="where sessions live: the gateway's own memory (shared by every worker), memcached through aiomcache "
+        "(shared by several gateway hosts), or off",
+        doc="where sessions live: the gateway's own memory (a bounded LRU of 100,000 sessions in the loop's process, "
+        "shared by every worker), memcached through aiomcache (shared by several gateway hosts), or off",
+        checks=(_STORE,),
+        example="memcached://127.0.0.1:11211",
+    )
+    session_ttl: float = setting(
+        SECONDS,
+        default=1800.0,
+        section="sessions",
+        metavar="SECONDS",
+        help="idle timeout, sliding",
+        checks=(POSITIVE_SECONDS,),
+        example="600",
+    )
+    session_max_age: float = setting(
+        SECONDS,
+        default=0.0,
+        section="sessions",
+        metavar="SECONDS",
+        help="absolute lifetime from creation, also the cookie's Max-Age",
+        default_text="none, a browser-session cookie",
+        checks=(NOT_NEGATIVE,),
+        example="86400",
+    )
+    session_cookie: str = setting(
+        TEXT,
+        default="gwsession",
+        section="sessions",
+        metavar="NAME",
+        help="cookie name",
+        example="sid",
+    )
+    session_cookie_domain: str | None = setting(
+        TEXT,
+        default=None,
+        section="sessions",
+        metavar="DOMAIN",
+        help="cookie Domain",
+        default_text="none, a host-only cookie",
+        example="example.org",
+    )
+    session_cookie_path: str = setting(
+        TEXT,
+        default="/",
+        section="sessions",
+        metavar="PATH",
+        help="cookie Path",
+        example="/app",
+    )
+    session_samesite: Literal["Lax", "Strict", "None"] = setting(
+        choice("Lax", "Strict", "None"),
+        default="Lax",
+        section="sessions",
+        help="cookie SameSite",
+        example="Strict",
+    )
+    session_secure: Literal["auto", "always", "never"] = setting(
+        choice("auto", "always", "never"),
+        default="auto",
+        section="sessions",
+        help="cookie Secure flag; auto = when the request came over HTTPS (HTTPS or REQUEST_SCHEME param)",
+        example="always",
+    )
+    session_serialize: bool = setting(
+        FLAG,
+        default=False,
+        section="sessions",
+        help="run one session's requests one at a time (a lock in the store; across hosts with memcached)",
+    )
+    session_timeout: float = setting(
+        SECONDS,
+        default=2.0,
+        section="sessions",
+        metavar="SECONDS",
+        help="bound on each store operation; a request whose session cannot be loaded gets 503",
+        checks=(POSITIVE_SECONDS,),
+        example="0.5",
+    )
+    session_prefix: str = setting(
+        TEXT,
+        default="gw:s:",
+        section="sessions",
+        metavar="PREFIX",
+        help="memcached key prefix",
+        example="app1:",
+    )
+    session_pool_size: int = setting(
+        INTEGER,
+        default=16,
+        section="sessions",
+        metavar="N",
+        help="memcached connections",
+        doc="memcached connections: at most this many memcached commands in flight at once (a request with a "
+        "session makes one or two to load it, one more to store its changes)",
+        checks=(AT_LEAST_ONE,),
+        example="4",
+    )
+    timeout: float = setting(
+        SECONDS,
+        default=0.0,
+        section="worker lifecycle",
+        metavar="SECONDS",
+        help="a request running longer is answered 504 and its worker killed and replaced",
+        doc="a request running longer is answered **504**, its worker killed (SIGTERM, SIGKILL 2 s later) and "
+        "replaced; the log names the worker, the request and the elapsed time",
+        default_text="no limit",
+        checks=(NOT_NEGATIVE,),
+        example="30",
+    )
+    max_requests: int = setting(
+        INTEGER,
+        default=0,
+        section="worker lifecycle",
+        metavar="N",
+        help="recycle a worker after N requests, a replacement starting first",
+        doc="recycle a worker after N requests: its replacement starts while it runs its last one",
+        default_text="never",
+        checks=(NOT_NEGATIVE,),
+        example="1000",
+    )
+    max_requests_jitter: int = setting(
+        INTEGER,
+        default=0,
+        section="worker lifecycle",
+        metavar="N",
+        help="add a random 0..N to each worker's --max-requests so they do not recycle together",
+        doc="add a random 0..N to each worker's `--max-requests` so workers do not recycle together",
+        checks=(NOT_NEGATIVE,),
+        example="50",
+    )
+    max_rss: int = setting(
+        INTEGER,
+        default=0,
+        section="worker lifecycle",
+        metavar="MIB",
+        help="recycle a worker whose resident memory exceeds this, checked 4 times a second",
+        default_text="never",
+        checks=(NOT_NEGATIVE,),
+        example="512",
+    )
+    worker_scheduling: Literal["batch", "normal"] = setting(
+        choice("batch", "normal"),
+        default="batch",
+        section="worker lifecycle",
+        help="CPU scheduling of the workers: 'batch' (Linux SCHED_BATCH) keeps their wake-ups from preempting the "
+        "event loop, 'normal' leaves the default policy",
+        doc="`batch` runs the workers under Linux's `SCHED_BATCH` (same priority and CPU share, no privilege "
+        "needed): waking a worker with a request then never preempts the event loop in the middle of its batch of "
+        "events, which lowers the CPU each request costs (why: `gateway/worker/scheduling.py`; what it measured: "
+        "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)); `normal` keeps the default policy",
+        example="normal",
+    )
+    pipeline: int = setting(
+        INTEGER,
+        default=2,
+        section="worker lifecycle",
+        metavar="N",
+        help="while at least as many requests wait as there are workers, hand each worker up to N of them ahead of "
+        "time, so it never waits for the loop between requests (0: off)",
+        doc="while at least as many requests wait as there are workers, hand each worker up to N of them ahead of "
+        "time, so it goes from one request to the next without waiting for the loop (and the loop writes and "
+        "reads several per system call); never when fewer wait, and only behind a request that started under "
+        "50 ms earlier. The price: under saturation a request handed ahead cannot move to another worker that "
+        "frees up sooner; with requests of very unequal length (a 10 s report among 5 ms pages) use 0, which "
+        "turns it off",
+        checks=(NOT_NEGATIVE,),
+        example="0",
+    )
+    queue_size: int = setting(
+        INTEGER,
+        default=1024,
+        section="worker lifecycle",
+        metavar="N",
+        help="requests that may wait for a worker; beyond it they are answered 503 at once",
+        doc="requests that may wait for a worker, in arrival order; beyond it **503** with `Retry-After` at once",
+        checks=(POSITIVE,),
+        example="64",
+    )
+    queue_timeout: float = setting(
+        SECONDS,
+        default=30.0,
+        section="worker lifecycle",
+        metavar="SECONDS",
+        help="a request waiting longer for a worker is answered 503",
+        doc="a request waiting longer for a worker is answered 503 with `Retry-After`",
+        checks=(NOT_NEGATIVE,),
+        example="5",
+    )
+    scale_down_after: float = setting(
+        SECONDS,
+        default=30.0,
+        section="worker lifecycle",
+        metavar="SECONDS",
+        help="with --workers MIN:MAX, retire a worker idle this long, never below MIN",
+        doc="with `--workers MIN:MAX`, retire a worker idle this long, never below MIN",
+        checks=(NOT_NEGATIVE,),
+        example="120",
+    )
+    #: What to bind: ``fcgi`` then ``uwsgi``, derived so that each protocol stays one setting of its own.
+    listeners: tuple[Listen, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, not {self.workers}")
-        if self.script_name and (not self.script_name.startswith("/") or self.script_name.endswith("/")):
-            raise ConfigError(f"--script-name {self.script_name!r} must start with '/' and not end with one, e.g. /app")
+        for declared in SETTINGS:
+            declared.check(getattr(self, declared.name))
         if self.workers_max and self.workers_max < self.workers:
             raise ConfigError(f"--workers {self.workers}:{self.workers_max}: MAX must not be below MIN")
-        if not (self.sessions in ("memory", "off") or self.sessions.startswith("memcached://")):
-            raise ConfigError(f"--sessions {self.sessions!r}: use memory, memcached://HOST:PORT or off")
         if self.session_samesite == "None" and self.session_secure == "never":
             raise ConfigError("--session-samesite None requires a Secure cookie: drop --session-secure never")
-        for name in ("session_ttl", "session_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
-        if self.session_max_age < 0 or self.session_pool_size < 1:
-            raise ConfigError("--session-max-age must not be negative and --session-pool-size must be at least 1")
-        for name in ("header_timeout", "body_timeout", "read_timeout", "keepalive_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
-        negatives = ("pipeline", "timeout", "queue_timeout", "scale_down_after", "max_requests", "max_requests_jitter")
-        for name in (*negatives, "max_rss"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
-        if not 1 <= self.max_params_size <= MAX_PARAMS_SIZE_CEILING:
-            raise ConfigError(f"--max-params-size must be within 1-{MAX_PARAMS_SIZE_CEILING} bytes")
-        for name in (
-            "max_params",
-            "max_body_size",
-            "max_requests_per_connection",
-            "max_connections",
-            "body_spool_threshold",
-            "response_spool_threshold",
-            "backlog",
-            "queue_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number")
-        if ":" not in self.app:
-            raise ConfigError(f"application {self.app!r} is not MODULE:CALLABLE, e.g. myproject.wsgi:application")
+        listeners = tuple(Listen("fastcgi", address) for address in self.fcgi)
+        listeners += tuple(Listen("uwsgi", address) for address in self.uwsgi)
+        object.__setattr__(self, "listeners", listeners)
 
     @property
     def uses_demo_app(self) -> bool:
         return self.app == DEMO_APP
+
+
+#: Every setting, in declaration order (``--help`` groups them by section).
+SETTINGS: tuple[Setting, ...] = bind(Config)
+_BY_NAME = by_name(SETTINGS)
+
+
+def setting_named(name: str) -> Setting:
+    """The setting a Config field or TOML key names; a ConfigError for an unknown one."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"unknown setting {name!r}") from None
+
+
+def parse_value(name: str, raw: object) -> Any:
+    """What a reader calls per setting: text or a TOML value into the checked value ``config_from`` takes.
+
+    ``raw`` is text as an environment variable carries it (a repeatable setting's occurrences separated by
+    whitespace: ``GATEWAY_FCGI=":9000 unix:/run/app.sock"``), or a native TOML value whose type the setting
+    checks (an integer for ``--backlog``, a list of strings for ``--allow-from``, true for ``--debug``). A
+    ConfigError names the option and what it allows.
+    """
+    return setting_named(name).parse(raw)
+
+
+def config_from(values: Mapping[str, Any], *, environ: Mapping[str, str] = os.environ) -> Config:
+    """A Config from ``{setting name: value from parse_value}``, the rest at their defaults.
+
+    Something must be listened on: an address, or sockets handed over by systemd (``LISTEN_FDS`` in ``environ``).
+    """
+    fields: dict[str, Any] = {}
+    for name, value in values.items():
+        fields.update(setting_named(name).fields_of(value))
+    config = Config(**fields)
+    if not config.listeners and not environ.get("LISTEN_FDS"):
+        raise ConfigError("nothing to listen on: give --fcgi ADDR and/or --uwsgi ADDR, e.g. --fcgi :9000")
+    return config

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from gateway.config.settings import Config, IPNetwork
+from gateway.config.addresses import IPNetwork
+from gateway.config.settings import Config
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.request import ResponseSink, respond_error
 from gateway.loop.spool import OutputBuffer, RequestBody

@@ -14,7 +14,8 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from gateway.config.settings import Address, ConfigError, Listen
+from gateway.config.addresses import Address, Listen
+from gateway.config.errors import ConfigError
 from gateway.loop.fastcgi_front import FastCGIConnection
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.uwsgi_front import UwsgiConnection

@@ -24,7 +24,8 @@ from typing import Any
 import setproctitle
 
 import protocols
-from gateway.config.settings import Address, Config, ConfigError, Listen, ProtocolName, parse_networks
+from gateway.config.addresses import Address, Listen, ProtocolName, parse_networks
+from gateway.config.settings import Config, ConfigError
 from gateway.contract.exits import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_OK, EXIT_WORKERS_GONE
 from gateway.loop.accesslog import DEFAULT_FORMAT, AccessLog
 from gateway.loop.dispatch import Dispatcher
