@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -32,8 +31,6 @@ from gateway.loop.request import Request
 if TYPE_CHECKING:
     from gateway.loop.accesslog import AccessLog
     from gateway.loop.scheduler import Scheduler
-
-log = logging.getLogger("gateway.relay")
 
 #: Called with a finished request and the worker's END payload; it finishes the sink (after session hooks).
 RequestDone = Callable[[Request, bytes], None]

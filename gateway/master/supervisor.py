@@ -266,13 +266,19 @@ class Supervisor:
         else:
             log.critical("%s; not restarting that worker", message)
 
-    def _retire_previous_generation(self) -> None:
-        """A reloaded worker is ready: one worker running the previous code leaves rotation, idle ones first."""
-        old = [w.relay for w in self._serving() if w.generation < self.generation]
-        if not old:
-            return
-        old.sort(key=lambda relay: relay.state is not State.IDLE)
-        self._retire(old[0], "replaced by a reloaded worker", replace=False)
+    def _retire_superseded(self, ready: WorkerProcess) -> None:
+        """A worker is ready: one worker running older code leaves rotation, idle ones first.
+
+        Also when ``ready`` itself was superseded before it got there (reloads quicker than a worker starts):
+        it still replaces one older than itself, and with none left it leaves in turn if the pool is above its
+        target, so a burst of reloads ends with the target's number of workers, all on the newest code.
+        """
+        old = [w for w in self._serving() if w.generation < ready.generation]
+        if old:
+            old.sort(key=lambda w: (w.relay.state is not State.IDLE, w.generation))
+            self._retire(old[0].relay, "replaced by a reloaded worker", replace=False)
+        elif ready.generation < self.generation and len(self.scheduler.in_rotation()) > self.scheduler.target:
+            self._retire(ready.relay, "its code was reloaded again before it was ready", replace=False)
 
     def _retire(self, relay: Relay, reason: str, *, replace: bool = True) -> None:
         if relay.retiring:
@@ -325,9 +331,9 @@ class Supervisor:
             self._starting -= 1
             if self._starting == 0:
                 self._startup.set_result(None)
-        if worker.generation == self.generation:
-            self._retire_previous_generation()
-        self.scheduler.lane_idle(relay)
+        self._retire_superseded(worker)
+        if not relay.retiring:
+            self.scheduler.lane_idle(relay)
 
     def relay_lost(self, relay: Relay, running: Request | None, waiting: list[Request]) -> None:
         if waiting:
