@@ -327,18 +327,22 @@ class Gateway:
         return result
 
     def handle_term(self) -> Stop:
+        """SIGTERM, what systemd and most supervisors send: finish what is in flight, then exit."""
         log.info("received SIGTERM: shutting down gracefully")
         return Stop.GRACEFUL
 
     def handle_int(self) -> Stop:
+        """SIGINT (Ctrl-C in a terminal): as SIGTERM."""
         log.info("received SIGINT: shutting down gracefully")
         return Stop.GRACEFUL
 
     def handle_quit(self) -> Stop:
+        """SIGQUIT: exit without waiting for requests in flight."""
         log.info("received SIGQUIT: stopping now")
         return Stop.IMMEDIATE
 
     def handle_hup(self) -> None:
+        """SIGHUP (and --reload): new workers import the app afresh and replace the running ones."""
         log.info("received SIGHUP: reloading the workers")
         if self.pool is not None:
             notify("RELOADING=1")
@@ -346,15 +350,18 @@ class Gateway:
             notify("READY=1")
 
     def handle_usr1(self) -> None:
+        """SIGUSR1, sent by logrotate: reopen the access log under its path."""
         log.info("received SIGUSR1: reopening log files")
         if self.access_log is not None:
             self.access_log.reopen()
 
     def handle_ttin(self) -> None:
+        """SIGTTIN: one more worker."""
         if self.pool is not None:
             self.pool.add_worker()
 
     def handle_ttou(self) -> None:
+        """SIGTTOU: one fewer worker (never below one)."""
         if self.pool is not None:
             self.pool.remove_worker()
 
