@@ -2,7 +2,7 @@
 
 A whole-system run on a busy 2-core machine swings by ±20% from one minute to the next, which hides a change
 worth a few per cent. Here the real front connection (FastCGI with or without keep-conn, or uwsgi), the real
-dispatcher with the default session hook, and the real pool's ``Worker`` objects run on an event loop, with
+dispatcher with the default session hook, and the real supervisor, scheduler and relays run on an event loop, with
 in-memory transports, and each worker is played in this process by the real worker ``Channel`` and
 ``run_request`` on an in-memory socket. Time spent in the loop's code and in the workers' code is counted apart,
 per request, as the median of several repetitions. Use it to compare two versions of the hot path (run it in each
@@ -31,13 +31,14 @@ from typing import Any
 
 from benchmarks.apps import app as benchmark_app
 from gateway.config.settings import Config
+from gateway.contract.channel import Kind, encode_frame
 from gateway.contract.startup import WorkerSettings
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.fastcgi_front import FastCGIConnection
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.uwsgi_front import UwsgiConnection
-from gateway.master.pool import Worker, WorkerPool, _ChannelProtocol, _State
 from gateway.master.server import session_hook_for
+from gateway.master.supervisor import Supervisor
 from gateway.worker.process import Channel, run_request
 from protocols.fastcgi.client import encode_request as fastcgi_request
 from protocols.uwsgi import encode_request as uwsgi_request
@@ -120,7 +121,7 @@ class _MemorySocket:
 
 
 class _ChannelTransport:
-    """The loop's end of a worker's channel: frames the pool writes go straight to the stand-in's socket."""
+    """The loop's end of a worker's channel: frames the relay writes go straight to the stand-in's socket."""
 
     def __init__(self, sock: _MemorySocket) -> None:
         self.sock = sock
@@ -147,16 +148,14 @@ class _Process:
 class _StandIn:
     """One worker process played in this process."""
 
-    def __init__(self, pool: WorkerPool, pid: int, settings: WorkerSettings) -> None:
+    def __init__(self, pool: Supervisor, pid: int, settings: WorkerSettings) -> None:
         self.sock = _MemorySocket()
         self.channel = Channel(self.sock)  # type: ignore[arg-type]  # only recv and sendall are used
         self.settings = settings
-        self.worker = Worker(pool, _Process(pid), pool.now(), pool.generation)  # type: ignore[arg-type]
-        self.protocol = _ChannelProtocol(self.worker)
-        self.protocol.connection_made(_ChannelTransport(self.sock))  # type: ignore[arg-type]
-        self.worker.state = _State.IDLE
-        pool.workers.add(self.worker)
-        pool.idle.append(self.worker)
+        self.relay = pool.attach(_Process(pid))  # type: ignore[arg-type]  # only the pid is used
+        self.relay.connection_made(_ChannelTransport(self.sock))  # type: ignore[arg-type]
+        # What a started worker says once it has imported the app: from here on it gets requests.
+        self.relay.data_received(encode_frame(Kind.READY, b'{"pid": %d}' % pid))
 
     def run_requests(self) -> bool:
         """Run every request the loop handed over; True if there were any."""
@@ -174,7 +173,7 @@ class _StandIn:
         if self.sock.outbox:
             data = b"".join(self.sock.outbox)
             self.sock.outbox.clear()
-            self.protocol.data_received(data)
+            self.relay.data_received(data)
 
 
 @dataclass
@@ -210,11 +209,8 @@ class _OpcodeCounter:
 
 
 async def measure(mode: str, requests: int, connections: int, workers: int, count_opcodes: bool = False) -> Cost:
-    loop = asyncio.get_running_loop()
     config = Config(workers=workers)
-    pool = WorkerPool(config)
-    pool._loop = loop  # the pool is driven without starting processes
-    pool._running = True
+    pool = Supervisor(config)  # driven without starting processes: stand-ins attach in their place
     hook = session_hook_for(config)
     dispatcher = Dispatcher(pool, [hook] if hook is not None else [])
     spool = tempfile.mkdtemp(prefix="loop-cost-")
@@ -275,7 +271,7 @@ async def measure(mode: str, requests: int, connections: int, workers: int, coun
     transports += [transport for _, transport in kept]
     gc.unfreeze()
     answered = sum(transport.written for transport in transports)
-    if pool.queue or answered < done * len(b"Hello world\n"):
+    if pool.scheduler.queue or answered < done * len(b"Hello world\n"):
         raise SystemExit(f"{mode}: only {answered} bytes answered for {done} requests; the driver is broken")
     return Cost(
         loop_seconds / done * 1e6,

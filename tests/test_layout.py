@@ -21,7 +21,7 @@ def _modules_loaded_by(statement: str) -> set[str]:
 def test_the_master_never_loads_worker_or_wsgi_code() -> None:
     # What `python -m gateway` imports before it runs anything: the CLI and, through it, the whole master.
     loaded = _modules_loaded_by("import gateway.config.cli")
-    assert {"gateway.master.server", "gateway.master.pool", "gateway.loop.dispatch"} <= loaded  # the probe works
+    assert {"gateway.master.server", "gateway.master.supervisor", "gateway.loop.dispatch"} <= loaded  # the probe works
     assert not {name for name in loaded if name.startswith(("gateway.worker", "devstack"))}
 
 

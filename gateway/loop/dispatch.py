@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 from gateway.loop.request import Request, respond_error
-
-if TYPE_CHECKING:  # the pool hands finished requests back to the dispatcher: a cycle at run time
-    from gateway.master.pool import WorkerPool
 
 log = logging.getLogger("gateway.dispatch")
 
@@ -49,8 +46,21 @@ class RequestHook(Protocol):
         """Called when the worker's END frame carried ``extras``; raising cuts the response short."""
 
 
+class Pool(Protocol):
+    """What the dispatcher needs of the worker pool: it takes requests, forgets them, and reports them done."""
+
+    #: Set by the dispatcher: called with a finished request and its END extras; it finishes the sink.
+    on_request_done: Callable[[Request, bytes], None] | None
+
+    def submit(self, request: Request) -> None:
+        """Run ``request`` on a worker, now or after those queued before it (or answer 503 when full)."""
+
+    def cancel(self, request: Request) -> None:
+        """``request``'s client is gone: drop it from the queue, or tell the worker that holds it."""
+
+
 class Dispatcher:
-    def __init__(self, pool: WorkerPool, hooks: Sequence[RequestHook] = ()) -> None:
+    def __init__(self, pool: Pool, hooks: Sequence[RequestHook] = ()) -> None:
         self.pool = pool
         self.hooks = tuple(hooks)
         pool.on_request_done = self.request_done

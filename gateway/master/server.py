@@ -1,6 +1,8 @@
 """The gateway process: binds, starts the workers, serves, and acts on signals until it shuts down in order.
 
-Signal handlers only record which signal arrived; the serving coroutine wakes up and acts on it, one at a time.
+Signal handlers only record which signal arrived; the serving coroutine wakes up and dispatches each one, in
+order, to the ``handle_<name>`` method named after it (``handle_hup`` for SIGHUP), as gunicorn's arbiter does. A
+handler acts and returns None, or returns the :class:`Stop` it asks for.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import gc
 import grp
 import logging
@@ -19,7 +22,7 @@ import signal
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import setproctitle
 
@@ -32,7 +35,7 @@ from gateway.loop.dispatch import Dispatcher
 from gateway.loop.front import FrontContext
 from gateway.loop.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.loop.session_hook import SessionHook
-from gateway.master.pool import AppLoadFailed, WorkerPool
+from gateway.master.supervisor import AppLoadFailed, Supervisor
 from gateway.master.systemd import inherited_sockets, notify
 from sessions import open_store
 
@@ -99,6 +102,23 @@ def raise_file_limit() -> None:
             log.debug("open-file limit raised from %d to %d", soft, hard)
 
 
+class Stop(enum.Enum):
+    """How a signal asks the gateway to stop."""
+
+    #: Stop accepting, let in-flight requests finish (up to --graceful-timeout), then stop the workers.
+    GRACEFUL = "graceful"
+    #: Stop accepting and stop the workers now, cutting what is in flight.
+    IMMEDIATE = "immediate"
+
+
+class PoolControls(Protocol):
+    """What signals do to the worker pool."""
+
+    def reload(self) -> None: ...
+    def add_worker(self) -> None: ...
+    def remove_worker(self) -> None: ...
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -109,6 +129,8 @@ class Gateway:
         self.access_log: AccessLog | None = None
         self._accept_paused = False
         self._stopping = False
+        #: The pool the signal handlers act on, once it exists.
+        self.pool: PoolControls | None = None
 
     def _record_signal(self, signum: int) -> None:
         self.pending_signals.append(signum)
@@ -134,7 +156,8 @@ class Gateway:
             f"gateway master [{config.app}] {' '.join(str(b.listen.address) for b in self.listeners)}"
         )
         spool_dir = tempfile.mkdtemp(prefix="gateway-spool-", dir=config.spool_dir)
-        pool = WorkerPool(config, access_log=self.access_log)
+        pool = Supervisor(config, access_log=self.access_log)
+        self.pool = pool
         dispatcher = Dispatcher(pool, [session_hook] if session_hook is not None else [])
         watcher: asyncio.Task[None] | None = None
         sweeper: asyncio.Task[None] | None = None
@@ -165,10 +188,9 @@ class Gateway:
             notify("READY=1\nSTATUS=serving")
             if config.reload:
                 watcher = loop.create_task(self._watch_sources())
-            status = await self._until_stopped(pool)
+            status, stop = await self._until_stopped(pool)
             notify("STOPPING=1")
-            immediate = bool(self.pending_signals) and self.pending_signals[-1] == signal.SIGQUIT
-            await self._shutdown(pool, immediate=immediate or status != EXIT_OK)
+            await self._shutdown(pool, immediate=stop is Stop.IMMEDIATE)
             return status
         finally:
             for task in (watcher, sweeper):
@@ -277,10 +299,9 @@ class Gateway:
             if listener.server is None and not self._accept_paused and not self._stopping:
                 await serve(listener, context, self.config.backlog)
 
-    async def _until_stopped(self, pool: WorkerPool) -> int:
-        """Act on each recorded signal until one asks to stop; return the exit status."""
+    async def _until_stopped(self, pool: Supervisor) -> tuple[int, Stop]:
+        """Act on each recorded signal until one asks to stop; return the exit status and how to stop."""
         assert self._wake is not None
-        assert pool.fatal is not None
         loop = asyncio.get_running_loop()
         while True:
             wake_wait = loop.create_task(self._wake.wait())
@@ -290,30 +311,60 @@ class Gateway:
             self._wake.clear()
             if pool.fatal.done():
                 log.critical("%s; no worker is left, exiting", pool.fatal.result())
-                return EXIT_WORKERS_GONE
+                return EXIT_WORKERS_GONE, Stop.IMMEDIATE
             while self.pending_signals:
-                signum = self.pending_signals.popleft()
-                name = signal.Signals(signum).name
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    log.info("received %s: shutting down gracefully", name)
-                    return EXIT_OK
-                if signum == signal.SIGQUIT:
-                    log.info("received %s: stopping now", name)
-                    self.pending_signals.append(signum)
-                    return EXIT_OK
-                if signum == signal.SIGHUP:
-                    log.info("received %s: reloading the workers", name)
-                    notify("RELOADING=1")
-                    pool.reload()
-                    notify("READY=1")
-                elif signum == signal.SIGUSR1:
-                    log.info("received %s: reopening log files", name)
-                    if self.access_log is not None:
-                        self.access_log.reopen()
-                elif signum == signal.SIGTTIN:
-                    pool.add_worker()
-                elif signum == signal.SIGTTOU:
-                    pool.remove_worker()
+                stop = self.dispatch_signal(self.pending_signals.popleft())
+                if stop is not None:
+                    return EXIT_OK, stop
+
+    def dispatch_signal(self, signum: int) -> Stop | None:
+        """Run the handler named after ``signum``; what it returns says whether and how to stop."""
+        name = signal.Signals(signum).name
+        handler = getattr(self, f"handle_{name[3:].lower()}", None)
+        if handler is None:
+            log.warning("received %s, which the gateway does not handle", name)
+            return None
+        result: Stop | None = handler()
+        return result
+
+    def handle_term(self) -> Stop:
+        """SIGTERM, what systemd and most supervisors send: finish what is in flight, then exit."""
+        log.info("received SIGTERM: shutting down gracefully")
+        return Stop.GRACEFUL
+
+    def handle_int(self) -> Stop:
+        """SIGINT (Ctrl-C in a terminal): as SIGTERM."""
+        log.info("received SIGINT: shutting down gracefully")
+        return Stop.GRACEFUL
+
+    def handle_quit(self) -> Stop:
+        """SIGQUIT: exit without waiting for requests in flight."""
+        log.info("received SIGQUIT: stopping now")
+        return Stop.IMMEDIATE
+
+    def handle_hup(self) -> None:
+        """SIGHUP (and --reload): new workers import the app afresh and replace the running ones."""
+        log.info("received SIGHUP: reloading the workers")
+        if self.pool is not None:
+            notify("RELOADING=1")
+            self.pool.reload()
+            notify("READY=1")
+
+    def handle_usr1(self) -> None:
+        """SIGUSR1, sent by logrotate: reopen the access log under its path."""
+        log.info("received SIGUSR1: reopening log files")
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    def handle_ttin(self) -> None:
+        """SIGTTIN: one more worker."""
+        if self.pool is not None:
+            self.pool.add_worker()
+
+    def handle_ttou(self) -> None:
+        """SIGTTOU: one fewer worker (never below one)."""
+        if self.pool is not None:
+            self.pool.remove_worker()
 
     async def _watch_sources(self) -> None:
         """--reload: a changed Python file under the app's directory reloads the workers, as SIGHUP does."""
@@ -325,7 +376,7 @@ class Gateway:
             log.info("--reload: %s changed", ", ".join(sorted({os.path.relpath(path, root) for _, path in changes})))
             self._record_signal(signal.SIGHUP)
 
-    async def _shutdown(self, pool: WorkerPool, *, immediate: bool) -> None:
+    async def _shutdown(self, pool: Supervisor, *, immediate: bool) -> None:
         """Stop accepting, let in-flight requests finish, drain responses, then stop the workers."""
         loop = asyncio.get_running_loop()
         timeout = 0.0 if immediate else self.config.graceful_timeout
