@@ -55,7 +55,7 @@ from benchmarks.harness import (
     wrk_command,
     wrk_env,
 )
-from devstack.stack import free_port
+from devstack.ports import free_port
 
 DEFAULT_SERVERS = ("ours-fcgi-keep", "uwsgi")
 SESSION_SERVER = "ours-fcgi-keep"

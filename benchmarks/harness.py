@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import protocols
-from devstack.stack import GatewayProcess, StackError, find_nginx, free_port
+from devstack.nginx import find_nginx
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess, StackError
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"

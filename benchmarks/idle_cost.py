@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devstack.stack import free_port
+from devstack.ports import free_port
 from protocols.fastcgi import encode_begin
 
 MAX_CONNECTIONS = 20_000

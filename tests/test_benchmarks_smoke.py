@@ -20,7 +20,8 @@ import pytest
 
 from benchmarks import slowloris
 from benchmarks.harness import QUICK_SERVERS, BenchError, ensure_nginx, ensure_wrk
-from devstack.stack import GatewayProcess, free_port
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
 from tests.load import uwsgi_get
 
 ROOT = Path(__file__).resolve().parent.parent
