@@ -8,7 +8,7 @@ BUILT := $(VENV)/.built
 CODEC_SOURCES := $(filter-out %/__init__.py,$(wildcard protocols/*.py protocols/*/*.py))
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: run test lint build bench bench-slow system-deps bench-deps test-deps clean
+.PHONY: run test lint build bench bench-slow system-deps bench-deps test-deps peers clean
 
 # Installed uncompiled (GATEWAY_PURE_PYTHON=1); $(BUILT) then compiles the codecs in place with the venv's mypyc.
 $(STAMP): pyproject.toml
@@ -43,8 +43,13 @@ test-deps: bench-deps
 run: $(BUILT) system-deps
 	$(PY) -m devstack $(ARGS)
 
+# The peers the benchmark smoke tests run (PyPI, into benchmarks/.peers-venv): installed before the suite, so that
+# no test spends its timeout on pip. Already installed packages cost one `pip list`.
+peers: $(STAMP)
+	$(PY) -m benchmarks.peers
+
 # The whole suite on the compiled codecs, then the codec tests again on their interpreted sources.
-test: $(BUILT) test-deps lint
+test: $(BUILT) test-deps peers lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) -m pytest -q -p tests.pure_python tests/test_fastcgi_codec.py tests/test_uwsgi_codec.py tests/test_build.py
 

@@ -96,3 +96,29 @@ def ensure_peers(packages: Sequence[str], *, install: bool = True) -> Peers:
             else:
                 peers.failures[package] = "pip reported success but the package is not listed"
     return peers
+
+
+def smoke_packages() -> list[str]:
+    """What the smoke tests' ``--quick`` runs install: the peers of their servers, the curves' app-level session
+    client and matplotlib for the charts."""
+    # Imported here: both modules import this one.
+    from benchmarks.curves import APP_SESSION_PACKAGE, DEFAULT_SERVERS  # noqa: PLC0415
+    from benchmarks.harness import QUICK_SERVERS, select_servers  # noqa: PLC0415
+
+    specs = select_servers([*QUICK_SERVERS, *DEFAULT_SERVERS])
+    return [*sorted({spec.package for spec in specs if spec.package}), APP_SESSION_PACKAGE, CHARTS_PACKAGE]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.peers [PACKAGE...]``: fill the peers' virtualenv ahead of a run (without packages:
+    ``smoke_packages``, which ``make test`` installs so that no test waits for PyPI within its timeout)."""
+    packages = list(sys.argv[1:] if argv is None else argv) or smoke_packages()
+    peers = ensure_peers(packages)
+    for package, reason in sorted(peers.failures.items()):
+        log(f"{package}: {reason}")
+    log("peers: " + ", ".join(f"{name} {version}" for name, version in sorted(peers.versions.items())))
+    return 1 if peers.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

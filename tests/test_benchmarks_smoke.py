@@ -4,8 +4,9 @@ server with a positive req/s, counts that add up, a gateway that still answers w
 
 wrk and nginx are real dependencies of these tests, installed by ``make test`` (its test-deps). A missing one fails
 the tests in CI (``CI=true``); on a developer's machine without them they are skipped, with the command that
-installs them. The peers (gunicorn, matplotlib) come from PyPI into the benchmarks' own virtualenv on the first run;
-a row the benchmark could not measure fails its test with the reason the results give for it.
+installs them. The peers (gunicorn, uWSGI, pymemcache, matplotlib) come from PyPI into the benchmarks' own
+virtualenv: ``make test`` installs them first (``make peers``), because a first install takes longer than a quick
+run is given. A row the benchmark could not measure fails its test with the reason the results give for it.
 """
 
 from __future__ import annotations
