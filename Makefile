@@ -8,7 +8,7 @@ BUILT := $(VENV)/.built
 CODEC_SOURCES := $(filter-out %/__init__.py,$(wildcard protocols/*.py protocols/*/*.py))
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: run test lint build bench bench-slow system-deps test-deps clean
+.PHONY: run test lint build bench bench-slow system-deps bench-deps test-deps peers clean
 
 # Installed uncompiled (GATEWAY_PURE_PYTHON=1); $(BUILT) then compiles the codecs in place with the venv's mypyc.
 $(STAMP): pyproject.toml
@@ -32,15 +32,24 @@ build: $(BUILT)
 system-deps:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(APT_GET) update && { $(APT_GET) install nginx-light || $(APT_GET) install nginx; }; }
 
-test-deps: system-deps
-	@{ command -v memcached && command -v nutcracker; } >/dev/null || { $(APT_GET) update && $(APT_GET) install memcached nutcracker; }
+# wrk drives the benchmarks and their smoke tests; the curves' session rows use a private memcached.
+bench-deps: system-deps
+	@{ command -v wrk && command -v memcached; } >/dev/null || { $(APT_GET) update && $(APT_GET) install wrk memcached; }
+
+test-deps: bench-deps
+	@command -v nutcracker >/dev/null || { $(APT_GET) update && $(APT_GET) install nutcracker; }
 	@# Debian starts the packaged memcached as a service; ours run on their own ports, so the system one may stay.
 
 run: $(BUILT) system-deps
 	$(PY) -m devstack $(ARGS)
 
+# The peers the benchmark smoke tests run (PyPI, into benchmarks/.peers-venv): installed before the suite, so that
+# no test spends its timeout on pip. Already installed packages cost one `pip list`.
+peers: $(STAMP)
+	$(PY) -m benchmarks.peers
+
 # The whole suite on the compiled codecs, then the codec tests again on their interpreted sources.
-test: $(BUILT) test-deps lint
+test: $(BUILT) test-deps peers lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) -m pytest -q -p tests.pure_python tests/test_fastcgi_codec.py tests/test_uwsgi_codec.py tests/test_build.py
 
@@ -51,10 +60,10 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-bench: $(BUILT) system-deps
+bench: $(BUILT) bench-deps
 	$(PY) -m benchmarks $(ARGS)
 
-bench-slow: $(BUILT) system-deps
+bench-slow: $(BUILT) bench-deps
 	$(PY) -m benchmarks --slow $(ARGS)
 
 clean:

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import curves, slow, throughput
-from benchmarks.harness import BENCH_DIR, QUICK_SERVERS, SERVERS, WORK_DIR, BenchError, Options, log
+from benchmarks.core import BENCH_DIR, WORK_DIR, BenchError, log
+from benchmarks.harness import QUICK_SERVERS, SERVERS, Options
 
 MAX_CELL_SECONDS = 3600.0
 MAX_CONCURRENCY = 10000

@@ -17,45 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
-import os
-import shutil
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.harness import (
-    CHARTS_PACKAGE,
-    BenchError,
-    Options,
-    Peers,
-    ServerSpec,
-    Stack,
-    WrkResult,
-    draw_chart,
-    ensure_nginx,
-    ensure_peers,
-    ensure_wrk,
-    fmt,
-    fresh_scratch,
-    latency,
-    log,
-    machine_description,
-    parse_wrk,
-    rss_bytes,
-    run_wrk,
-    running_stack,
-    select_servers,
-    tree_pids,
-    write_section,
-    wrk_command,
-    wrk_env,
-)
-from devstack.stack import free_port
+from benchmarks.core import BenchError, log
+from benchmarks.harness import Options, ServerSpec, Stack, begin, running_stack, select_servers
+from benchmarks.peers import Peers
+from benchmarks.procstats import PeakRss, rss_bytes, tree_pids
+from benchmarks.report import fmt, latency, publish
+from benchmarks.wrk import WrkResult, parse_wrk, run_wrk, wrk_command, wrk_env
+from devstack.ports import free_port
+from devstack.processes import StackError
+from devstack.servers import Memcached
 
 DEFAULT_SERVERS = ("ours-fcgi-keep", "uwsgi")
 SESSION_SERVER = "ours-fcgi-keep"
@@ -77,32 +53,7 @@ def _size_label(size: int) -> str:
     return f"{size >> 30} GiB" if size >= 1 << 30 else f"{size >> 20} MiB"
 
 
-# -- memory sampling and the streaming client -------------------------------------------------------------------
-class _Peaks:
-    """Peak RSS of the root process alone and of its whole tree, sampled in a thread."""
-
-    def __init__(self, root: int, interval: float = 0.02) -> None:
-        self.root, self.interval = root, interval
-        self.master = self.tree = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while True:
-            self.master = max(self.master, rss_bytes([self.root]))
-            self.tree = max(self.tree, rss_bytes(tree_pids(self.root)))
-            if self._stop.wait(self.interval):
-                return
-
-    def __enter__(self) -> _Peaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
+# -- the streaming client -------------------------------------------------------------------------------------
 def upload(port: int, path: str, size: int) -> tuple[int, bytes]:
     """POST ``size`` zero bytes with a Content-Length, sent 1 MiB at a time from one buffer (the client stays flat)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TRANSFER_TIMEOUT)
@@ -194,7 +145,7 @@ def memory_curve(stack: Stack, sizes: Sequence[int]) -> list[Transfer]:
                 master_before = rss_bytes([root])
                 started = time.monotonic()
                 note = ""
-                with _Peaks(root) as peaks:
+                with PeakRss(root, interval=0.02) as peaks:
                     try:
                         if direction == "upload":
                             status, body = upload(stack.port, f"/s/{spec.name}/upload", size)
@@ -216,7 +167,7 @@ def memory_curve(stack: Stack, sizes: Sequence[int]) -> list[Transfer]:
                     baseline / MIB,
                     master_before / MIB,
                     peaks.master / MIB,
-                    peaks.tree / MIB,
+                    peaks.peak / MIB,
                     note,
                 )
                 transfers.append(transfer)
@@ -247,38 +198,16 @@ def workers_curve(
 
 @contextlib.contextmanager
 def private_memcached(scratch: Path) -> Iterator[str]:
-    """A memcached of our own on a free loopback port, UDP off, 64 MiB; yields its ``memcached://`` URL."""
-    binary = shutil.which("memcached")
-    if binary is None:
-        raise BenchError("memcached is not installed (apt-get install memcached)")
-    port = free_port()
-    command = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64"]
-    if os.geteuid() == 0:
-        command += ["-u", "root"]
-    log_path = scratch / "memcached.log"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)
+    """A memcached of our own on a free loopback port (devstack's: UDP off, 64 MiB); yields its ``memcached://``
+    URL."""
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if process.poll() is not None:
-                raise BenchError(f"memcached exited with {process.returncode}: {log_path.read_text()[-500:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise BenchError("memcached did not listen within 10 s") from None
-                time.sleep(0.05)
-        yield f"memcached://127.0.0.1:{port}"
+        server = Memcached(scratch, free_port()).start()
+    except StackError as err:
+        raise BenchError(str(err)) from None
+    try:
+        yield server.url
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 @dataclass
@@ -409,7 +338,7 @@ def _curve_table(points: list[Point], servers: list[str], xs: Sequence[int], x_n
     return lines
 
 
-def render(
+def report_body(
     options: Options,
     servers: list[str],
     counts: tuple[Sequence[int], Sequence[int], Sequence[int]],
@@ -418,19 +347,10 @@ def render(
     workers: list[Point],
     sessions: list[SessionRow],
     notes: list[str],
-    machine: list[str],
-    elapsed: float,
-    chart_note: str | None,
-    chart_path: str,
-) -> str:
+) -> list[str]:
+    """The section's tables, between the header and the chart that ``publish`` adds."""
     concurrency_counts, _, worker_counts = counts
     lines = [
-        "## Throughput: how cost grows",
-        "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M %Z')}, {elapsed / 60:.1f} min. Command: `{options.command}`",
-        "",
-        *machine,
-        "",
         f"Opt-in (`--curves`, not part of `make bench`). One measurement per point (no rounds: these show shapes), "
         f"wrk 1 thread, {options.duration:g} s per point, the same apps and nginx as above.",
         "",
@@ -502,14 +422,11 @@ def render(
     problems += [f"- session / {row.server} / {row.store}: {row.note}" for row in sessions if row.note]
     if problems:
         lines += ["### Not measured", "", *problems, ""]
-    lines += [chart_note or f"![cost curves]({chart_path})", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def run(options: Options) -> Path:
     """Measure the four curves and write the ``curves`` section of the results file; returns that file."""
-    wrk = ensure_wrk()
-    ensure_nginx()
     specs = select_servers(options.servers or list(DEFAULT_SERVERS))
     servers = [spec.name for spec in specs]
     quick = options.quick
@@ -518,14 +435,9 @@ def run(options: Options) -> Path:
         QUICK_BODY_SIZES if quick else BODY_SIZES,
         QUICK_WORKER_COUNTS if quick else WORKER_COUNTS,
     )
-    packages = sorted({spec.package for spec in specs if spec.package})
-    if packages:
-        packages.append(APP_SESSION_PACKAGE)  # the peers' app-level sessions
-    if options.charts:
-        packages.append(CHARTS_PACKAGE)
-    peers = ensure_peers(packages, install=options.install)
-    scratch = fresh_scratch(options.work_dir, "curves")
-    started = time.monotonic()
+    # The peers' app-level sessions need a memcached client in their virtualenv.
+    bench = begin(options, "curves", specs, [APP_SESSION_PACKAGE] if any(spec.package for spec in specs) else [])
+    wrk, peers, scratch = bench.wrk, bench.peers, bench.scratch
     notes: list[str] = []
     with running_stack(scratch / "main", specs, options.workers, peers, ours_args=OURS_ARGS, max_body="0") as stack:
         notes += [f"{name}: {why}" for name, why in stack.unavailable.items()]
@@ -535,10 +447,6 @@ def run(options: Options) -> Path:
     workers, unavailable = workers_curve(wrk, scratch, specs, peers, options, counts[2])
     notes += [f"workers curve, {name}: {why}" for name, why in unavailable.items()]
     sessions = session_rows(wrk, scratch, peers, specs, options)
-    output = options.output
-    data_path = output.parent / "data" / "curves.json"
-    chart_file = output.parent / "charts" / "curves.png"
-    data_path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "title": f"How cost grows (wrk {options.duration:g} s per point)",
         "servers": servers,
@@ -558,22 +466,5 @@ def run(options: Options) -> Path:
             for row in sessions
         ],
     }
-    data_path.write_text(json.dumps(data, indent=1))
-    chart_note = draw_chart(peers, "curves", data_path, chart_file) if options.charts else "_Charts disabled._"
-    text = render(
-        options,
-        servers,
-        counts,
-        concurrency,
-        transfers,
-        workers,
-        sessions,
-        notes,
-        machine_description(wrk, peers),
-        time.monotonic() - started,
-        chart_note,
-        str(chart_file.relative_to(output.parent)),
-    )
-    write_section(output, "curves", text)
-    log(f"wrote {output} (data {data_path})")
-    return output
+    body = report_body(options, servers, counts, concurrency, transfers, workers, sessions, notes)
+    return publish(bench, data, body, "cost curves")

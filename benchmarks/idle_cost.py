@@ -12,13 +12,12 @@ import argparse
 import os
 import resource
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from devstack.stack import free_port
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
 from protocols.fastcgi import encode_begin
 
 MAX_CONNECTIONS = 20_000
@@ -37,22 +36,13 @@ def measure(counts: list[int]) -> list[tuple[int, int, int]]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     port = free_port()
     root = Path(__file__).resolve().parent.parent
-    log = Path(tempfile.mkdtemp(prefix="idle-cost-")) / "gateway.log"
     env = {**os.environ, "PYTHONPATH": str(root)}
     args = ["--fcgi", f"127.0.0.1:{port}", "--workers", "1", "--header-timeout", "600", "--log-level", "error"]
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "gateway", *args], stderr=out, env=env)
+    gateway = GatewayProcess(Path(tempfile.mkdtemp(prefix="idle-cost-")), args, env=env).start()
+    process = gateway.process
+    assert process is not None
     results = []
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"the gateway did not start; see {log}") from None
-                time.sleep(0.1)
         for count in counts:
             time.sleep(1)
             base = _rss(process.pid)
@@ -67,8 +57,7 @@ def measure(counts: list[int]) -> list[tuple[int, int, int]]:
                 sock.close()
             print(f"{len(held)} connections: +{results[-1][1] / len(held) / 1024:.2f} KiB each", flush=True)
     finally:
-        process.terminate()
-        process.wait(30)
+        gateway.stop(timeout=30)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return results
 

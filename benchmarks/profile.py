@@ -23,21 +23,12 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.harness import (
-    WORK_DIR,
-    BenchError,
-    Peers,
-    ensure_nginx,
-    ensure_peers,
-    ensure_wrk,
-    fresh_scratch,
-    log,
-    machine_seconds,
-    run_wrk,
-    select_servers,
-    tree_pids,
-)
+from benchmarks.core import WORK_DIR, BenchError, log
+from benchmarks.harness import ensure_nginx, fresh_scratch, select_servers
+from benchmarks.peers import Peers, ensure_peers
+from benchmarks.procstats import machine_seconds, tree_pids
 from benchmarks.throughput import select_scenarios
+from benchmarks.wrk import ensure_wrk, run_wrk
 
 _CLOCK_TICKS = 100  # USER_HZ, as /proc/PID/stat counts
 

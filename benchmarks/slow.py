@@ -14,38 +14,25 @@ measured on a freshly started gateway so memory freed by an earlier measurement 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import slowloris
+from benchmarks.core import log
 from benchmarks.harness import (
-    CHARTS_PACKAGE,
-    BenchError,
     Options,
     ServerSpec,
     Stack,
-    WrkResult,
-    draw_chart,
-    ensure_nginx,
-    ensure_peers,
-    ensure_wrk,
-    fmt,
-    fresh_scratch,
-    latency,
-    log,
-    machine_description,
-    median,
-    parse_wrk,
-    rss_bytes,
+    begin,
     running_stack,
+    select_named,
     select_servers,
     server_notes,
-    write_section,
-    wrk_command,
-    wrk_env,
 )
+from benchmarks.procstats import rss_bytes
+from benchmarks.report import fmt, latency, median, publish
+from benchmarks.wrk import WrkResult, parse_wrk, wrk_command, wrk_env
 
 
 @dataclass(frozen=True)
@@ -119,12 +106,7 @@ class MemoryRow:
 
 
 def select_modes(names: list[str] | None) -> list[str]:
-    if not names:
-        return list(MODES)
-    unknown = sorted(set(names) - set(MODES))
-    if unknown:
-        raise BenchError(f"unknown slow mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}")
-    return [name for name in MODES if name in names]
+    return [mode.name for mode in select_named(MODES, names, "slow mode")]
 
 
 def counts_for(mode: str, counts: list[int]) -> list[int]:
@@ -270,26 +252,17 @@ def _share(value: float, base: float) -> str:
     return f"{value / base:.2f}" if base else "n/a"
 
 
-def render(
+def report_body(
     options: Options,
     specs: list[ServerSpec],
     modes: list[str],
     results: dict[tuple[str, str, int], SlowCell],
     memory: list[MemoryRow],
     unavailable: dict[str, str],
-    machine: list[str],
-    elapsed: float,
-    chart_note: str | None,
-    chart_path: str,
-) -> str:
+) -> list[str]:
+    """The section's tables, between the header and the chart that ``publish`` adds."""
     top = max(options.slow_counts)
     lines = [
-        "## Slow clients",
-        "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M %Z')}, {elapsed / 60:.1f} min. Command: `{options.command}`",
-        "",
-        *machine,
-        "",
         f"Fast clients: wrk, 1 thread, {options.concurrency} connections, {options.duration:g} s, `hello` through "
         "nginx's unbuffered location. Slow clients: `benchmarks.slowloris`, one byte (or one read of 16 bytes "
         f"from a 4 KiB receive buffer) every {options.slow_interval:g} s, reconnecting when closed; FastCGI and "
@@ -372,8 +345,7 @@ def render(
     lines += ["### Servers", "", *server_notes(specs, options.workers), ""]
     if unavailable:
         lines += ["### Not measured", "", *(f"- {name}: {why}" for name, why in unavailable.items()), ""]
-    lines += [chart_note or f"![slow-client chart]({chart_path})", ""]
-    return "\n".join(lines)
+    return lines
 
 
 async def _run_cells(stack: Stack, wrk: str, modes: list[str], options: Options) -> list[SlowCell]:
@@ -419,18 +391,12 @@ async def _run_cells(stack: Stack, wrk: str, modes: list[str], options: Options)
 
 def run(options: Options) -> Path:
     """Run the slow-client benchmark and write its section of the results file; returns that file."""
-    wrk = ensure_wrk()
-    ensure_nginx()
     specs = select_servers(options.servers)
     modes = select_modes(options.scenarios or (list(QUICK_MODES) if options.quick else None))
-    packages = sorted({spec.package for spec in specs if spec.package})
-    if options.charts:
-        packages.append(CHARTS_PACKAGE)
-    peers = ensure_peers(packages, install=options.install)
-    scratch = fresh_scratch(options.work_dir, "slow")
-    started = time.monotonic()
+    bench = begin(options, "slow", specs)
+    wrk = bench.wrk
     memory: list[MemoryRow] = []
-    with running_stack(scratch, specs, options.workers, peers) as stack:
+    with running_stack(bench.scratch, specs, options.workers, bench.peers) as stack:
         cells = asyncio.run(_run_cells(stack, wrk, modes, options))
         ours = next((spec for spec in stack.running() if spec.backend == "ours" and spec.protocol == "fcgi"), None)
         if ours is not None and options.memory_connections:
@@ -445,10 +411,6 @@ def run(options: Options) -> Path:
     for cell in cells:
         grouped.setdefault((cell.server, cell.mode, cell.count), []).append(cell)
     results = {key: _aggregate(value) for key, value in grouped.items()}
-    output = options.output
-    data_path = output.parent / "data" / "slow.json"
-    chart_file = output.parent / "charts" / "slow.png"
-    data_path.parent.mkdir(parents=True, exist_ok=True)
     top = max(options.slow_counts)
     chart_cells = []
     for (server, mode, count), cell in results.items():
@@ -470,20 +432,5 @@ def run(options: Options) -> Path:
         "memory": [{**vars(row), "per_connection": row.per_connection} for row in memory],
         "unavailable": unavailable,
     }
-    data_path.write_text(json.dumps(data, indent=1))
-    chart_note = draw_chart(peers, "slow", data_path, chart_file) if options.charts else "_Charts disabled._"
-    text = render(
-        options,
-        specs,
-        modes,
-        results,
-        memory,
-        unavailable,
-        machine_description(wrk, peers),
-        time.monotonic() - started,
-        chart_note,
-        str(chart_file.relative_to(output.parent)),
-    )
-    write_section(output, "slow", text)
-    log(f"wrote {output} (data {data_path})")
-    return output
+    body = report_body(options, specs, modes, results, memory, unavailable)
+    return publish(bench, data, body, "slow-client chart")

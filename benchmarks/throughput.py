@@ -9,38 +9,25 @@ the tree's RSS during the cell.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.core import log
 from benchmarks.harness import (
-    CHARTS_PACKAGE,
-    BenchError,
     Options,
-    PeakRss,
     ServerSpec,
     Stack,
-    WrkResult,
-    cpu_seconds,
-    draw_chart,
-    ensure_nginx,
-    ensure_peers,
-    ensure_wrk,
-    fmt,
-    fresh_scratch,
+    begin,
     http_get,
-    log,
-    machine_description,
-    median,
-    run_wrk,
     running_stack,
+    select_named,
     select_servers,
     server_notes,
-    write_section,
-    wrk_timeout,
 )
+from benchmarks.procstats import PeakRss, cpu_seconds
+from benchmarks.report import fmt, median, publish
+from benchmarks.wrk import WrkResult, run_wrk, wrk_timeout
 
 
 @dataclass(frozen=True)
@@ -92,12 +79,7 @@ class Row:
 
 
 def select_scenarios(names: Sequence[str] | None) -> list[Scenario]:
-    if not names:
-        return list(SCENARIOS)
-    unknown = sorted(set(names) - set(SCENARIO_NAMES))
-    if unknown:
-        raise BenchError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIO_NAMES)}")
-    return [scenario for scenario in SCENARIOS if scenario.name in names]
+    return select_named({scenario.name: scenario for scenario in SCENARIOS}, names, "scenario")
 
 
 def _check(stack: Stack, spec: ServerSpec, scenario: Scenario) -> str | None:
@@ -153,25 +135,16 @@ def _ratio(row: Row, reference: Row | None) -> str:
     return f"{row.rps / reference.rps:.2f}"
 
 
-def render(
+def report_body(
     options: Options,
     specs: list[ServerSpec],
     scenarios: list[Scenario],
     rows: dict[tuple[str, str], Row],
     skipped: dict[tuple[str, str], str],
     unavailable: dict[str, str],
-    machine: list[str],
-    elapsed: float,
-    chart_note: str | None,
-    chart_path: str,
-) -> str:
+) -> list[str]:
+    """The section's tables, between the header and the chart that ``publish`` adds."""
     lines = [
-        "## Throughput",
-        "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M %Z')}, {elapsed / 60:.1f} min. Command: `{options.command}`",
-        "",
-        *machine,
-        "",
         f"Every server runs `benchmarks/apps.py` with {options.workers} workers behind one private nginx "
         f"(`worker_processes 1`, default buffering). wrk: 1 thread, {options.concurrency} connections, "
         f"{options.duration:g} s per cell, {options.rounds} round(s), servers interleaved and rotated each round; "
@@ -216,25 +189,18 @@ def render(
     problems += [f"- {server} / {scenario}: {why}" for (server, scenario), why in skipped.items()]
     if problems:
         lines += ["### Not measured", "", *problems, ""]
-    lines += [chart_note or f"![throughput chart]({chart_path})", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def run(options: Options) -> Path:
     """Run the throughput benchmark and write its section of the results file; returns that file."""
-    wrk = ensure_wrk()
-    ensure_nginx()
     specs = select_servers(options.servers)
     scenarios = select_scenarios(options.scenarios)
-    packages = sorted({spec.package for spec in specs if spec.package})
-    if options.charts:
-        packages.append(CHARTS_PACKAGE)
-    peers = ensure_peers(packages, install=options.install)
-    scratch = fresh_scratch(options.work_dir, "throughput")
-    started = time.monotonic()
+    bench = begin(options, "throughput", specs)
+    wrk = bench.wrk
     cells: dict[tuple[str, str], list[Cell]] = {}
     skipped: dict[tuple[str, str], str] = {}
-    with running_stack(scratch, specs, options.workers, peers) as stack:
+    with running_stack(bench.scratch, specs, options.workers, bench.peers) as stack:
         running = stack.running()
         for spec in running:
             for scenario in scenarios:
@@ -272,10 +238,6 @@ def run(options: Options) -> Path:
             if backend.restarts:
                 unavailable.setdefault(f"{backend.name} (note)", f"died and was restarted {backend.restarts} time(s)")
     rows = {key: _aggregate(value) for key, value in cells.items()}
-    output = options.output
-    data_path = output.parent / "data" / "throughput.json"
-    chart_file = output.parent / "charts" / "throughput.png"
-    data_path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "title": f"Throughput, {options.workers} workers, wrk -c{options.concurrency} (median of {options.rounds})",
         "servers": [spec.name for spec in specs],
@@ -289,20 +251,5 @@ def run(options: Options) -> Path:
         "unavailable": unavailable,
         "skipped": {f"{server}/{scenario}": why for (server, scenario), why in skipped.items()},
     }
-    data_path.write_text(json.dumps(data, indent=1))
-    chart_note = draw_chart(peers, "throughput", data_path, chart_file) if options.charts else "_Charts disabled._"
-    text = render(
-        options,
-        specs,
-        scenarios,
-        rows,
-        skipped,
-        unavailable,
-        machine_description(wrk, peers),
-        time.monotonic() - started,
-        chart_note,
-        str(chart_file.relative_to(output.parent)),
-    )
-    write_section(output, "throughput", text)
-    log(f"wrote {output} (data {data_path})")
-    return output
+    body = report_body(options, specs, scenarios, rows, skipped, unavailable)
+    return publish(bench, data, body, "throughput chart")

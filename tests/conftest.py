@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 import protocols
+from devstack.nginx import Nginx
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
 from devstack.servers import Memcached
-from devstack.stack import GatewayProcess, Nginx, free_port
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import GatewayProcess, Nginx, free_port
+from devstack.nginx import Nginx
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
 from gateway.config.addresses import Address
 from gateway.config.cli import build_config, build_parser
 from gateway.config.errors import ConfigError

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import GatewayProcess, free_port
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
 from gateway.config.cli import build_config
 from protocols.uwsgi import encode_request
 from tests.load import children, load, uwsgi_get, wait_for

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import GatewayProcess, free_port
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
 from protocols.fastcgi import encode_abort, encode_request
 from tests.load import wait_for
 from tests.test_raw_sockets import FastCGIClient, _params, _split_response

@@ -24,8 +24,9 @@ from typing import Any
 import aiomcache
 import pytest
 
-from devstack.servers import Memcached, Nutcracker, _binary
-from devstack.stack import free_port
+from devstack.ports import free_port
+from devstack.processes import find_binary as _binary
+from devstack.servers import Memcached, Nutcracker
 from sessions import (
     MemcachedStore,
     MemoryStore,

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from devstack.nginx import Nginx
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
 from devstack.servers import Memcached, Nutcracker
-from devstack.stack import GatewayProcess, Nginx, free_port
 from protocols.fastcgi import encode_request as encode_fcgi_request
 from protocols.uwsgi import encode_request
 from tests.http import request

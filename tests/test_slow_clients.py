@@ -14,7 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from devstack.stack import GatewayProcess, free_port
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
 from protocols.fastcgi import ClientConnection, EndRequest, encode_request
 from protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.apps import pattern
