@@ -137,6 +137,15 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     if path == "/sleep":
         time.sleep(float(query["s"][0]))
         return _json(start_response, {"pid": os.getpid(), "id": query.get("id", [""])[0]})
+    if path == "/hold":
+        # Held until the test releases it (tests/waiting.py Gate): a busy worker for exactly as long as a test
+        # needs one, announced when it starts. Bounded, so a test that fails before releasing frees the worker.
+        with open(query["started"][0], "a") as started:
+            started.write(query.get("id", ["-"])[0] + "\n")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(query["release"][0]) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return _json(start_response, {"pid": os.getpid(), "id": query.get("id", [""])[0]})
     if path == "/record":
         # A side effect a test can look for: proof that the app ran (or never ran) this request.
         with open(query["file"][0], "a") as record:
