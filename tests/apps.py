@@ -129,7 +129,7 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         count = int(query.get("n", ["3"])[0])
         delay = float(query.get("delay", ["0.3"])[0])
         start_response("200 OK", [("Content-Type", "text/plain"), ("X-Accel-Buffering", "no")])
-        return _stream(count, delay)
+        return _stream(count, delay, query.get("release", [""])[0])
     if path == "/write":
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"written ")
@@ -168,10 +168,16 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     return [b"no such route\n"]
 
 
-def _stream(count: int, delay: float) -> Iterator[bytes]:
+def _stream(count: int, delay: float, release: str) -> Iterator[bytes]:
     for index in range(count):
         yield f"chunk {index} at {time.time():.3f}\n".encode()
-        time.sleep(delay)
+        if release and index == 0:
+            # The rest is produced only once the test has seen the first chunk and released the app (bounded).
+            deadline = time.monotonic() + 60
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        else:
+            time.sleep(delay)
 
 
 def _fail_after_first() -> Iterator[bytes]:
