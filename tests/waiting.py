@@ -2,7 +2,7 @@
 
 An end-to-end test that must wait for the gateway polls for the thing it waits for, with a deadline: ``wait_for``
 for any condition; a ``Gate`` for "the app is running this request now" and "let it finish now"; ``read_by_peer``
-for "the gateway has read what this socket sent".
+for "the gateway has read what this socket sent"; ``accept_queue`` and ``unread`` for what waits in the kernel.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from tests.load import wait_for
 
-__all__ = ["Gate", "read_by_peer", "wait_for"]
+__all__ = ["Gate", "accept_queue", "read_by_peer", "unread", "wait_for"]
 
 
 class Gate:
@@ -52,18 +52,40 @@ def read_by_peer(sock: socket.socket) -> Callable[[], bool]:
     True once the peer's receive queue in /proc/net/tcp is empty, which is when the gateway's loop has taken the
     bytes (and so fed its codec and dispatched a complete request) rather than when our kernel sent them.
     """
-    local_host, local_port = sock.getsockname()[:2]
-    peer_host, peer_port = sock.getpeername()[:2]
-    assert local_host == peer_host == "127.0.0.1", "for IPv4 loopback sockets"
-    wanted_local = f"0100007F:{peer_port:04X}"
-    wanted_remote = f"0100007F:{local_port:04X}"
+    wanted_local = _hex_endpoint(*sock.getpeername()[:2])
+    wanted_remote = _hex_endpoint(*sock.getsockname()[:2])
 
     def condition() -> bool:
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
+        for fields in _tcp_lines():
             if fields[1] == wanted_local and fields[2] == wanted_remote:
-                rx_queue = int(fields[4].split(":")[1], 16)
-                return rx_queue == 0
+                return int(fields[4].split(":")[1], 16) == 0
         return False  # not accepted yet
 
     return condition
+
+
+def _hex_endpoint(host: str, port: int) -> str:
+    assert host == "127.0.0.1", "for IPv4 loopback sockets"
+    return f"0100007F:{port:04X}"
+
+
+def _tcp_lines() -> list[list[str]]:
+    return [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+
+
+def accept_queue(port: int) -> int:
+    """Connections to the loopback listener on ``port`` that the kernel completed and nobody has accepted yet."""
+    for fields in _tcp_lines():
+        if fields[1] == _hex_endpoint("127.0.0.1", port) and fields[3] == "0A":  # LISTEN: rx_queue is the backlog
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def unread(sock: socket.socket) -> int:
+    """Bytes that have arrived on this loopback TCP socket and that it has not read yet."""
+    local = _hex_endpoint(*sock.getsockname()[:2])
+    remote = _hex_endpoint(*sock.getpeername()[:2])
+    for fields in _tcp_lines():
+        if fields[1] == local and fields[2] == remote:
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError("the socket is not in /proc/net/tcp")
