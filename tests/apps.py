@@ -138,13 +138,7 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         time.sleep(float(query["s"][0]))
         return _json(start_response, {"pid": os.getpid(), "id": query.get("id", [""])[0]})
     if path == "/hold":
-        # Held until the test releases it (tests/waiting.py Gate): a busy worker for exactly as long as a test
-        # needs one, announced when it starts. Bounded, so a test that fails before releasing frees the worker.
-        with open(query["started"][0], "a") as started:
-            started.write(query.get("id", ["-"])[0] + "\n")
-        deadline = time.monotonic() + 60
-        while not os.path.exists(query["release"][0]) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        _hold(query)
         return _json(start_response, {"pid": os.getpid(), "id": query.get("id", [""])[0]})
     if path == "/record":
         # A side effect a test can look for: proof that the app ran (or never ran) this request.
@@ -166,6 +160,16 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         return [b"never"]
     start_response("404 Not Found", [("Content-Type", "text/plain")])
     return [b"no such route\n"]
+
+
+def _hold(query: dict[str, list[str]]) -> None:
+    """Held until the test releases it (tests/waiting.py Gate): a busy worker for exactly as long as a test needs
+    one, announced when it starts. Bounded, so a test that fails before releasing still frees the worker."""
+    with open(query["started"][0], "a") as started:
+        started.write(query.get("id", ["-"])[0] + "\n")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(query["release"][0]) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _stream(count: int, delay: float, release: str) -> Iterator[bytes]:
@@ -203,9 +207,11 @@ def _session_route(
     session = environ["gateway.session"]
     if "sleep" in query:
         time.sleep(float(query["sleep"][0]))
+    if "started" in query:
+        _hold(query)
     if path == "/session/set":
         for key, values in query.items():
-            if key != "sleep":
+            if key not in ("sleep", "started", "release", "id"):
                 session[key] = values[0]
     elif path == "/session/append":
         session.setdefault("items", [])
