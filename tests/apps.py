@@ -129,13 +129,16 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         count = int(query.get("n", ["3"])[0])
         delay = float(query.get("delay", ["0.3"])[0])
         start_response("200 OK", [("Content-Type", "text/plain"), ("X-Accel-Buffering", "no")])
-        return _stream(count, delay)
+        return _stream(count, delay, query.get("release", [""])[0])
     if path == "/write":
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"written ")
         return [b"and returned"]
     if path == "/sleep":
         time.sleep(float(query["s"][0]))
+        return _json(start_response, {"pid": os.getpid(), "id": query.get("id", [""])[0]})
+    if path == "/hold":
+        _hold(query)
         return _json(start_response, {"pid": os.getpid(), "id": query.get("id", [""])[0]})
     if path == "/record":
         # A side effect a test can look for: proof that the app ran (or never ran) this request.
@@ -159,10 +162,26 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     return [b"no such route\n"]
 
 
-def _stream(count: int, delay: float) -> Iterator[bytes]:
+def _hold(query: dict[str, list[str]]) -> None:
+    """Held until the test releases it (tests/waiting.py Gate): a busy worker for exactly as long as a test needs
+    one, announced when it starts. Bounded, so a test that fails before releasing still frees the worker."""
+    with open(query["started"][0], "a") as started:
+        started.write(query.get("id", ["-"])[0] + "\n")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(query["release"][0]) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _stream(count: int, delay: float, release: str) -> Iterator[bytes]:
     for index in range(count):
         yield f"chunk {index} at {time.time():.3f}\n".encode()
-        time.sleep(delay)
+        if release and index == 0:
+            # The rest is produced only once the test has seen the first chunk and released the app (bounded).
+            deadline = time.monotonic() + 60
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        else:
+            time.sleep(delay)
 
 
 def _fail_after_first() -> Iterator[bytes]:
@@ -188,9 +207,11 @@ def _session_route(
     session = environ["gateway.session"]
     if "sleep" in query:
         time.sleep(float(query["sleep"][0]))
+    if "started" in query:
+        _hold(query)
     if path == "/session/set":
         for key, values in query.items():
-            if key != "sleep":
+            if key not in ("sleep", "started", "release", "id"):
                 session[key] = values[0]
     elif path == "/session/append":
         session.setdefault("items", [])

@@ -23,6 +23,7 @@ from gateway.config.errors import ConfigError
 from protocols.fastcgi import ClientConnection, EndRequest, Stdout, encode_request
 from protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.http import request
+from tests.waiting import Gate, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -271,12 +272,8 @@ def test_large_bodies_spool_to_files_that_are_removed(tmp_path: Path) -> None:
                     {"REQUEST_METHOD": "POST", "PATH_INFO": "/echo", "CONTENT_LENGTH": str(len(body))}, body
                 )[:200_000]
             )
-            time.sleep(0.3)
-            assert list(spool.glob("*/body-*")), "the partial body is spooled to a file"
-        deadline = time.monotonic() + 5
-        while list(spool.glob("*/body-*")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not list(spool.glob("*/body-*"))
+            wait_for(lambda: list(spool.glob("*/body-*")), 10, "the partial body spooled to a file")
+        wait_for(lambda: not list(spool.glob("*/body-*")), 10, "the partial body's file removed")
     finally:
         gateway.stop()
     assert not list(spool.iterdir()), "the spool directory is removed at exit"
@@ -321,11 +318,16 @@ def test_slow_readers_do_not_hold_workers(tmp_path: Path) -> None:
 def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
     port = free_port()
     gateway = _gateway(tmp_path, "--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "tests.apps:app").start()
+    gate = Gate(tmp_path)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(encode_uwsgi_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/sleep", "QUERY_STRING": "s=1"}))
-        time.sleep(0.3)
+        sock.sendall(
+            encode_uwsgi_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/hold", "QUERY_STRING": gate.query()})
+        )
+        gate.wait_started()
         assert gateway.process is not None
         gateway.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "received SIGTERM" in gateway.log_text(), 10, "the gateway to take the signal")
+        gate.release()  # the request, in flight when the signal came, finishes now
         reply = b""
         while chunk := sock.recv(4096):
             reply += chunk

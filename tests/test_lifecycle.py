@@ -22,7 +22,8 @@ from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from gateway.config.cli import build_config
 from protocols.uwsgi import encode_request
-from tests.load import children, load, uwsgi_get, wait_for
+from tests.load import children, load, uwsgi_get
+from tests.waiting import Gate, read_by_peer, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -63,7 +64,7 @@ def test_sigkilled_worker_fails_only_its_request_and_is_replaced(tmp_path: Path)
     gateway, port = _start(tmp_path, "--workers", "2")
     try:
         with load(port, "/hello", concurrency=3, seconds=3) as result:
-            time.sleep(0.5)
+            wait_for(lambda: result.statuses[200] >= 10, 10, "the load under way")
             status, _, _ = uwsgi_get(port, "/crash")
         assert status == 502
         assert result.total > 50
@@ -124,17 +125,19 @@ def test_queued_request_whose_client_left_never_reaches_a_worker(tmp_path: Path)
     access = tmp_path / "access.log"
     gateway, port = _start(tmp_path, "--workers", "1", "--access-log", str(access))
     try:
-        with load(port, "/sleep?s=1", concurrency=1, requests=1):
-            time.sleep(0.3)  # the only worker is busy
+        gate = Gate(tmp_path)
+        with load(port, gate.path(), concurrency=1, requests=1):
+            gate.wait_started()  # the only worker is busy
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.sendall(
                     encode_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/echo", "QUERY_STRING": "tag=dropped"})
                 )
-                time.sleep(0.2)  # queued; now the client goes away
+                wait_for(read_by_peer(sock), 5, "the gateway to read the request")  # queued
+            gate.release()  # the client has gone; now the worker is free
         assert uwsgi_get(port, "/hello")[2] == b"hello"
         wait_for(lambda: "/hello" in access.read_text(), 5, "the access log line of /hello")
         log = access.read_text()
-        assert "/sleep" in log
+        assert "/hold" in log
         assert "tag=dropped" not in log, "the abandoned request reached a worker"
     finally:
         gateway.stop()
@@ -145,15 +148,22 @@ def test_sighup_reload_under_load_fails_nothing_and_serves_new_code(tmp_path: Pa
     _versioned_app(app_dir, "1")
     gateway, port = _start(tmp_path, "--workers", "2", app="versioned:application", cwd=app_dir)
     try:
-        with load(port, "/", concurrency=4, seconds=31) as result:
-            for round_number in range(2, 8):
-                time.sleep(4)
+        with load(port, "/", concurrency=4, seconds=25) as result:
+            for round_number in range(2, 5):
+                previous = str(round_number - 1).encode()
+                # Each reload happens under load, once the one before it has completed: its code serves and the
+                # workers it replaced have left.
+                wait_for(
+                    lambda version=previous: result.bodies[version] >= 20 and len(children(_pid(gateway))) == 2,
+                    20,
+                    f"version {previous!r} alone serving the load",
+                )
                 _versioned_app(app_dir, str(round_number))
                 os.kill(_pid(gateway), signal.SIGHUP)
+            wait_for(lambda: result.bodies[b"4"] >= 20, 20, "the last reloaded code serving the load")
         assert result.failures == 0, (result.statuses, result.errors[:3])
-        assert result.total > 1000
-        wait_for(lambda: uwsgi_get(port, "/")[2] == b"7", 10, "the last reloaded code to serve")
-        assert gateway.log_text().count("received SIGHUP: reloading") == 6
+        assert set(result.bodies) == {str(version).encode() for version in range(1, 5)}
+        assert gateway.log_text().count("received SIGHUP: reloading") == 3
         wait_for(lambda: len(children(_pid(gateway))) == 2, 10, "old workers gone after the reloads")
     finally:
         gateway.stop()
@@ -179,16 +189,22 @@ def test_reload_with_code_that_cannot_be_imported_keeps_the_old_workers(tmp_path
 def test_full_queue_answers_503_at_once(tmp_path: Path) -> None:
     gateway, port = _start(tmp_path, "--workers", "1", "--queue-size", "1")
     try:
-        with load(port, "/sleep?s=2", concurrency=1, requests=1):
-            time.sleep(0.3)  # the only worker is busy
-            with load(port, "/hello", concurrency=1, requests=1) as queued:
-                time.sleep(0.3)  # one request waits in the queue
-                started = time.monotonic()
-                status, headers, _ = uwsgi_get(port, "/hello")
-                assert time.monotonic() - started < 0.5
+        gate = Gate(tmp_path)
+        with load(port, gate.path(), concurrency=1, requests=1) as holder:
+            gate.wait_started()  # the only worker is busy
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as queued:
+                queued.sendall(encode_request({"REQUEST_METHOD": "GET", "PATH_INFO": "/hello"}))
+                wait_for(read_by_peer(queued), 5, "the gateway to read the request")  # it waits in the queue
+                # Answered while the worker is still held: refused by the full queue, not served late.
+                status, headers, _ = uwsgi_get(port, "/hello", timeout=10)
+                gate.release()
+                reply = b""
+                while chunk := queued.recv(4096):
+                    reply += chunk
         assert status == 503
         assert headers.get("Retry-After") == "1"
-        assert queued.statuses[200] == 1
+        assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"hello")
+        assert holder.statuses[200] == 1
         assert "(--queue-size): answered 503" in gateway.log_text()
     finally:
         gateway.stop()
@@ -197,13 +213,16 @@ def test_full_queue_answers_503_at_once(tmp_path: Path) -> None:
 def test_queue_timeout_answers_503(tmp_path: Path) -> None:
     gateway, port = _start(tmp_path, "--workers", "1", "--queue-timeout", "0.5")
     try:
-        with load(port, "/sleep?s=3", concurrency=1, requests=1):
-            time.sleep(0.3)
+        gate = Gate(tmp_path)
+        with load(port, gate.path(), concurrency=1, requests=1):
+            gate.wait_started()
             started = time.monotonic()
-            status, _, _ = uwsgi_get(port, "/hello")
+            # Answered while the only worker is still held: only the queue timeout can have answered it.
+            status, _, _ = uwsgi_get(port, "/hello", timeout=10)
             waited = time.monotonic() - started
+            gate.release()
         assert status == 503
-        assert 0.4 < waited < 1.5
+        assert waited >= 0.5, "not before --queue-timeout"
         assert "(--queue-timeout 0.5 s): answered 503" in gateway.log_text()
     finally:
         gateway.stop()
@@ -240,7 +259,7 @@ def test_reload_option_picks_up_an_edited_file(tmp_path: Path) -> None:
     gateway, port = _start(tmp_path, "--workers", "1", "--reload", app="versioned:application", cwd=app_dir)
     try:
         assert uwsgi_get(port, "/")[2] == b"1"
-        time.sleep(0.5)  # the watcher is set up after the ready line
+        wait_for(lambda: "--reload: watching Python files" in gateway.log_text(), 10, "the watcher set up")
         _versioned_app(app_dir, "2")
         wait_for(lambda: uwsgi_get(port, "/")[2] == b"2", 15, "the edited code to serve")
         assert "--reload: versioned.py changed" in gateway.log_text()
@@ -250,8 +269,9 @@ def test_reload_option_picks_up_an_edited_file(tmp_path: Path) -> None:
 
 def test_sigquit_stops_at_once(tmp_path: Path) -> None:
     gateway, port = _start(tmp_path, "--workers", "1", "--graceful-timeout", "30")
-    with load(port, "/sleep?s=20", concurrency=1, requests=1) as result:
-        time.sleep(0.3)
+    gate = Gate(tmp_path)
+    with load(port, gate.path(), concurrency=1, requests=1) as result:
+        gate.wait_started()
         started = time.monotonic()
         os.kill(_pid(gateway), signal.SIGQUIT)
         assert gateway.process is not None

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import socket
-import time
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
 
+from protocols.fastcgi import encode_begin
+from protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.apps import pattern
 from tests.conftest import Stack
 from tests.http import request
@@ -87,25 +89,22 @@ def test_redirect(stack: Stack, front: str) -> None:
     assert reply.header("Location") == "/fcgi/hello"
 
 
-def test_streaming_response_arrives_as_produced(stack: Stack, front: str) -> None:
-    """The first chunk reaches the client while the app is still sleeping before the next ones."""
-    host, port = "127.0.0.1", stack.nginx.port
-    connection = http.client.HTTPConnection(host, port, timeout=10)
+def test_streaming_response_arrives_as_produced(stack: Stack, front: str, tmp_path: Path) -> None:
+    """The first chunk reaches the client while the app holds back the next ones until the client has it."""
+    release = tmp_path / "release"
+    connection = http.client.HTTPConnection("127.0.0.1", stack.nginx.port, timeout=10)
     try:
         # nginx buffers upstream responses unless told otherwise; X-Accel-Buffering is the app's standard switch
         # and works the same for FastCGI and uwsgi, so request a stream the app marks unbuffered.
-        connection.request("GET", f"/{front}/stream?n=4&delay=0.5")
-        started = time.monotonic()
+        connection.request("GET", f"/{front}/stream?{urlencode({'n': 4, 'delay': 0, 'release': release})}")
         response = connection.getresponse()
-        first = response.readline()
-        first_at = time.monotonic() - started
+        first = response.readline()  # a buffered response would time out here: the app waits for the release
+        release.touch()
         rest = response.read()
-        total = time.monotonic() - started
     finally:
         connection.close()
     assert first.startswith(b"chunk 0")
-    assert rest.count(b"chunk") >= 3 or b"chunk 3" in rest
-    assert first_at < total - 1.0, (first_at, total)
+    assert [line.split()[:2] for line in rest.splitlines()] == [[b"chunk", str(i).encode()] for i in (1, 2, 3)]
 
 
 def test_write_callable(stack: Stack, front: str) -> None:
@@ -156,6 +155,23 @@ def test_demo_page_is_not_served_when_an_app_is_given(stack: Stack) -> None:
     assert b"It works" not in request(stack.url, "GET", "/").body
 
 
-def test_idle_connection_does_not_block_requests(stack: Stack) -> None:
-    with socket.create_connection(("127.0.0.1", stack.fcgi_port)):
-        assert request(stack.url, "GET", "/fcgi/hello").status == 200
+def test_idle_connections_do_not_block_requests(stack: Stack) -> None:
+    """Many more idle connections than the gateway has workers (2) and loops (1), on both fronts, some with half a
+    request: every front still serves, and the idle connections are still open afterwards (so they were held)."""
+    idle: list[socket.socket] = []
+    try:
+        for index in range(100):
+            sock = socket.create_connection(("127.0.0.1", (stack.fcgi_port, stack.uwsgi_port)[index % 2]), timeout=10)
+            if index % 4 >= 2:  # half a request: the codec waits for the rest
+                sock.sendall(encode_begin(1) if index % 2 == 0 else encode_uwsgi_request({"PATH_INFO": "/hello"})[:6])
+            idle.append(sock)
+        for _ in range(3):
+            for front in FRONTS:
+                assert request(stack.url, "GET", f"/{front}/hello", timeout=10).body == b"hello"
+        for sock in idle:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # neither data nor a close: still open, still waiting
+    finally:
+        for sock in idle:
+            sock.close()

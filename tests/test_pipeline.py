@@ -9,7 +9,6 @@ served by its replacement.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import pytest
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from protocols.fastcgi import encode_abort, encode_request
-from tests.load import wait_for
 from tests.test_raw_sockets import FastCGIClient, _params, _split_response
+from tests.waiting import Gate, read_by_peer, wait_for
 
 ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
@@ -60,17 +59,22 @@ def test_a_request_whose_client_left_while_it_waited_in_the_worker_never_runs(
 ) -> None:
     server, port = gateway
     record = tmp_path / "ran.txt"
+    first, second = Gate(tmp_path, "first"), Gate(tmp_path, "second")
     client = FastCGIClient(port)
     try:
-        client.send(encode_request(1, _params("/sleep", "s=0.5&id=1"), keep_conn=True))
-        time.sleep(0.2)  # request 1 runs
+        client.send(encode_request(1, _params("/hold", first.query("1")), keep_conn=True))
+        first.wait_started()  # request 1 runs
         # Request 2 waits in the queue; when 1 ends, the worker takes 2 and gets 3 and 4 ahead of time.
-        client.send(encode_request(2, _params("/sleep", "s=1&id=2"), keep_conn=True))
+        client.send(encode_request(2, _params("/hold", second.query("2")), keep_conn=True))
         for i in (3, 4):
             client.send(encode_request(i, _params("/record", f"file={record}&id={i}"), keep_conn=True))
+        wait_for(read_by_peer(client.sock), 5, "the gateway to read requests 2 to 4")
+        first.release()
         client.wait_ended({1})
-        time.sleep(0.3)  # request 2 runs; 3 and 4 wait inside the worker
+        second.wait_started()  # request 2 runs; 3 and 4 wait inside the worker
         client.send(encode_abort(3))
+        wait_for(read_by_peer(client.sock), 5, "the gateway to read the abort")
+        second.release()
         client.wait_ended({2, 3, 4})
         assert _body(client, 4)[1]["id"] == "4"
         assert record.read_text().split() == ["4"], "the aborted request 3 must never reach the app"
@@ -80,15 +84,20 @@ def test_a_request_whose_client_left_while_it_waited_in_the_worker_never_runs(
         client.close()
 
 
-def test_requests_a_dead_worker_held_are_served_by_its_replacement(gateway: tuple[GatewayProcess, int]) -> None:
+def test_requests_a_dead_worker_held_are_served_by_its_replacement(
+    gateway: tuple[GatewayProcess, int], tmp_path: Path
+) -> None:
     server, port = gateway
+    gate = Gate(tmp_path)
     client = FastCGIClient(port)
     try:
-        client.send(encode_request(1, _params("/sleep", "s=0.5&id=1"), keep_conn=True))
-        time.sleep(0.2)
+        client.send(encode_request(1, _params("/hold", gate.query("1")), keep_conn=True))
+        gate.wait_started()
         client.send(encode_request(2, _params("/crash"), keep_conn=True))
         for i in (3, 4):
             client.send(encode_request(i, _params("/sleep", f"s=0&id={i}"), keep_conn=True))
+        wait_for(read_by_peer(client.sock), 5, "the gateway to read requests 2 to 4")
+        gate.release()  # the worker ends 1, takes 2 with 3 and 4 ahead of time, and dies in 2
         client.wait_ended({1, 2, 3, 4})
         assert _split_response(bytes(client.stdout[2]))[0].startswith("Status: 502")
         for i in (3, 4):

@@ -12,6 +12,7 @@ import random
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,7 @@ from protocols.fastcgi import (
 from protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.conftest import Stack
 from tests.http import request
+from tests.waiting import Gate
 
 
 def _params(path: str, query: str = "", method: str = "GET", body: bytes = b"") -> dict[str, str]:
@@ -143,13 +145,16 @@ def test_get_values(stack: Stack) -> None:
         client.close()
 
 
-def test_abort_request_still_gets_end_request(stack: Stack) -> None:
+def test_abort_request_still_gets_end_request(stack: Stack, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
     client = FastCGIClient(stack.fcgi_port)
     try:
-        client.send(encode_request(1, _params("/sleep", "s=1"), keep_conn=True))
-        time.sleep(0.2)
+        client.send(encode_request(1, _params("/hold", gate.query()), keep_conn=True))
+        gate.wait_started()  # aborted while it runs
         client.send(encode_abort(1))
         client.wait_ended({1}, timeout=5)
+        assert not client.stdout.get(1), "an aborted request gets END_REQUEST and no output"
+        gate.release()
         # The connection stays usable for the next request.
         client.send(encode_request(2, _params("/hello"), keep_conn=True))
         client.wait_ended({2})
@@ -160,11 +165,29 @@ def test_abort_request_still_gets_end_request(stack: Stack) -> None:
 
 def test_connection_closed_without_keep_conn(stack: Stack) -> None:
     client = FastCGIClient(stack.fcgi_port)
+    client.sock.settimeout(10)
     try:
         client.send(encode_request(1, _params("/hello"), keep_conn=False))
         client.wait_ended({1})
-        while not client.eof:
-            client.pump()
+        assert _split_response(bytes(client.stdout[1]))[1] == b"hello"
+        assert client.ended[1].app_status == 0
+        try:
+            while not client.eof:
+                client.pump()
+        except TimeoutError:
+            pytest.fail("the connection was left open after a request without FCGI_KEEP_CONN")
+    finally:
+        client.close()
+
+
+def test_connection_kept_with_keep_conn(stack: Stack) -> None:
+    client = FastCGIClient(stack.fcgi_port)
+    try:
+        for request_id in (1, 2, 3):  # one after another on the same connection
+            client.send(encode_request(request_id, _params("/hello"), keep_conn=True))
+            client.wait_ended({request_id})
+            assert _split_response(bytes(client.stdout[request_id]))[1] == b"hello"
+        assert not client.eof
     finally:
         client.close()
 
@@ -188,15 +211,18 @@ def test_failure_after_head_is_signalled_on_the_wire(stack: Stack) -> None:
         assert received.startswith(b"HTTP/1.1 200 OK")
 
 
-def test_failure_after_head_ends_only_that_multiplexed_request(stack: Stack) -> None:
+def test_failure_after_head_ends_only_that_multiplexed_request(stack: Stack, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
     client = FastCGIClient(stack.fcgi_port)
     try:
-        # Request 1 is still running (or waiting for a worker) when request 2 fails.
-        client.send(encode_request(1, _params("/sleep", "s=3"), keep_conn=True))
+        # Request 1 is held by the app (one of the two workers) while request 2 fails on the other.
+        client.send(encode_request(1, _params("/hold", gate.query()), keep_conn=True))
+        gate.wait_started()
         client.send(encode_request(2, _params("/error-after"), keep_conn=True))
         client.wait_ended({2})
         assert 1 not in client.ended
         assert client.ended[2].app_status != 0
+        gate.release()
         client.wait_ended({1})
         assert client.ended[1].app_status == 0
         assert _split_response(bytes(client.stdout[1]))[0].startswith("Status: 200")

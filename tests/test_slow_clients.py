@@ -1,7 +1,8 @@
 """Slow, idle and hostile clients: each protection fires and logs, and none of them ever holds a worker.
 
-Short timeouts make the protections fire within seconds; one worker makes "a worker was held" visible as a
-stalled fast request.
+Short timeouts make the protections fire within seconds; one worker makes "a worker was held" visible as a fast
+request that is not served. When each limit fires, and which, is decided in-process on a fake clock
+(tests/test_front_fastcgi.py, tests/test_front_uwsgi.py); here real sockets show the limits are wired up.
 """
 
 from __future__ import annotations
@@ -9,17 +10,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import resource
 import socket
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from protocols.fastcgi import ClientConnection, EndRequest, encode_request
 from protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.apps import pattern
-from tests.load import uwsgi_get, wait_for
+from tests.load import uwsgi_get
+from tests.waiting import accept_queue, unread, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -54,11 +59,10 @@ def _closed_by_server(sock: socket.socket, within: float) -> bool:
         return False
 
 
-def _fast_request_time(port: int) -> float:
-    started = time.monotonic()
+def _fast_request(port: int) -> None:
+    """With one worker, an answer at all shows no slow client holds it (uwsgi_get gives up after 10 s)."""
     status, _, body = uwsgi_get(port, "/hello", timeout=10)
     assert (status, body) == (200, b"hello")
-    return time.monotonic() - started
 
 
 def test_header_timeout_closes_a_connection_that_never_finishes_its_vars(tmp_path: Path) -> None:
@@ -66,8 +70,7 @@ def test_header_timeout_closes_a_connection_that_never_finishes_its_vars(tmp_pat
     try:
         with socket.create_connection(("127.0.0.1", uwsgi_port)) as sock:
             sock.sendall(encode_uwsgi_request(PARAMS)[:6])
-            assert not _closed_by_server(sock, 0.5)
-            assert _closed_by_server(sock, 3)
+            assert _closed_by_server(sock, 5)
         assert "(--header-timeout); connection closed" in gateway.log_text()
         # A connection that sends nothing at all is held to the same deadline.
         with socket.create_connection(("127.0.0.1", uwsgi_port)) as sock:
@@ -86,18 +89,17 @@ def test_body_timeout_and_read_timeout(tmp_path: Path) -> None:
         # Trickling a byte every half second never trips the inactivity limit, but the whole-request one.
         with socket.create_connection(("127.0.0.1", uwsgi_port)) as sock:
             sock.sendall(encode_uwsgi_request({**PARAMS, "CONTENT_LENGTH": "100"}))
-            started = time.monotonic()
+            deadline = time.monotonic() + 10
             closed = False
-            while time.monotonic() - started < 6 and not closed:
+            while not closed:
+                assert time.monotonic() < deadline, "the trickled request was never cut off"
                 try:
                     sock.sendall(b"x")
                 except OSError:
-                    closed = True
                     break
-                closed = _closed_by_server(sock, 0.5)
-            assert closed
-            assert 2.5 < time.monotonic() - started < 5.5
-        assert "(--read-timeout)" in gateway.log_text()
+                closed = _closed_by_server(sock, 0.5)  # the client's pace, and a look for the close
+        wait_for(lambda: "(--read-timeout)" in gateway.log_text(), 5, "the read-timeout log line")
+        assert gateway.log_text().count("no body data for") == 1, "the trickle never broke --body-timeout"
     finally:
         gateway.stop()
 
@@ -111,8 +113,7 @@ def test_idle_keepalive_connection_is_closed(tmp_path: Path) -> None:
             ended = False
             while not ended:
                 ended = any(isinstance(event, EndRequest) for event in client.receive_data(sock.recv(65536)))
-            assert not _closed_by_server(sock, 0.3), "kept open after the response (FCGI_KEEP_CONN)"
-            assert _closed_by_server(sock, 3)
+            assert _closed_by_server(sock, 5)
         assert "(--keepalive-timeout); closed" in gateway.log_text()
     finally:
         gateway.stop()
@@ -123,9 +124,10 @@ def test_max_connections_stops_accepting_and_resumes(tmp_path: Path) -> None:
     idle = [socket.create_connection(("127.0.0.1", uwsgi_port)) for _ in range(3)]
     try:
         wait_for(lambda: "(--max-connections): not accepting" in gateway.log_text(), 5, "the pause")
-        waiting = socket.create_connection(("127.0.0.1", uwsgi_port), timeout=5)  # held in the listen backlog
+        waiting = socket.create_connection(("127.0.0.1", uwsgi_port), timeout=5)
         waiting.sendall(encode_uwsgi_request({**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/hello"}))
-        assert not _closed_by_server(waiting, 0.7), "not served while the gateway is at its connection cap"
+        assert accept_queue(uwsgi_port) == 1, "not accepted while the gateway is at its connection cap"
+        assert unread(waiting) == 0
         idle.pop().close()
         waiting.settimeout(5)
         reply = b""
@@ -156,13 +158,16 @@ def test_trickled_body_never_occupies_the_worker(tmp_path: Path) -> None:
     gateway, uwsgi_port, _ = _start(tmp_path, "--workers", "1")
     body = b"slow body arriving one byte at a time!!!"
     result: dict[str, bytes] = {}
+    begun, sent = threading.Event(), threading.Event()
 
     def trickle() -> None:
         with socket.create_connection(("127.0.0.1", uwsgi_port), timeout=30) as sock:
             sock.sendall(encode_uwsgi_request({**PARAMS, "CONTENT_LENGTH": str(len(body))}))
+            begun.set()
             for byte in body:
                 sock.sendall(bytes([byte]))
-                time.sleep(0.1)
+                time.sleep(0.1)  # the slow client's pace
+            sent.set()
             chunks = []
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
@@ -171,13 +176,13 @@ def test_trickled_body_never_occupies_the_worker(tmp_path: Path) -> None:
     thread = threading.Thread(target=trickle)
     thread.start()
     try:
-        time.sleep(0.3)
-        timings: list[float] = []
-        while thread.is_alive() and len(timings) < 20:
-            timings.append(_fast_request_time(uwsgi_port))
+        assert begun.wait(10)
+        served_meanwhile = 0
+        while not sent.is_set() and served_meanwhile < 10:
+            _fast_request(uwsgi_port)
+            served_meanwhile += not sent.is_set()
         thread.join(30)
-        assert len(timings) >= 10
-        assert max(timings) < 0.5, timings
+        assert served_meanwhile == 10, "fast requests are served while the body is still arriving"
         assert hashlib.sha256(body).hexdigest().encode() in result["reply"]
     finally:
         gateway.stop()
@@ -193,9 +198,8 @@ def test_slow_reader_of_50_mb_does_not_hold_the_worker_and_gets_every_byte(tmp_p
                 {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/download", "QUERY_STRING": f"size={size}"}
             )
         )
-        received = bytearray(reader.recv(100))  # the response has started; now read nothing for a while
-        time.sleep(0.5)
-        assert _fast_request_time(uwsgi_port) < 1.0
+        received = bytearray(reader.recv(100))  # the response has started; now read nothing until the end
+        _fast_request(uwsgi_port)
         expected = hashlib.sha256()
         for piece in pattern(size):
             expected.update(piece)
@@ -226,7 +230,7 @@ def test_whole_uwsgi_response_reaches_a_late_reader_and_then_the_connection_clos
                         {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/download", "QUERY_STRING": query}
                     )
                 )
-                time.sleep(0.3)
+                wait_for(lambda: unread(reader) > 0, 10, "the response arriving before the reader reads")
                 received = bytearray()
                 while chunk := reader.recv(1024):
                     received += chunk
@@ -281,6 +285,44 @@ def test_disconnects_remove_temporary_files(tmp_path: Path) -> None:
         wait_for(lambda: _deleted_files(gateway.process.pid) > 0, 10, "a response spool file")
         sock.close()
         wait_for(lambda: _deleted_files(gateway.process.pid) == 0, 10, "the spool file closed")
-        assert _fast_request_time(uwsgi_port) < 1.0
+        _fast_request(uwsgi_port)
     finally:
+        gateway.stop()
+
+
+def test_thousands_of_idle_connections_leave_the_worker_serving(tmp_path: Path) -> None:
+    """3000 connections that send nothing or half a request, held open at once against one worker: requests on
+    both fronts are served meanwhile, and every idle connection is still open (so all of them were held)."""
+    count = 3000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1000), hard))
+    gateway, uwsgi_port, fcgi_port = _start(tmp_path, "--workers", "1", "--header-timeout", "120")
+    assert gateway.process is not None
+    idle: list[socket.socket] = []
+    try:
+        half_fastcgi = encode_request(1, PARAMS)[:20]
+        half_uwsgi = encode_uwsgi_request(PARAMS)[:10]
+        for index in range(count):
+            port = (uwsgi_port, fcgi_port)[index % 2]
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if index % 3 == 0:
+                sock.sendall(half_uwsgi if port == uwsgi_port else half_fastcgi)
+            idle.append(sock)
+        pid = gateway.process.pid
+        wait_for(lambda: len(os.listdir(f"/proc/{pid}/fd")) > count, 30, f"the gateway holding {count} connections")
+        for _ in range(5):
+            _fast_request(uwsgi_port)
+        with socket.create_connection(("127.0.0.1", fcgi_port), timeout=10) as sock:
+            sock.sendall(encode_request(1, {**PARAMS, "REQUEST_METHOD": "GET", "PATH_INFO": "/hello"}))
+            client, ended = ClientConnection(), False
+            while not ended:
+                ended = any(isinstance(event, EndRequest) for event in client.receive_data(sock.recv(65536)))
+        for sock in idle:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # neither data nor a close: still held
+    finally:
+        for sock in idle:
+            sock.close()
         gateway.stop()
