@@ -59,15 +59,23 @@ def free_port() -> int:
 def _listening_inodes(port: int) -> set[str]:
     """The socket inodes listening on TCP ``port`` (any address, IPv4 or IPv6), from /proc/net."""
     inodes = set()
+    hex_port = f"{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            lines = Path(table).read_text().splitlines()[1:]
+            lines = open(table)  # noqa: SIM115 - closed below; iterated lazily on purpose
         except OSError:  # no IPv6 in this kernel
             continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == _LISTEN and fields[1].rsplit(":", 1)[1] == f"{port:04X}":
-                inodes.add(fields[9])
+        # The kernel lists the listening sockets first, then every other one. Stop at the first that is not
+        # listening: reading the whole table walks the connection hash once per page of output, which takes
+        # seconds while a load test leaves thousands of connections in TIME_WAIT.
+        with lines:
+            next(lines, None)  # the header
+            for line in lines:
+                fields = line.split()
+                if fields[3] != _LISTEN:
+                    break
+                if fields[1].rsplit(":", 1)[1] == hex_port:
+                    inodes.add(fields[9])
     return inodes
 
 

@@ -10,12 +10,11 @@ import configparser
 import os
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 from protocols.fastcgi import EndRequest, Stdout
 from protocols.fastcgi.client import ClientConnection, encode_request
+from tests.activation import start_activated
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -60,22 +59,8 @@ def test_socket_unit_is_served_as_its_name_says(tmp_path: Path) -> None:
     listener.bind(path)
     os.chmod(path, mode)
     listener.listen(16)
-    # What systemd does between fork and exec: the socket at fd 3, LISTEN_PID naming the process that execs.
-    launcher = (
-        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
-        "os.execv(sys.executable, [sys.executable, '-m', 'gateway', '--workers', '1', 'tests.apps:app'])"
-    )
-    env = {**ENV, "LISTEN_FDS": "1", "LISTEN_FDNAMES": name}
     log_path = tmp_path / "gateway.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", launcher, str(listener.fileno())],
-            pass_fds=(listener.fileno(),),
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-    listener.close()
+    process = start_activated(listener, name, ["--workers", "1", "tests.apps:app"], ENV, log_path)
     try:
         # The kernel queues the connection on the inherited socket until the gateway serves it.
         stdout, app_status = _fastcgi_get(path, "/hello")

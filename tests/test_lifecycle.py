@@ -22,6 +22,7 @@ from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from gateway.config.cli import build_config
 from protocols.uwsgi import encode_request
+from tests.activation import start_activated
 from tests.load import children, load, uwsgi_get
 from tests.waiting import Gate, read_by_peer, wait_for
 
@@ -386,20 +387,10 @@ def test_socket_activation_and_sd_notify(tmp_path: Path) -> None:
     notifications = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notifications.bind(notify_path)
     notifications.settimeout(20)
-    launcher = (
-        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
-        "os.execv(sys.executable, [sys.executable, '-m', 'gateway', '--workers', '1', 'tests.apps:app'])"
-    )
-    env = {**ENV, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "uwsgi", "NOTIFY_SOCKET": notify_path}
-    log = (tmp_path / "gateway.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-c", launcher, str(listener.fileno())],
-        pass_fds=(listener.fileno(),),
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    listener.close()
+    process = start_activated(
+        listener, "uwsgi", ["--workers", "1", "tests.apps:app"], {**ENV, "NOTIFY_SOCKET": notify_path},
+        tmp_path / "gateway.log",
+    )  # fmt: skip
     try:
         assert b"READY=1" in notifications.recv(1024)
         assert uwsgi_get(port, "/hello")[2] == b"hello"
@@ -410,7 +401,6 @@ def test_socket_activation_and_sd_notify(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
-        log.close()
         notifications.close()
     assert "socket activation: uwsgi socket 127.0.0.1" in (tmp_path / "gateway.log").read_text()
 

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import pytest
 
+from gateway.config.settings import Config
 from gateway.loop.request import Request
 from gateway.loop.scheduler import PIPELINE_BEHIND, Scheduler
 from gateway.loop.spool import RequestBody
@@ -82,6 +83,16 @@ class _Lane:
         return [request.params["REQUEST_URI"] for request in self.requests]
 
 
+#: The scheduler's settings as a gateway started without options has them, but one worker and no pipelining: each
+#: test states what it changes.
+_DEFAULTS: dict[str, Any] = {
+    **{name: getattr(Config(), name) for name in ("queue_size", "queue_timeout", "timeout", "scale_down_after")},
+    "workers": 1,
+    "workers_max": 1,
+    "pipeline": 0,
+}
+
+
 class _Pool:
     """A scheduler with recorded effects and ``count`` ready lanes."""
 
@@ -95,7 +106,7 @@ class _Pool:
             refuse=self.refused.append,
             retire=lambda lane, reason: self.retired.append((lane, reason)),
             grow=self._grow,
-            **settings,
+            **{**_DEFAULTS, **settings},
         )
         self.lanes = [_Lane(self.clock, f"w{number}") for number in range(count)]
         for lane in self.lanes:

@@ -70,13 +70,13 @@ class Scheduler(Generic[L]):
         refuse: Callable[[Request], None],
         retire: Callable[[L, str], None],
         grow: Callable[[], None],
-        workers: int = 1,
-        workers_max: int = 1,
-        queue_size: int = 1024,
-        queue_timeout: float = 30.0,
-        timeout: float = 0.0,
-        pipeline: int = 0,
-        scale_down_after: float = 30.0,
+        workers: int,
+        workers_max: int,
+        queue_size: int,
+        queue_timeout: float,
+        timeout: float,
+        pipeline: int,
+        scale_down_after: float,
     ) -> None:
         self.clock = clock
         self.refuse = refuse
