@@ -37,6 +37,7 @@ from sessions import (
     SessionTooLarge,
     new_session_id,
 )
+from tests.waiting import unread_by_server
 
 PREFIX = b"gw:s:"
 
@@ -382,7 +383,7 @@ async def test_lock_serializes_two_holders(harness: Harness) -> None:
             events.append((f"{name} out", time.monotonic()))
 
     first = asyncio.create_task(hold("a", 0.3))
-    await asyncio.sleep(0.05)
+    await _until(lambda: bool(events), "a to hold the lock")
     await asyncio.gather(first, hold("b", 0))
     assert [name for name, _ in events] == ["a in", "a out", "b in", "b out"]
     # b got the lock promptly after a let go: released, not left to expire.
@@ -640,13 +641,23 @@ async def _cancel_a_get_in_flight(memcached: Memcached, get: Callable[[], Any]) 
     memcached.pause()
     try:
         task = asyncio.ensure_future(get())
-        await asyncio.sleep(0.2)  # the command is sent; the reply will come only after SIGCONT
+        # The command has reached the stopped server; its reply will come only after SIGCONT.
+        await _until(lambda: unread_by_server(memcached.port) > 0, "the get to reach memcached")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
     finally:
         memcached.resume()
-    await asyncio.sleep(0.2)  # the stale reply arrives (on plain aiomcache: into a pooled connection)
+    # memcached has read (and so answered) it: on plain aiomcache the stale reply waits in a pooled connection.
+    await _until(lambda: unread_by_server(memcached.port) == 0, "memcached to read the cancelled get")
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` without blocking the loop (the store's own tasks must run meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 async def test_aiomcache_489_control_plain_aiomcache_hands_out_a_stale_reply(fragile_memcached: Memcached) -> None:
@@ -679,7 +690,7 @@ async def test_aiomcache_489_a_cancelled_load_never_leaks_its_reply(fragile_memc
                     await store.load(a)
         finally:
             fragile_memcached.resume()
-        await asyncio.sleep(0.2)
+        await _until(lambda: unread_by_server(fragile_memcached.port) == 0, "memcached to read the timed-out get")
         loaded_b = await store.load(b)
         assert loaded_b is not None and loaded_b.data == {"owner": "b"}
     finally:

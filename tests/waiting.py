@@ -2,7 +2,8 @@
 
 An end-to-end test that must wait for the gateway polls for the thing it waits for, with a deadline: ``wait_for``
 for any condition; a ``Gate`` for "the app is running this request now" and "let it finish now"; ``read_by_peer``
-for "the gateway has read what this socket sent"; ``accept_queue`` and ``unread`` for what waits in the kernel.
+for "the gateway has read what this socket sent"; ``accept_queue``, ``unread`` and ``unread_by_server`` for what
+waits in the kernel.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from urllib.parse import urlencode
 
 from tests.load import wait_for
 
-__all__ = ["Gate", "accept_queue", "read_by_peer", "unread", "wait_for"]
+__all__ = ["Gate", "accept_queue", "read_by_peer", "unread", "unread_by_server", "wait_for"]
 
 
 class Gate:
@@ -89,3 +90,15 @@ def unread(sock: socket.socket) -> int:
         if fields[1] == local and fields[2] == remote:
             return int(fields[4].split(":")[1], 16)
     raise AssertionError("the socket is not in /proc/net/tcp")
+
+
+def unread_by_server(port: int) -> int:
+    """Bytes clients sent to the loopback server on ``port`` that it has not read yet, over all its connections.
+
+    A server stopped with SIGSTOP (memcached in the store tests) reads nothing: a command that reached it shows
+    here, and once it runs again the count going back to 0 says it has read, and so answered, every command.
+    """
+    local = _hex_endpoint("127.0.0.1", port)
+    return sum(
+        int(fields[4].split(":")[1], 16) for fields in _tcp_lines() if fields[1] == local and fields[3] == "01"
+    )  # 01: ESTABLISHED
