@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import socket
 import stat
@@ -336,7 +337,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
 
 
 def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    """What `make run` does, on free ports: the demo page through nginx, then Ctrl-C (SIGINT) stops all."""
+    """What `make run` does, on free ports: "Ready:", the demo page through nginx, then Ctrl-C (SIGINT) stops all."""
     port, fcgi, uwsgi = free_port(), free_port(), free_port()
     process = subprocess.Popen(
         [
@@ -355,17 +356,13 @@ def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
+    assert process.stdout is not None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                reply = request(f"http://127.0.0.1:{port}", "GET", "/")
-                break
-            except OSError:
-                assert time.monotonic() < deadline and process.poll() is None, "the demo stack did not start"
-                time.sleep(0.1)
+        # A user presses Ctrl-C once the stack says it is ready, as the test does.
+        printed = _read_until(process, b"Ctrl-C stops everything", timeout=30)
+        assert f"Ready: curl http://127.0.0.1:{port}/".encode() in printed
+        reply = request(f"http://127.0.0.1:{port}", "GET", "/")
         assert reply.status == 200 and b"It works" in reply.body
         assert b"It works" in request(f"http://127.0.0.1:{port}", "GET", "/uwsgi/").body
         process.send_signal(signal.SIGINT)
@@ -374,8 +371,7 @@ def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.stdout is not None
-    process.stdout.close()
+        process.stdout.close()
     assert "serving the built-in demo app" in (tmp_path / "run" / "gateway.log").read_text()
     for probe in (port, fcgi, uwsgi):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", probe), timeout=1):
@@ -474,3 +470,20 @@ def test_response_and_close_leave_in_one_segment(tmp_path: Path) -> None:
                     assert _segments_received(sock) <= 3
     finally:
         gateway.stop()
+
+
+def _read_until(process: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """What ``process`` prints up to and including ``marker``, read without blocking past ``timeout``."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    printed = b""
+    deadline = time.monotonic() + timeout
+    while marker not in printed:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {marker!r} within {timeout:g} s; printed: {printed.decode(errors='replace')}"
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"exited before {marker!r}; printed: {printed.decode(errors='replace')}"
+            printed += chunk
+    return printed
