@@ -201,6 +201,10 @@ class ListeningProcess:
         self.start()
 
 
+#: Signals a process using devstack acts on in its main thread (Ctrl-C, a supervisor's stop).
+_MAIN_THREAD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+
+
 class NotifySocket:
     """The receiving end of sd_notify(3): a unix datagram socket, drained by a thread into ``messages``.
 
@@ -225,7 +229,14 @@ class NotifySocket:
         self._changed = threading.Condition()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="devstack-notify", daemon=True)
-        self._thread.start()
+        # The kernel may deliver a process's signal to any thread that does not block it. Delivered to this one, a
+        # Ctrl-C would leave the main thread asleep in a blocking wait (only the thread that takes a signal sees
+        # EINTR), and `make run` would not stop. The thread is started with them blocked (it inherits the mask).
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+        try:
+            self._thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
     def _drain(self) -> None:
         while not self._closing.is_set():

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from devstack import ports
 from devstack.nginx import BENCH_TUNING, Location, Nginx, Upstream, gateway_routes, render_nginx_conf
 from devstack.ports import free_port
-from devstack.processes import GatewayProcess, StackError
+from devstack.processes import GatewayProcess, NotifySocket, StackError
 from devstack.servers import Memcached
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,3 +199,24 @@ def test_gateway_restarts_and_reloads_in_the_same_scratch(tmp_path: Path) -> Non
             pass
     finally:
         assert gateway.stop() == 0
+
+
+def _blocked_signals(thread_id: int) -> set[int]:
+    """The signals a thread of this process blocks, from the SigBlk mask in /proc."""
+    status = Path(f"/proc/self/task/{thread_id}/status").read_text()
+    mask = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+    return {number for number in range(1, 65) if mask & (1 << (number - 1))}
+
+
+def test_the_notify_thread_leaves_ctrl_c_to_the_main_thread(tmp_path: Path) -> None:
+    """A Ctrl-C the kernel handed to the draining thread would never wake the main thread's blocking wait (`make
+    run` hung on Ctrl-C under load): the thread blocks the stop signals, and the main thread still takes them."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        thread_id = notify._thread.native_id
+        assert thread_id is not None
+        blocked = _blocked_signals(thread_id)
+        assert {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT} <= blocked
+        assert signal.SIGINT not in _blocked_signals(threading.get_native_id())
+    finally:
+        notify.close()
