@@ -31,7 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch = Path(args.scratch).resolve()
     if scratch.exists():
         shutil.rmtree(scratch)
-    # Ctrl-C goes to the whole process group; we stop the children in order ourselves.
+    # Ctrl-C goes to the whole process group; we stop the children in order ourselves. Python leaves SIGINT ignored
+    # when it starts ignored, as in a job a non-interactive shell put in the background (CI runners, `cmd &` in a
+    # script): Ctrl-C must stop the stack whoever started it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     gateway = GatewayProcess(scratch, ["--fcgi", args.fcgi, "--uwsgi", args.uwsgi, *args.gateway_args])
     nginx = Nginx(scratch, args.port, args.fcgi, args.uwsgi)

@@ -336,23 +336,17 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
     assert gateway.process.wait(30) == 0
 
 
-def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    """What `make run` does, on free ports: "Ready:", the demo page through nginx, then Ctrl-C (SIGINT) stops all."""
+@pytest.mark.parametrize("sigint", ["default", "inherited ignored"])
+def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path, sigint: str) -> None:
+    """What `make run` does, on free ports: "Ready:", the demo page through nginx, then Ctrl-C (SIGINT) stops all;
+    also when it was started with SIGINT ignored, as a background job of a non-interactive shell (a CI runner) is."""
     port, fcgi, uwsgi = free_port(), free_port(), free_port()
+    command = [sys.executable, "-m", "devstack.stack", "--port", str(port), "--fcgi", f"127.0.0.1:{fcgi}",
+               "--uwsgi", f"127.0.0.1:{uwsgi}", "--scratch", str(tmp_path / "run")]  # fmt: skip
+    if sigint == "inherited ignored":
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]  # SIG_IGN survives exec
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "devstack.stack",
-            "--port",
-            str(port),
-            "--fcgi",
-            f"127.0.0.1:{fcgi}",
-            "--uwsgi",
-            f"127.0.0.1:{uwsgi}",
-            "--scratch",
-            str(tmp_path / "run"),
-        ],
+        command,
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
