@@ -67,5 +67,5 @@ bench-slow: $(BUILT) bench-deps
 	$(PY) -m benchmarks --slow $(ARGS)
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache build protocols__mypyc.*.so
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache build gateway/protocols__mypyc.*.so protocols__mypyc.*.so
 	find protocols -name '*.so' -delete

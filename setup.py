@@ -22,9 +22,16 @@ ROOT = Path(__file__).resolve().parent
 
 
 def compiled_modules() -> list[str]:
-    """The codec sources mypyc compiles: every module of ``protocols/`` but the package ``__init__`` files."""
+    """The codec sources mypyc compiles: every module of ``protocols/`` but the package ``__init__`` files.
+
+    They are named through ``gateway/protocols`` (a link to ``protocols/``), the package they install as, so mypyc
+    gives each module its installed name (``gateway.protocols.fastcgi.server``).
+    """
+    package = ROOT / "gateway" / "protocols"
     return sorted(
-        str(path.relative_to(ROOT)) for path in (ROOT / "protocols").rglob("*.py") if path.name != "__init__.py"
+        str(package.relative_to(ROOT) / path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py"
     )
 
 
@@ -50,7 +57,7 @@ def extensions() -> list[Extension]:
 
         os.chdir(ROOT)  # mypyc names modules from paths relative to the working directory
         # distutils Extension objects, which setuptools accepts as its own
-        return cast("list[Extension]", mypycify(compiled_modules(), opt_level="3", group_name="protocols"))
+        return cast("list[Extension]", mypycify(compiled_modules(), opt_level="3", group_name="gateway.protocols"))
     except (Exception, SystemExit) as err:  # mypyc missing, or refusing the sources (it exits on type errors)
         return _interpreted(f"mypyc failed: {err!r}")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
-from protocols.fastcgi import encode_begin
+from gateway.protocols.fastcgi import encode_begin
 
 MAX_CONNECTIONS = 20_000
 #: BEGIN_REQUEST, then the first bytes of a PARAMS record header: the connection is stuck inside a record.

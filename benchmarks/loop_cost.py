@@ -39,9 +39,9 @@ from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.uwsgi_front import UwsgiConnection
 from gateway.master.server import session_hook_for
 from gateway.master.supervisor import Supervisor
+from gateway.protocols.fastcgi.client import encode_request as fastcgi_request
+from gateway.protocols.uwsgi import encode_request as uwsgi_request
 from gateway.worker.process import Channel, run_request
-from protocols.fastcgi.client import encode_request as fastcgi_request
-from protocols.uwsgi import encode_request as uwsgi_request
 
 #: What nginx's stock fastcgi_params / uwsgi_params send for ``GET /hello`` from wrk (which sends only Host).
 PARAMS = {

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import protocols
+import gateway.protocols
 from benchmarks.core import ROOT, log
 from benchmarks.harness import Run, ensure_nginx
 from benchmarks.peers import CHARTS_PACKAGE, Peers
@@ -47,7 +47,7 @@ def machine_description(wrk: str | None, peers: Peers) -> list[str]:
     lines = [
         f"- machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, {memory} RAM",
         f"- kernel: {platform.system()} {platform.release()}",
-        f"- python: {sys.version.split()[0]} ({sys.executable}); our protocol codecs {protocols.build_kind()}",
+        f"- python: {sys.version.split()[0]} ({sys.executable}); our protocol codecs {gateway.protocols.build_kind()}",
         f"- nginx: {nginx_version.strip().removeprefix('nginx version: ')}",
         f"- wrk: {wrk_version.strip()}",
     ]

@@ -46,10 +46,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from protocols.fastcgi import ClientConnection, EndRequest, encode_begin, encode_params, encode_request, encode_stdin
-from protocols.fastcgi.records import HEADER as FCGI_HEADER
-from protocols.fastcgi.records import MAX_CONTENT, VERSION, RecordType
-from protocols.uwsgi import encode_request as uwsgi_request
+from gateway.protocols.fastcgi import (
+    ClientConnection,
+    EndRequest,
+    encode_begin,
+    encode_params,
+    encode_request,
+    encode_stdin,
+)
+from gateway.protocols.fastcgi.records import HEADER as FCGI_HEADER
+from gateway.protocols.fastcgi.records import MAX_CONTENT, VERSION, RecordType
+from gateway.protocols.uwsgi import encode_request as uwsgi_request
 
 MODES: dict[str, str] = {
     "fcgi-params": "FastCGI: trickle the PARAMS stream",

@@ -19,7 +19,7 @@ _ROOT = Path(__file__).resolve().parent
 def compiled() -> bool:
     """Whether the codecs run compiled (less CPU per request in the event loop; benchmarks/RESULTS.md) or
     interpreted."""
-    from protocols import errors  # noqa: PLC0415 (imported here so this package's import stays free)
+    from gateway.protocols import errors  # noqa: PLC0415 (imported here so this package's import stays free)
 
     return not (errors.__file__ or "").endswith(".py")
 

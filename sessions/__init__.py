@@ -17,18 +17,18 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from sessions.cookies import (
+from gateway.sessions.cookies import (
     CookieSettings,
     delete_cookie_value,
     request_is_https,
     session_id_from_cookies,
     set_cookie_value,
 )
-from sessions.ids import is_valid_session_id, new_session_id
-from sessions.mapping import Session, SessionChanges
-from sessions.memcached import MemcachedStore
-from sessions.memory import MemoryStore
-from sessions.store import (
+from gateway.sessions.ids import is_valid_session_id, new_session_id
+from gateway.sessions.mapping import Session, SessionChanges
+from gateway.sessions.memcached import MemcachedStore
+from gateway.sessions.memory import MemoryStore
+from gateway.sessions.store import (
     SessionError,
     SessionLockTimeout,
     SessionRecord,

@@ -11,9 +11,9 @@ from typing import Any, TypeGuard, cast
 
 import orjson
 
-from sessions.ids import is_valid_session_id
-from sessions.mapping import SessionChanges
-from sessions.store import SessionRecord, SessionTooLarge, SessionValueError
+from gateway.sessions.ids import is_valid_session_id
+from gateway.sessions.mapping import SessionChanges
+from gateway.sessions.store import SessionRecord, SessionTooLarge, SessionValueError
 
 _FORMAT = 1
 

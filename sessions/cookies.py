@@ -2,7 +2,7 @@
 
 Parsing is deliberately forgiving (a Cookie header is client input and may hold anything: other applications'
 cookies, duplicates of ours set for another path or domain, garbage); it never raises and only ever returns an id
-that passed :func:`sessions.ids.is_valid_session_id`. Writing is strict: settings are validated once, when they
+that passed :func:`gateway.sessions.ids.is_valid_session_id`. Writing is strict: settings are validated once, when they
 are made, so that no header value can ever be split or smuggled through them.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from sessions.ids import is_valid_session_id
+from gateway.sessions.ids import is_valid_session_id
 
 SameSite = Literal["Lax", "Strict", "None"]
 SecureMode = Literal["auto", "always", "never"]

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from sessions.ids import is_valid_session_id
-from sessions.store import SessionValueError
+from gateway.sessions.ids import is_valid_session_id
+from gateway.sessions.store import SessionValueError
 
 _CHANGES_FIELDS = frozenset({"set", "deleted", "regenerate", "invalidate"})
 

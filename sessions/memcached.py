@@ -31,13 +31,13 @@ from typing import TypeVar
 
 import aiomcache
 
-from sessions import _record
-from sessions._memcache import MemcacheConnections
-from sessions.ids import SESSION_ID_LENGTH, is_valid_session_id
-from sessions.mapping import SessionChanges
-from sessions.store import SessionLockTimeout, SessionRecord, SessionStoreUnavailable, SessionTooLarge
+from gateway.sessions import _record
+from gateway.sessions._memcache import MemcacheConnections
+from gateway.sessions.ids import SESSION_ID_LENGTH, is_valid_session_id
+from gateway.sessions.mapping import SessionChanges
+from gateway.sessions.store import SessionLockTimeout, SessionRecord, SessionStoreUnavailable, SessionTooLarge
 
-log = logging.getLogger("sessions.memcached")
+log = logging.getLogger("gateway.sessions.memcached")
 
 _T = TypeVar("_T")
 
@@ -68,7 +68,7 @@ _UNAVAILABLE = (OSError, EOFError, aiomcache.ClientException, ValueError, IndexE
 
 
 class MemcachedStore:
-    """A :class:`~sessions.store.SessionStore` on memcached; keys are ``prefix`` + session id."""
+    """A :class:`~gateway.sessions.store.SessionStore` on memcached; keys are ``prefix`` + session id."""
 
     answers_at_once = False
 

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
-from sessions import _record
-from sessions.ids import is_valid_session_id
-from sessions.mapping import SessionChanges
-from sessions.store import SessionLockTimeout, SessionRecord
+from gateway.sessions import _record
+from gateway.sessions.ids import is_valid_session_id
+from gateway.sessions.mapping import SessionChanges
+from gateway.sessions.store import SessionLockTimeout, SessionRecord
 
 
 @dataclass(slots=True)
@@ -36,7 +36,7 @@ class _LockSlot:
 
 
 class MemoryStore:
-    """An in-process :class:`~sessions.store.SessionStore`; ``clock`` is injectable so tests need not sleep."""
+    """An in-process :class:`~gateway.sessions.store.SessionStore`; ``clock`` is injectable so tests need not sleep."""
 
     answers_at_once = True  # load and save await nothing (lock may wait for another holder)
 

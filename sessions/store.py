@@ -1,8 +1,8 @@
 """What every session store promises, and the errors the gateway turns into responses.
 
 The event-loop process is the only one that talks to a store: it loads a session before a request is dispatched
-and saves the request's :class:`~sessions.mapping.SessionChanges` after the app answered. Several requests of one
-session may be in flight at once (a page and its XHRs), so ``save`` merges instead of overwriting: each request
+and saves the request's :class:`~gateway.sessions.mapping.SessionChanges` after the app answered. Several requests
+of one session may be in flight at once (a page and its XHRs), so ``save`` merges instead of overwriting: each request
 writes only the keys it touched, on top of whatever is stored at that moment.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
-    from sessions.mapping import SessionChanges
+    from gateway.sessions.mapping import SessionChanges
 
 _T = TypeVar("_T")
 
@@ -65,10 +65,11 @@ class SessionRecord:
 
 
 class SessionStore(Protocol):
-    """The contract :class:`~sessions.memory.MemoryStore` and :class:`~sessions.memcached.MemcachedStore` keep.
+    """The contract every store keeps (:class:`~gateway.sessions.memory.MemoryStore`,
+    :class:`~gateway.sessions.memcached.MemcachedStore`).
 
-    Session ids passed in are expected to satisfy :func:`sessions.ids.is_valid_session_id`; ``load`` answers None
-    and ``delete`` does nothing for any other string, ``save`` and ``lock`` raise ValueError (a gateway bug).
+    Session ids passed in are expected to satisfy :func:`gateway.sessions.ids.is_valid_session_id`; ``load`` answers
+    None and ``delete`` does nothing for any other string, ``save`` and ``lock`` raise ValueError (a gateway bug).
     """
 
     #: True when ``load`` and ``save`` never suspend (no I/O): the gateway then runs them to their end on the spot

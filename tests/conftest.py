@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import protocols
+import gateway.protocols
 from devstack.nginx import Nginx
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
@@ -20,19 +20,19 @@ from devstack.servers import Memcached
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"protocol codecs: {protocols.build_kind()}"
+    return f"protocol codecs: {gateway.protocols.build_kind()}"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Refuse to test other code than the sources: a stale compiled codec, or the wrong build for the pass."""
     if session.config.pluginmanager.has_plugin("tests.pure_python"):
-        if protocols.compiled():
+        if gateway.protocols.compiled():
             pytest.exit("tests.pure_python is loaded but the compiled codecs were imported", returncode=4)
         return
-    stale = protocols.stale_sources()
+    stale = gateway.protocols.stale_sources()
     if stale:
         pytest.exit(f"{', '.join(stale)} changed after the codecs were compiled: run `make build`", returncode=4)
-    if os.environ.get("CI") == "true" and not protocols.compiled():
+    if os.environ.get("CI") == "true" and not gateway.protocols.compiled():
         pytest.exit("CI tests the compiled codecs, but they are not built: run `make build`", returncode=4)
 
 

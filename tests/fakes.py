@@ -17,7 +17,7 @@ from gateway.config.settings import Config
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request
-from protocols.fastcgi import ClientConnection, ClientEvent, EndRequest, Stdout
+from gateway.protocols.fastcgi import ClientConnection, ClientEvent, EndRequest, Stdout
 
 C = TypeVar("C", bound=FrontConnection)
 

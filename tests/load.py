@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from protocols.uwsgi import encode_request
+from gateway.protocols.uwsgi import encode_request
 
 
 def uwsgi_get(port: int, path: str, query: str = "", timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:

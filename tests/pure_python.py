@@ -27,7 +27,7 @@ def _hook(path: str) -> PathEntryFinder:
     return _sources_only(path)
 
 
-if any(name == "protocols" or name.startswith("protocols.") for name in sys.modules):
+if any(name == "gateway.protocols" or name.startswith("gateway.protocols.") for name in sys.modules):
     raise RuntimeError("tests.pure_python must be loaded before anything imports protocols (pass it with -p)")
 sys.path_hooks.insert(0, _hook)
 sys.path_importer_cache.clear()

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-import protocols
+import gateway.protocols
 from gateway.config.cli import build_parser
 from gateway.master import server
 
@@ -35,10 +35,10 @@ EXTENSION = EXTENSION_SUFFIXES[0]
 
 def test_every_codec_module_runs_the_build_of_this_pass(pytestconfig: pytest.Config) -> None:
     interpreted = pytestconfig.pluginmanager.has_plugin("tests.pure_python")
-    if not interpreted and not protocols.compiled() and os.environ.get("CI") != "true":
+    if not interpreted and not gateway.protocols.compiled() and os.environ.get("CI") != "true":
         pytest.skip("the codecs are not built here (`make build`); CI refuses to run without them")
     names = [module.removesuffix(".py").replace("/", ".") for module in setup.compiled_modules()]
-    assert "protocols.fastcgi.server" in names and "protocols.uwsgi.codec" in names
+    assert "gateway.protocols.fastcgi.server" in names and "gateway.protocols.uwsgi.codec" in names
     for name in names:
         module_file = importlib.import_module(name).__file__ or ""
         assert module_file.endswith(".py") == interpreted, f"{name} loaded from {module_file}"
@@ -57,24 +57,24 @@ def test_stale_sources_names_codecs_edited_after_their_build_in_a_checkout(
             extension = package / f"{name}{EXTENSION}"
             extension.write_bytes(b"")
             os.utime(extension, (build_time, build_time))
-    monkeypatch.setattr(protocols, "_ROOT", package)
-    assert protocols.stale_sources() == []  # installed: no checkout around the package, file times mean nothing
+    monkeypatch.setattr(gateway.protocols, "_ROOT", package)
+    assert gateway.protocols.stale_sources() == []  # installed: no checkout around the package, file times mean nothing
     (tmp_path / "setup.py").write_text("")
-    assert protocols.stale_sources() == ["protocols/uwsgi/codec.py"]
+    assert gateway.protocols.stale_sources() == ["protocols/uwsgi/codec.py"]
 
 
 def test_startup_says_when_codecs_run_interpreted(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(protocols, "compiled", lambda: False)
+    monkeypatch.setattr(gateway.protocols, "compiled", lambda: False)
     with caplog.at_level(logging.INFO, logger="gateway.server"):
         server.log_codec_build()
     assert "protocol codecs run interpreted" in caplog.text and "apt-get install gcc python3-dev" in caplog.text
 
 
 def test_startup_names_stale_codec_sources(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(protocols, "compiled", lambda: True)
-    monkeypatch.setattr(protocols, "stale_sources", lambda: ["protocols/cgi.py"])
+    monkeypatch.setattr(gateway.protocols, "compiled", lambda: True)
+    monkeypatch.setattr(gateway.protocols, "stale_sources", lambda: ["protocols/cgi.py"])
     with caplog.at_level(logging.INFO, logger="gateway.server"):
         server.log_codec_build()
     assert "protocols/cgi.py changed after the codecs were compiled" in caplog.text
@@ -92,7 +92,7 @@ def test_build_falls_back_to_interpreted_codecs_without_a_compiler(
 
 def test_build_compiles_every_codec_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
     modules = setup.compiled_modules()
-    assert "protocols/fastcgi/server.py" in modules and "protocols/uwsgi/codec.py" in modules
+    assert "gateway/protocols/fastcgi/server.py" in modules and "gateway/protocols/uwsgi/codec.py" in modules
     assert not any(module.endswith("__init__.py") for module in modules)
     monkeypatch.setenv("GATEWAY_PURE_PYTHON", "1")
     assert setup.extensions() == []
@@ -101,5 +101,5 @@ def test_build_compiles_every_codec_unless_told_not_to(monkeypatch: pytest.Monke
 def test_version_says_how_the_codecs_run(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--version"])
-    expected = "compiled" if protocols.compiled() else "interpreted"
+    expected = "compiled" if gateway.protocols.compiled() else "interpreted"
     assert f"(protocol codecs {expected})" in capsys.readouterr().out

@@ -12,8 +12,8 @@ import socket
 import stat
 from pathlib import Path
 
-from protocols.fastcgi import EndRequest, Stdout
-from protocols.fastcgi.client import ClientConnection, encode_request
+from gateway.protocols.fastcgi import EndRequest, Stdout
+from gateway.protocols.fastcgi.client import ClientConnection, encode_request
 from tests.activation import start_activated
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Unit tests of the sans-IO FastCGI codec (``protocols.fastcgi``), application side first.
+"""Unit tests of the sans-IO FastCGI codec (``gateway.protocols.fastcgi``), application side first.
 
 Every input is fed three ways by ``feed``: in one read, one byte per read, and followed by the start of a next
 request, which must stay buffered without producing anything until the rest of it arrives. The codec's own output
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import compiled
-from protocols.errors import LocalProtocolError, RemoteProtocolError
-from protocols.fastcgi import (
+from gateway.protocols import compiled
+from gateway.protocols.errors import LocalProtocolError, RemoteProtocolError
+from gateway.protocols.fastcgi import (
     FCGI_MAX_CONNS,
     FCGI_MAX_REQS,
     FCGI_MPXS_CONNS,

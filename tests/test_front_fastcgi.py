@@ -18,7 +18,7 @@ import pytest
 from gateway.config.settings import Config
 from gateway.loop.fastcgi_front import FastCGIConnection
 from gateway.loop.request import Request
-from protocols.fastcgi import (
+from gateway.protocols.fastcgi import (
     ProtocolStatus,
     RecordType,
     Role,

@@ -17,7 +17,7 @@ import pytest
 from gateway.config.settings import Config
 from gateway.loop.request import Request
 from gateway.loop.uwsgi_front import UwsgiConnection
-from protocols.uwsgi import encode_ping, encode_pong, encode_request
+from gateway.protocols.uwsgi import encode_ping, encode_pong, encode_request
 from tests.fakes import FakeSocket, Harness, body_of, params
 
 HEAD = b"200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"

@@ -21,8 +21,8 @@ from devstack.processes import GatewayProcess
 from gateway.config.addresses import Address
 from gateway.config.cli import build_config, build_parser
 from gateway.config.errors import ConfigError
-from protocols.fastcgi import ClientConnection, EndRequest, Stdout, encode_request
-from protocols.uwsgi import encode_request as encode_uwsgi_request
+from gateway.protocols.fastcgi import ClientConnection, EndRequest, Stdout, encode_request
+from gateway.protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.http import request
 from tests.waiting import Gate, wait_for
 

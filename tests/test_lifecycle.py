@@ -21,7 +21,7 @@ import pytest
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from gateway.config.cli import build_config
-from protocols.uwsgi import encode_request
+from gateway.protocols.uwsgi import encode_request
 from tests.activation import start_activated
 from tests.load import children, load, uwsgi_get
 from tests.waiting import Gate, read_by_peer, wait_for

@@ -14,8 +14,8 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from protocols.fastcgi import encode_begin
-from protocols.uwsgi import encode_request as encode_uwsgi_request
+from gateway.protocols.fastcgi import encode_begin
+from gateway.protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.apps import pattern
 from tests.conftest import Stack
 from tests.http import request

@@ -16,7 +16,7 @@ import pytest
 
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
-from protocols.fastcgi import encode_abort, encode_request
+from gateway.protocols.fastcgi import encode_abort, encode_request
 from tests.test_raw_sockets import FastCGIClient, _params, _split_response
 from tests.waiting import Gate, read_by_peer, wait_for
 

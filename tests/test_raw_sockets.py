@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from protocols.fastcgi import (
+from gateway.protocols.fastcgi import (
     FCGI_MAX_CONNS,
     FCGI_MAX_REQS,
     FCGI_MPXS_CONNS,
@@ -28,7 +28,7 @@ from protocols.fastcgi import (
     encode_get_values,
     encode_request,
 )
-from protocols.uwsgi import encode_request as encode_uwsgi_request
+from gateway.protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.conftest import Stack
 from tests.http import request
 from tests.waiting import Gate

@@ -27,7 +27,7 @@ import pytest
 from devstack.ports import free_port
 from devstack.processes import find_binary as _binary
 from devstack.servers import Memcached, Nutcracker
-from sessions import (
+from gateway.sessions import (
     MemcachedStore,
     MemoryStore,
     SessionChanges,

@@ -23,8 +23,8 @@ from devstack.nginx import Nginx
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from devstack.servers import Memcached, Nutcracker
-from protocols.fastcgi import encode_request as encode_fcgi_request
-from protocols.uwsgi import encode_request
+from gateway.protocols.fastcgi import encode_request as encode_fcgi_request
+from gateway.protocols.uwsgi import encode_request
 from tests.http import request
 from tests.load import load, wait_for
 from tests.waiting import Gate

@@ -19,7 +19,7 @@ from gateway.loop.dispatch import Dispatcher
 from gateway.loop.request import Request
 from gateway.loop.session_hook import SessionHook
 from gateway.loop.spool import RequestBody
-from sessions import (
+from gateway.sessions import (
     CookieSettings,
     MemcachedStore,
     MemoryStore,
@@ -37,7 +37,7 @@ from sessions import (
     session_id_from_cookies,
     set_cookie_value,
 )
-from sessions.store import run_at_once
+from gateway.sessions.store import run_at_once
 
 SETTINGS = CookieSettings()
 

@@ -20,8 +20,8 @@ import pytest
 
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
-from protocols.fastcgi import ClientConnection, EndRequest, encode_request
-from protocols.uwsgi import encode_request as encode_uwsgi_request
+from gateway.protocols.fastcgi import ClientConnection, EndRequest, encode_request
+from gateway.protocols.uwsgi import encode_request as encode_uwsgi_request
 from tests.apps import pattern
 from tests.load import uwsgi_get
 from tests.waiting import accept_queue, unread, wait_for

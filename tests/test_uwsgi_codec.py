@@ -1,4 +1,4 @@
-"""Unit tests of the sans-IO uwsgi codec (``protocols.uwsgi``): one request per connection, then nothing.
+"""Unit tests of the sans-IO uwsgi codec (``gateway.protocols.uwsgi``): one request per connection, then nothing.
 
 Every valid input is fed three ways by ``feed``: in one read, one byte per read, and followed by trailing bytes,
 which must be refused whether they arrive in the same read as the request or in a later one. Body events are
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.errors import RemoteProtocolError
-from protocols.uwsgi import (
+from gateway.protocols.errors import RemoteProtocolError
+from gateway.protocols.uwsgi import (
     MAX_VARS_BLOCK,
     MODIFIER_PING,
     MODIFIER_WSGI,
@@ -34,7 +34,7 @@ from protocols.uwsgi import (
     encode_request,
     encode_vars,
 )
-from protocols.uwsgi.codec import _decode_vars_checked
+from gateway.protocols.uwsgi.codec import _decode_vars_checked
 
 #: modifier1, vars block size (little-endian u16), modifier2.
 HEADER = struct.Struct("<BHB")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import uvloop
 
-import protocols
+import gateway.protocols
 from gateway import __version__
 from gateway.config.settings import SECTIONS, SETTINGS, Config, ConfigError, config_from, parse_value
 from gateway.contract.exits import EXIT_CONFIG
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar=declared.shown_metavar,
                 help=declared.help_text(),
             )
-    codecs = protocols.build_kind()
+    codecs = gateway.protocols.build_kind()
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol codecs {codecs})")
     return parser
 

@@ -4,8 +4,9 @@ The CLI only builds a :class:`Config`; everything that acts on it (binding socke
 workers) happens later, in one place each, so a Config can be built and checked in tests without side effects.
 Every option's type, default, checks, help and README text is the ``setting(...)`` on its field (see
 :mod:`gateway.config.declaration`); the parser, ``--help``, the README tables and any later reader (a TOML file,
-``GATEWAY_*`` variables) are generated from :data:`SETTINGS`. The codecs' limits (``protocols.fastcgi.Limits``,
-``protocols.uwsgi.Limits``) are built by the fronts from these fields: this is the one place their defaults live.
+``GATEWAY_*`` variables) are generated from :data:`SETTINGS`. The codecs' limits
+(``gateway.protocols.fastcgi.Limits``, ``gateway.protocols.uwsgi.Limits``) are built by the fronts from these fields:
+this is the one place their defaults live.
 """
 
 from __future__ import annotations

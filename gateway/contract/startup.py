@@ -11,7 +11,7 @@ from typing import Literal
 
 import orjson
 
-from sessions import CookieSettings
+from gateway.sessions import CookieSettings
 
 SchedulingPolicy = Literal["batch", "normal"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request
 from gateway.loop.spool import RequestBody
-from protocols.errors import RemoteProtocolError
-from protocols.fastcgi import (
+from gateway.protocols.errors import RemoteProtocolError
+from gateway.protocols.fastcgi import (
     BodyData,
     BodyTooLarge,
     Limits,

@@ -20,7 +20,7 @@ from gateway.config.settings import Config
 from gateway.contract.startup import WorkerSessionSettings
 from gateway.loop.dispatch import HookRefused
 from gateway.loop.request import Request
-from sessions import (
+from gateway.sessions import (
     CookieSettings,
     SessionChanges,
     SessionError,
@@ -28,7 +28,7 @@ from sessions import (
     SessionStore,
     session_id_from_cookies,
 )
-from sessions.store import run_at_once
+from gateway.sessions.store import run_at_once
 
 log = logging.getLogger("gateway.sessions")
 

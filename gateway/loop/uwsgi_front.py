@@ -5,8 +5,8 @@ from __future__ import annotations
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request
 from gateway.loop.spool import RequestBody
-from protocols.errors import RemoteProtocolError
-from protocols.uwsgi import (
+from gateway.protocols.errors import RemoteProtocolError
+from gateway.protocols.uwsgi import (
     BodyData,
     BodyTooLarge,
     Limits,

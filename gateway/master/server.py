@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import setproctitle
 
-import protocols
+import gateway.protocols
 from gateway.config.addresses import Address, Listen, ProtocolName, parse_networks
 from gateway.config.settings import Config, ConfigError
 from gateway.contract.exits import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_OK, EXIT_WORKERS_GONE
@@ -37,7 +37,7 @@ from gateway.loop.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.loop.session_hook import SessionHook
 from gateway.master.supervisor import AppLoadFailed, Supervisor
 from gateway.master.systemd import inherited_sockets, notify
-from sessions import open_store
+from gateway.sessions import open_store
 
 log = logging.getLogger("gateway.server")
 
@@ -72,14 +72,14 @@ def session_hook_for(config: Config) -> SessionHook | None:
 
 def log_codec_build() -> None:
     """Say whether the protocol codecs run compiled: interpreted, the event loop spends more CPU per request."""
-    if not protocols.compiled():
+    if not gateway.protocols.compiled():
         log.warning(
             "protocol codecs run interpreted (installed with GATEWAY_PURE_PYTHON=1, or built without a C "
             "compiler): the event loop spends more CPU per request; reinstall with gcc and the "
             "Python headers (apt-get install gcc python3-dev) to compile them"
         )
         return
-    stale = protocols.stale_sources()
+    stale = gateway.protocols.stale_sources()
     if stale:
         log.warning(
             "%s changed after the codecs were compiled: the older compiled code is what runs; rebuild with "

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.contract.startup import WorkerSessionSettings
-from sessions import (
+from gateway.sessions import (
     Session,
     SessionChanges,
     SessionTooLarge,

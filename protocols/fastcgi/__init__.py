@@ -3,7 +3,7 @@
 The specification: https://fastcgi-archives.github.io/FastCGI_Specification.html
 """
 
-from protocols.fastcgi.client import (
+from gateway.protocols.fastcgi.client import (
     ClientConnection,
     encode_abort,
     encode_begin,
@@ -12,7 +12,7 @@ from protocols.fastcgi.client import (
     encode_request,
     encode_stdin,
 )
-from protocols.fastcgi.events import (
+from gateway.protocols.fastcgi.events import (
     BodyData,
     BodyTooLarge,
     ClientEvent,
@@ -26,7 +26,7 @@ from protocols.fastcgi.events import (
     Stdout,
     UnknownType,
 )
-from protocols.fastcgi.records import (
+from gateway.protocols.fastcgi.records import (
     FCGI_MAX_CONNS,
     FCGI_MAX_REQS,
     FCGI_MPXS_CONNS,
@@ -38,7 +38,7 @@ from protocols.fastcgi.records import (
     encode_pairs,
     record,
 )
-from protocols.fastcgi.server import Limits, ServerConnection
+from gateway.protocols.fastcgi.server import Limits, ServerConnection
 
 __all__ = [
     "FCGI_MAX_CONNS",

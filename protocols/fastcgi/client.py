@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from protocols.errors import RemoteProtocolError
-from protocols.fastcgi.events import ClientEvent, EndRequest, GetValuesResult, Stderr, Stdout, UnknownType
-from protocols.fastcgi.records import (
+from gateway.protocols.errors import RemoteProtocolError
+from gateway.protocols.fastcgi.events import ClientEvent, EndRequest, GetValuesResult, Stderr, Stdout, UnknownType
+from gateway.protocols.fastcgi.records import (
     BEGIN_BODY,
     END_BODY,
     FCGI_KEEP_CONN,

@@ -9,7 +9,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from enum import IntEnum
 
-from protocols.errors import RemoteProtocolError
+from gateway.protocols.errors import RemoteProtocolError
 
 VERSION = 1
 

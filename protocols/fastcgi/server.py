@@ -16,10 +16,17 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-from protocols.cgi import content_length, merge_params
-from protocols.errors import LocalProtocolError, RemoteProtocolError
-from protocols.fastcgi.events import BodyData, BodyTooLarge, RequestAborted, RequestComplete, RequestHead, ServerEvent
-from protocols.fastcgi.records import (
+from gateway.protocols.cgi import content_length, merge_params
+from gateway.protocols.errors import LocalProtocolError, RemoteProtocolError
+from gateway.protocols.fastcgi.events import (
+    BodyData,
+    BodyTooLarge,
+    RequestAborted,
+    RequestComplete,
+    RequestHead,
+    ServerEvent,
+)
+from gateway.protocols.fastcgi.records import (
     BEGIN_BODY,
     END_BODY,
     FCGI_KEEP_CONN,

@@ -1,6 +1,6 @@
 """The uwsgi binary protocol, sans-IO. Reference: https://uwsgi-docs.readthedocs.io/en/latest/Protocol.html"""
 
-from protocols.uwsgi.codec import (
+from gateway.protocols.uwsgi.codec import (
     MAX_VARS_BLOCK,
     MODIFIER_PING,
     MODIFIER_WSGI,

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from protocols.cgi import content_length, merge_params
-from protocols.errors import RemoteProtocolError
+from gateway.protocols.cgi import content_length, merge_params
+from gateway.protocols.errors import RemoteProtocolError
 
 HEADER = struct.Struct("<BHB")
 HEADER_SIZE = HEADER.size
