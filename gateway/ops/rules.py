@@ -17,6 +17,7 @@ Requests for a ``--static`` URL are served by the web server itself and never re
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -160,7 +161,7 @@ def render_lighttpd(site: Site) -> str:
     if not fastcgi:
         handler += '\nscgi.protocol = "uwsgi"'
     if site.static:
-        pattern = "|".join(_slash(mount.url) for mount in site.static)
+        pattern = "|".join(re.escape(_slash(mount.url)) for mount in site.static)
         body += [f'$HTTP["url"] !~ "^({pattern})" {{', *(f"    {line}" for line in handler.splitlines()), "}"]
     else:
         body += handler.splitlines()
