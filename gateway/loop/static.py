@@ -96,7 +96,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
     except ValueError:
         return None
     if first < 0 or last < first:
-        return None
+        return False if first >= size else None
     if first >= size:
         return False
     return first, min(last, size - 1)

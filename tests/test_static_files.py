@@ -1,0 +1,174 @@
+"""``--static URL=DIR`` served by the event loop: through a real gateway over FastCGI and uwsgi (TCP and unix),
+content (a multi-record file byte for byte), headers, HEAD, Range, 304, and every traversal attempt a 404; the
+worker never sees these requests (the access log, written for worker responses, has no line for them, and the app
+that would answer 200 to any path is not what answers). Range and path decisions also in-process.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
+from gateway.loop.static import _segments, parse_range
+from gateway.ops.probe import Answer, Target, request
+
+ROOT = Path(__file__).resolve().parent.parent
+BIG = bytes(range(256)) * 1200  # 300 KiB: several FastCGI records and sendfile calls
+TEXT = b"plain text\n"
+
+
+@dataclass
+class Served:
+    gateway: GatewayProcess
+    targets: dict[str, str]
+    root: Path
+    access_log: Path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    scratch = tmp_path_factory.mktemp("static")
+    root = scratch / "files"
+    (root / "sub").mkdir(parents=True)
+    (root / "big.bin").write_bytes(BIG)
+    (root / "a.txt").write_bytes(TEXT)
+    (root / "sub" / "style.css").write_bytes(b"body{}\n")
+    (root / "empty.txt").write_bytes(b"")
+    (scratch / "secret.txt").write_bytes(b"outside\n")
+    (root / "link-out.txt").symlink_to(scratch / "secret.txt")
+    (root / "dir-out").symlink_to(scratch)
+    (root / "link-in.txt").symlink_to(root / "a.txt")
+    fcgi, uwsgi = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    fcgi_unix, uwsgi_unix = scratch / "f.sock", scratch / "u.sock"
+    access_log = scratch / "access.log"
+    gateway = GatewayProcess(
+        scratch,
+        ["--fcgi", fcgi, "--uwsgi", uwsgi, "--fcgi", f"unix:{fcgi_unix}", "--uwsgi", f"unix:{uwsgi_unix}",
+         "--static", f"/static={root}", "--workers", "1", "--access-log", str(access_log), "tests.apps:app"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).start()  # fmt: skip
+    targets = {
+        "fcgi": f"fcgi://{fcgi}",
+        "uwsgi": f"uwsgi://{uwsgi}",
+        "fcgi-unix": f"fcgi+unix:{fcgi_unix}:",
+        "uwsgi-unix": f"uwsgi+unix:{uwsgi_unix}:",
+    }
+    try:
+        yield Served(gateway, targets, root, access_log)
+    finally:
+        gateway.stop()
+
+
+def _get(served: Served, via: str, uri: str, headers: list[tuple[str, str]] | None = None, method: str = "GET") -> Answer:
+    return request(Target.parse(served.targets[via] + uri), method, headers or [], b"", 20.0)
+
+
+def _header(answer: Answer, name: str) -> str | None:
+    return next((value for key, value in answer.headers if key.lower() == name.lower()), None)
+
+
+VIAS = ["fcgi", "uwsgi", "fcgi-unix", "uwsgi-unix"]
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_content_and_headers(served: Served, via: str) -> None:
+    big = _get(served, via, "/static/big.bin")
+    assert big.status == 200
+    assert hashlib.sha256(big.body).digest() == hashlib.sha256(BIG).digest()
+    assert _header(big, "Content-Length") == str(len(BIG))
+    assert _header(big, "Content-Type") == "application/octet-stream"
+    mtime = int((served.root / "big.bin").stat().st_mtime)
+    assert _header(big, "Last-Modified") == email.utils.formatdate(mtime, usegmt=True)
+    css = _get(served, via, "/static/sub/style.css")
+    assert (css.status, css.body, _header(css, "Content-Type")) == (200, b"body{}\n", "text/css; charset=utf-8")
+    assert _get(served, via, "/static/empty.txt").body == b""
+    assert _get(served, via, "/static/link-in.txt").body == TEXT  # a symlink inside the directory is fine
+
+
+@pytest.mark.parametrize("via", ["fcgi", "uwsgi"])
+def test_head_range_and_not_modified(served: Served, via: str) -> None:
+    head = _get(served, via, "/static/big.bin", method="HEAD")
+    assert (head.status, head.body, _header(head, "Content-Length")) == (200, b"", str(len(BIG)))
+    part = _get(served, via, "/static/big.bin", [("Range", "bytes=1000-70999")])
+    assert part.status == 206
+    assert part.body == BIG[1000:71000]
+    assert _header(part, "Content-Range") == f"bytes 1000-70999/{len(BIG)}"
+    tail = _get(served, via, "/static/big.bin", [("Range", "bytes=-10")])
+    assert (tail.status, tail.body) == (206, BIG[-10:])
+    beyond = _get(served, via, "/static/big.bin", [("Range", f"bytes={len(BIG)}-")])
+    assert (beyond.status, _header(beyond, "Content-Range")) == (416, f"bytes */{len(BIG)}")
+    modified = _header(head, "Last-Modified")
+    assert modified is not None
+    cached = _get(served, via, "/static/big.bin", [("If-Modified-Since", modified)])
+    assert (cached.status, cached.body) == (304, b"")
+    stale = _get(served, via, "/static/big.bin", [("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")])
+    assert stale.status == 200
+    assert _get(served, via, "/static/a.txt", method="POST").status == 405
+
+
+TRAVERSALS = [
+    "/static/../apps.py",
+    "/static/%2e%2e/secret.txt",
+    "/static/sub/..%2f..%2fsecret.txt",
+    "/static/sub%2fstyle.css",
+    "/static/sub%5c..%5csecret.txt",
+    "/static/link-out.txt",
+    "/static/dir-out/secret.txt",
+    "/static/sub",
+    "/static/",
+    "/static/missing.txt",
+    "/static/a.txt%00.png",
+]
+
+
+@pytest.mark.parametrize("via", ["fcgi", "uwsgi"])
+@pytest.mark.parametrize("uri", TRAVERSALS)
+def test_nothing_outside_the_directory(served: Served, via: str, uri: str) -> None:
+    answer = _get(served, via, uri)
+    assert answer.status == 404, (uri, answer)
+    assert b"outside" not in answer.body
+
+
+def test_the_worker_never_sees_static_requests(served: Served) -> None:
+    assert _get(served, "fcgi", "/static/a.txt?never-logged").status == 200
+    dynamic = _get(served, "fcgi", "/hello?logged")
+    assert (dynamic.status, dynamic.body) == (200, b"hello")
+    log = served.access_log.read_text()  # line-buffered: the dynamic line is written before its response leaves
+    assert "/hello?logged" in log
+    assert "never-logged" not in log
+    assert _get(served, "fcgi", "/statics/a.txt").body != TEXT  # only the prefix itself is mapped
+
+
+def test_path_segments_refuse_what_could_escape() -> None:
+    assert _segments("/sub/style.css") == ["sub", "style.css"]
+    assert _segments("/a%20b.txt") == ["a b.txt"]
+    for bad in ("/..", "/./a", "/%2e%2e/x", "/a%2fb", "/a%5cb", "/a%00b"):
+        assert _segments(bad) is None, bad
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-9", (0, 9)),
+        ("bytes=5-", (5, 99)),
+        ("bytes=-5", (95, 99)),
+        ("bytes=90-200", (90, 99)),
+        ("bytes=-500", (0, 99)),
+        ("bytes=100-", False),
+        ("bytes=-0", False),
+        ("bytes=0-1,5-6", None),
+        ("items=0-1", None),
+        ("bytes=9-3", None),
+        ("bytes=x-3", None),
+    ],
+)
+def test_range_decisions(header: str, expected: object) -> None:
+    assert parse_range(header, 100) == expected
