@@ -56,7 +56,7 @@ class Target:
         protocol = _SCHEMES[base]
         if unix:
             socket_path, found, request = rest.partition(":/")
-            return cls(protocol, None, None, socket_path, "/" + request if found else "/")
+            return cls(protocol, None, None, socket_path if found else rest.rstrip(":"), "/" + request if found else "/")
         parsed = urllib.parse.urlsplit(url)
         if parsed.hostname is None or parsed.port is None:
             raise ValueError(f"{url!r}: give HOST:PORT, e.g. {base}://127.0.0.1:9000/")
