@@ -38,7 +38,9 @@ class RulesNginx(ListeningProcess):
                 link.symlink_to(NGINX_PARAMS_DIR / params)
         (self.scratch / "rules.conf").write_text(self.rules)
         user = "user root root;\n" if os.geteuid() == 0 else ""
-        temps = "".join(f"    {kind}_temp_path {temp}/{kind};\n" for kind in ("client_body", "fastcgi", "uwsgi", "proxy", "scgi"))
+        temps = "".join(
+            f"    {kind}_temp_path {temp}/{kind};\n" for kind in ("client_body", "fastcgi", "uwsgi", "proxy", "scgi")
+        )
         (self.scratch / "nginx.conf").write_text(
             f"{user}daemon off;\nworker_processes 1;\npid {self.scratch}/nginx.pid;\n"
             f"error_log {self.scratch}/error.log warn;\nevents {{ worker_connections 64; }}\n"

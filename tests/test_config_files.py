@@ -14,10 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from devstack.nginx import Location, Nginx, Upstream
+from devstack.ports import free_port
+from devstack.processes import GatewayProcess
 from gateway.config.cli import load
 from gateway.config.errors import ConfigError
 from gateway.config.settings import SETTINGS, Config
+from gateway.config.sources import render_toml
 from gateway.config.uwsgi_ini import UWSGI_OPTIONS, Maps, Part
+from tests.http import request
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Lets a Config be built without a listener (config_from's rule for systemd's sockets), so each row stays small.
@@ -40,12 +45,14 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("reload-on-rss = 256", ["--max-rss", "256"], "max_rss = 256"),
     ("listen = 4096", ["--backlog", "4096"], "backlog = 4096"),
     ("chmod-socket = 660", ["--socket-mode", "660"], 'socket_mode = "660"'),
-    ("uid = www-data\ngid = www-data", ["--user", "www-data", "--group", "www-data"], 'user = "www-data"\ngroup = "www-data"'),
+    ("uid = www-data\ngid = www-data", ["--user", "www-data", "--group", "www-data"],
+     'user = "www-data"\ngroup = "www-data"'),
     ("pidfile = /tmp/gw.pid", ["--pidfile", "/tmp/gw.pid"], 'pidfile = "/tmp/gw.pid"'),
     ("module = tests.apps:app", ["tests.apps:app"], 'app = "tests.apps:app"'),
     ("wsgi = tests.apps\ncallable = app", ["tests.apps:app"], 'app = "tests.apps:app"'),
     ("wsgi-file = tests/apps.py\ncallable = app", ["apps:app"], 'app = "apps:app"'),
-    ("mount = /app=tests.apps:app", ["--script-name", "/app", "tests.apps:app"], 'script_name = "/app"\napp = "tests.apps:app"'),
+    ("mount = /app=tests.apps:app", ["--script-name", "/app", "tests.apps:app"],
+     'script_name = "/app"\napp = "tests.apps:app"'),
     (
         'logformat = %(addr) [%(ltime)] "%(method) %(uri) %(proto)" %(status) %(size) %(msecs)',
         ["--access-log-format", '%(h)s [%(t)s] "%(r)s" %(s)s %(B)s %(M)s'],
@@ -121,7 +128,8 @@ def test_ini_then_toml(tmp_path: Path) -> None:
 def test_an_environment_variable_close_to_a_setting_is_reported_not_guessed() -> None:
     loaded = load(["--fcgi", ":9000"], environ={"GATEWAY_WORKRES": "3", "GATEWAY_PURE_PYTHON": "1"})
     assert loaded.config.workers == Config().workers
-    assert loaded.notes == [("warning", "environment variable GATEWAY_WORKRES is no setting; did you mean 'GATEWAY_WORKERS'? (ignored)")]  # fmt: skip
+    hint = "environment variable GATEWAY_WORKRES is no setting; did you mean 'GATEWAY_WORKERS'? (ignored)"
+    assert loaded.notes == [("warning", hint)]
 
 
 def test_print_config_reads_back_as_the_same_config(tmp_path: Path) -> None:
@@ -129,10 +137,8 @@ def test_print_config_reads_back_as_the_same_config(tmp_path: Path) -> None:
             "--static", f"/static={tmp_path}", "--debug", "--timeout", "2.5", "--access-log-format", 'a "b" \\ c',
             "tests.apps:app"]  # fmt: skip
     loaded = load(argv, environ={})
-    from gateway.config.sources import render_toml  # noqa: PLC0415
-
     text = render_toml(loaded.config, loaded.origins)
-    assert "workers = \"2:6\"  # command line" in text
+    assert 'workers = "2:6"  # command line' in text
     assert "backlog = 1024  # default" in text
     assert "# pidfile: unset  # default" in text
     (tmp_path / "printed.toml").write_text(text)
@@ -152,7 +158,7 @@ def test_print_config_on_the_issues_ini_shows_the_toml_equivalent(tmp_path: Path
     out = result.stdout
     assert f'uwsgi = ["127.0.0.1:0"]  # ini {ini}, line 7 (socket)' in out
     assert f'app = "app:application"  # ini {ini}, line 9 (wsgi)' in out
-    assert 'workers = 2  # ini' in out
+    assert "workers = 2  # ini" in out
     assert "timeout = 10.0  # ini" in out and "max_requests = 100  # ini" in out
     assert 'access_log_format = "%(h)s - %(u)s [%(t)s] \\"%(r)s\\" %(s)s %(B)s \\"%(f)s\\" \\"%(a)s\\""' in out
     assert f"# warning: {ini}, line 6: threads: not supported yet" in out
@@ -231,7 +237,7 @@ def test_a_bad_file_names_file_line_option_and_what_is_allowed(tmp_path: Path, t
 
 
 def test_a_bad_file_is_one_error_line_and_exit_status_2(tmp_path: Path) -> None:
-    (tmp_path / "gw.toml").write_text("fcgi = [\":9000\"]\nmax_body_sise = 10\n")
+    (tmp_path / "gw.toml").write_text('fcgi = [":9000"]\nmax_body_sise = 10\n')
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "--config", str(tmp_path / "gw.toml")],
         capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
@@ -240,3 +246,28 @@ def test_a_bad_file_is_one_error_line_and_exit_status_2(tmp_path: Path) -> None:
     assert result.stderr == (
         f"gateway: error: {tmp_path}/gw.toml, line 2: unknown option 'max_body_sise'; did you mean 'max_body_size'?\n"
     )
+
+
+def test_the_issues_ini_starts_a_gateway_that_serves_through_nginx(tmp_path: Path) -> None:
+    """The ini as users keep it (only its port 0 made a known free port, for nginx to point at): ``wsgi = app``
+    imports ``app.py`` from the directory the gateway runs in, and nginx reaches it over uwsgi."""
+    port = free_port()
+    (tmp_path / "uwsgi.ini").write_text(ISSUE_INI.replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+    (tmp_path / "app.py").write_text(
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'served from the ini']\n"
+    )
+    gateway = GatewayProcess(tmp_path / "gw", ["--ini", str(tmp_path / "uwsgi.ini")], cwd=tmp_path).start()
+    nginx = Nginx(tmp_path / "nginx", free_port(), upstreams=[Upstream("ini", f"127.0.0.1:{port}")],
+                  locations=[Location("/", "ini", "uwsgi")])  # fmt: skip
+    try:
+        nginx.start()
+        reply = request(nginx.url, "GET", "/")
+        assert (reply.status, reply.body) == (200, b"served from the ini")
+    finally:
+        nginx.stop()
+        gateway.stop()
+    log = gateway.log.read_text()
+    assert "threads: not supported yet" in log
+    assert "2 workers serving app:application" in log

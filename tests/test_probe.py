@@ -91,7 +91,9 @@ def test_probe_exits_2_when_nothing_listens(tmp_path: Path, capfdbinary: pytest.
     assert down.returncode == 2
     assert b"cannot connect to 127.0.0.1:" in down.stderr
     assert probe_here(capfdbinary, "-q", f"uwsgi+unix:{tmp_path}/none.sock").returncode == 2
-    assert probe_here(capfdbinary, "http://example.org/").returncode == 2  # not a URL it speaks: said, and no connection tried
+    assert (
+        probe_here(capfdbinary, "http://example.org/").returncode == 2
+    )  # not a URL it speaks: said, and no connection tried
 
 
 def test_ping_the_gateway(probed: Probed, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
@@ -130,5 +132,5 @@ def test_url_forms() -> None:
     assert Target.parse("fcgi+unix:/run/app.sock:/health") == Target("fastcgi", None, None, "/run/app.sock", "/health")
     assert Target.parse("uwsgi+unix:/run/app.sock") == Target("uwsgi", None, None, "/run/app.sock", "/")
     for bad in ("http://x:1/", "fcgi://nohost/", "fcgi+tcp:/x"):
-        with pytest.raises(ValueError, match="expected|give HOST:PORT"):
+        with pytest.raises(ValueError, match=r"expected|give HOST:PORT"):
             Target.parse(bad)

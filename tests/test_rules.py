@@ -181,5 +181,5 @@ def test_rules_need_a_listener_and_a_real_static_directory() -> None:
         rules(["nginx"])
     with pytest.raises(ConfigError, match="is not a directory"):
         rules(["nginx", "--fcgi", ":9000", "--static", "/s=/no/such/dir"])
-    with pytest.raises(ConfigError, match="cannot be found|is not an installed package"):
+    with pytest.raises(ConfigError, match=r"cannot be found|is not an installed package"):
         rules(["nginx", "--fcgi", ":9000", "--static", "/s=no_such_package_xyz:static"])

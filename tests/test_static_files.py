@@ -67,7 +67,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         gateway.stop()
 
 
-def _get(served: Served, via: str, uri: str, headers: list[tuple[str, str]] | None = None, method: str = "GET") -> Answer:
+def _get(
+    served: Served, via: str, uri: str, headers: list[tuple[str, str]] | None = None, method: str = "GET"
+) -> Answer:
     return request(Target.parse(served.targets[via] + uri), method, headers or [], b"", 20.0)
 
 

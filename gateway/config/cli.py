@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_META = ("config", "ini", "strict_ini", "print_config")
+META_OPTIONS = ("config", "ini", "strict_ini", "print_config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +110,7 @@ def load(
         layered.update(read_toml(given["config"]))
     layered.update(read_environment(environ))
     for name, raw in given.items():
-        if name not in _META:
+        if name not in META_OPTIONS:
             layered.set(name, parse_value(name, raw), COMMAND_LINE)
     config = config_from(layered.values, environ=environ)
     return Loaded(config, layered.origins, layered.notes, bool(given.get("print_config")))

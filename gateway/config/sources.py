@@ -66,7 +66,7 @@ class Layered:
 
 
 def nearest(name: str, known: Iterable[str]) -> str:
-    """", did you mean 'x'?" for the closest known name, or nothing when none is close."""
+    """ ", did you mean 'x'?" for the closest known name, or nothing when none is close."""
     matches = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f"; did you mean {matches[0]!r}?" if matches else ""
 

@@ -76,7 +76,7 @@ def _parse_date(text: str) -> float | None:
     return parsed.timestamp()
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
+def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
     """One ``bytes=`` range as (first, last) inclusive; None to ignore the header (serve it all); False when
     unsatisfiable (416)."""
     unit, _, spec = header.partition("=")
@@ -118,7 +118,9 @@ class StaticFiles:
     def serve(self, request: Request) -> bool:
         """Answer ``request`` if its path is under a mapping (True); False lets it go on to a worker."""
         params = request.params
-        uri = params.get("REQUEST_URI") or urllib.parse.quote(params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", ""))
+        uri = params.get("REQUEST_URI") or urllib.parse.quote(
+            params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", "")
+        )
         path = uri.partition("?")[0]
         found = self._mount_for(path)
         if found is None:
@@ -216,15 +218,20 @@ async def _writable(connection: FrontConnection, watched: int) -> None:
     """Until the socket takes more bytes; a duplicate descriptor is watched, since uvloop keeps the transport's."""
     loop = asyncio.get_running_loop()
     while not connection.closed:
-        ready = loop.create_future()
-        loop.add_writer(watched, ready.set_result, None)
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_writer(watched, _set_once, ready)
         try:
             await asyncio.wait_for(ready, _WRITABLE_CHECK)
-            return
         except TimeoutError:
             continue
         finally:
             loop.remove_writer(watched)
+        return
+
+
+def _set_once(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 async def _send_file(sink: FileStreamSink, fd: int, offset: int, count: int) -> None:

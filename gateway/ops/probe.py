@@ -56,7 +56,9 @@ class Target:
         protocol = _SCHEMES[base]
         if unix:
             socket_path, found, request = rest.partition(":/")
-            return cls(protocol, None, None, socket_path if found else rest.rstrip(":"), "/" + request if found else "/")
+            return cls(
+                protocol, None, None, socket_path if found else rest.rstrip(":"), "/" + request if found else "/"
+            )
         parsed = urllib.parse.urlsplit(url)
         if parsed.hostname is None or parsed.port is None:
             raise ValueError(f"{url!r}: give HOST:PORT, e.g. {base}://127.0.0.1:9000/")
@@ -74,7 +76,8 @@ class Target:
                     sock.close()
                     raise
                 return sock
-            assert self.host is not None and self.port is not None
+            assert self.host is not None
+            assert self.port is not None
             return socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as err:
             raise Unreachable(f"cannot connect to {self.where}: {err.strerror or err}") from None

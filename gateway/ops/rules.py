@@ -46,9 +46,15 @@ class Site:
 
     @classmethod
     def build(
-        cls, listeners: Sequence[Listen], listen: tuple[str | None, int] | None, server_name: str | None, prefix: str,
-        static: tuple[StaticMount, ...], command: str,
-    ) -> Site:  # fmt: skip
+        cls,
+        *,
+        listeners: Sequence[Listen],
+        listen: tuple[str | None, int] | None,
+        server_name: str | None,
+        prefix: str,
+        static: tuple[StaticMount, ...],
+        command: str,
+    ) -> Site:
         if not listeners:
             raise ConfigError("rules need a listener to route to: give --fcgi ADDR or --uwsgi ADDR")
         protocol = listeners[0].protocol
@@ -113,7 +119,9 @@ def render_apache(site: Site) -> str:
     module = "proxy_fcgi" if site.protocol == "fastcgi" else "proxy_uwsgi"
     lines = _header(site, "#", f"Needs mod_proxy, mod_{module} and mod_alias (Debian: a2enmod {module} alias).")
     if len(site.backends) > 1:
-        lines.append(f"# Only the first of {len(site.backends)} listeners is used (a balancer needs mod_proxy_balancer).")
+        lines.append(
+            f"# Only the first of {len(site.backends)} listeners is used (a balancer needs mod_proxy_balancer)."
+        )
     if site.listen is not None:
         lines.append(f"Listen {_listen_text(site, '')}")
     lines.append(f"<VirtualHost {_listen_text(site, '*:')}>")
@@ -135,8 +143,9 @@ def render_apache(site: Site) -> str:
 
 def _lighttpd_backend(address: Address, protocol: str) -> str:
     where = (
-        f'"socket" => "{address.path}"' if address.path is not None else f'"host" => "{address.host}", '
-        f'"port" => {address.port}'
+        f'"socket" => "{address.path}"'
+        if address.path is not None
+        else f'"host" => "{address.host}", "port" => {address.port}'
     )
     extra = ', "fix-root-scriptname" => "enable"' if protocol == "fastcgi" else ""
     return f'( {where}, "check-local" => "disable"{extra} )'
@@ -145,7 +154,9 @@ def _lighttpd_backend(address: Address, protocol: str) -> str:
 def render_lighttpd(site: Site) -> str:
     fastcgi = site.protocol == "fastcgi"
     module = "mod_fastcgi" if fastcgi else "mod_scgi"
-    lines = _header(site, "#", 'A fragment for lighttpd.conf, or for include_shell "python -m gateway rules lighttpd ..."')
+    lines = _header(
+        site, "#", 'A fragment for lighttpd.conf, or for include_shell "python -m gateway rules lighttpd ..."'
+    )
     if site.listen is not None:
         host, port = site.listen
         if host is not None:
@@ -197,7 +208,14 @@ def rules(argv: Sequence[str]) -> str:
     listen = parse_listen(own.listen) if own.listen else None
     config = load(rest).config
     command = shlex.join(["python", "-m", "gateway", "rules", *argv])
-    site = Site.build(config.listeners, listen, own.server_name, config.script_name, config.static, command)
+    site = Site.build(
+        listeners=config.listeners,
+        listen=listen,
+        server_name=own.server_name,
+        prefix=config.script_name,
+        static=config.static,
+        command=command,
+    )
     return RENDERERS[own.server](site)
 
 
