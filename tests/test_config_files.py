@@ -271,3 +271,10 @@ def test_the_issues_ini_starts_a_gateway_that_serves_through_nginx(tmp_path: Pat
     log = gateway.log.read_text()
     assert "threads: not supported yet" in log
     assert "2 workers serving app:application" in log
+
+
+def test_the_readme_table_names_every_uwsgi_option_the_table_knows() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| uWSGI (`--ini`) |") :]
+    table = table[: table.index("\n\n")]
+    assert [key for key in UWSGI_OPTIONS if f"`{key}`" not in table] == []
