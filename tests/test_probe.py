@@ -18,6 +18,9 @@ from benchmarks.peers import PEERS_VENV, ensure_peers
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess, ListeningProcess
 from gateway.ops.probe import Target, main
+from gateway.protocols.cgi import split_response_head
+from gateway.protocols.errors import RemoteProtocolError
+from gateway.protocols.uwsgi import encode_ping, encode_pong, is_pong
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,3 +137,17 @@ def test_url_forms() -> None:
     for bad in ("http://x:1/", "fcgi://nohost/", "fcgi+tcp:/x"):
         with pytest.raises(ValueError, match=r"expected|give HOST:PORT"):
             Target.parse(bad)
+
+
+def test_response_heads_as_the_client_side_reads_them() -> None:
+    assert split_response_head(b"Status: 404 Not Found\r\nX-A: 1\r\n\r\nbody") == (404, "Not Found", [("X-A", "1")], 33)
+    assert split_response_head(b"Content-Type: text/plain\r\n\r\n") == (200, "OK", [("Content-Type", "text/plain")], 28)
+    redirect = b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n"
+    assert split_response_head(redirect) == (302, "Found", [("Location", "/x")], len(redirect))
+    assert split_response_head(b"HTTP/1.1 200 OK\r\nPartial: yes") is None
+    for bad in (b"no colon here\r\n\r\n", b"Status: abc\r\n\r\n", b"HTTP/1.1 x\r\n\r\n", b" Lead: space\r\n\r\n"):
+        with pytest.raises(RemoteProtocolError):
+            split_response_head(bad)
+    assert is_pong(encode_pong())
+    assert not is_pong(encode_ping())
+    assert not is_pong(b"\x64")

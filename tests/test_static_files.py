@@ -9,6 +9,9 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import os
+import socket
+import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +22,13 @@ from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from gateway.loop.static import _segments, parse_range
 from gateway.ops.probe import Answer, Target, request
+from gateway.protocols.fastcgi import EndRequest, Stdout
+from gateway.protocols.fastcgi.client import ClientConnection, encode_request
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = bytes(range(256)) * 1200  # 300 KiB: several FastCGI records and sendfile calls
 TEXT = b"plain text\n"
+RANDOM = os.urandom(4 << 20)  # every byte in its place: pieces out of order or interleaved would show
 
 
 @dataclass
@@ -31,6 +37,7 @@ class Served:
     targets: dict[str, str]
     root: Path
     access_log: Path
+    fcgi: str
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +46,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = scratch / "files"
     (root / "sub").mkdir(parents=True)
     (root / "big.bin").write_bytes(BIG)
+    (root / "random.bin").write_bytes(RANDOM)
+    (root / "huge.bin").write_bytes(os.urandom(16 << 20))
     (root / "a.txt").write_bytes(TEXT)
     (root / "sub" / "style.css").write_bytes(b"body{}\n")
     (root / "empty.txt").write_bytes(b"")
@@ -62,7 +71,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "uwsgi-unix": f"uwsgi+unix:{uwsgi_unix}:",
     }
     try:
-        yield Served(gateway, targets, root, access_log)
+        yield Served(gateway, targets, root, access_log, fcgi)
     finally:
         gateway.stop()
 
@@ -174,3 +183,55 @@ def test_path_segments_refuse_what_could_escape() -> None:
 )
 def test_range_decisions(header: str, expected: object) -> None:
     assert parse_range(header, 100) == expected
+
+
+def _connect(address: str) -> socket.socket:
+    host, port = address.rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader: sendfile meets a full socket
+    sock.settimeout(30)
+    sock.connect((host, int(port)))
+    return sock
+
+
+def test_a_file_and_dynamic_pages_multiplexed_on_one_fastcgi_connection(served: Served) -> None:
+    """While the file goes out with sendfile, the worker's answers to the other requests on the connection wait in
+    its buffer: every response arrives whole and in its own records."""
+    with _connect(served.fcgi) as sock:
+        requests = [encode_request(1, _params("/static/random.bin"), keep_conn=True)]
+        requests += [encode_request(i, _params("/hello"), keep_conn=True) for i in range(2, 6)]
+        sock.sendall(b"".join(requests))
+        client = ClientConnection()
+        stdout: dict[int, bytearray] = {i: bytearray() for i in range(1, 6)}
+        ended: set[int] = set()
+        while len(ended) < 5:
+            chunk = sock.recv(4096)
+            assert chunk, f"connection closed; ended: {ended}"
+            for event in client.receive_data(chunk):
+                if isinstance(event, Stdout):
+                    stdout[event.request_id] += event.data
+                elif isinstance(event, EndRequest):
+                    ended.add(event.request_id)
+    head, _, body = bytes(stdout[1]).partition(b"\r\n\r\n")
+    assert head.startswith(b"Status: 200 OK\r\n")
+    assert body == RANDOM
+    for request_id in range(2, 6):
+        assert bytes(stdout[request_id]).endswith(b"\r\n\r\nhello")
+
+
+def test_a_client_leaving_mid_file_costs_only_its_connection(served: Served) -> None:
+    with _connect(served.fcgi) as sock:
+        sock.sendall(encode_request(1, _params("/static/huge.bin"), keep_conn=False))
+        assert sock.recv(4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    deadline = time.monotonic() + 20
+    while "static file: sending stopped" not in served.gateway.log.read_text():
+        assert time.monotonic() < deadline, "the gateway must notice the client left"
+        time.sleep(0.05)
+    assert _get(served, "fcgi", "/static/a.txt").body == TEXT
+    assert _get(served, "fcgi", "/hello").body == b"hello"
+
+
+def _params(uri: str) -> dict[str, str]:
+    return {"REQUEST_METHOD": "GET", "REQUEST_URI": uri, "SCRIPT_NAME": "", "PATH_INFO": uri, "QUERY_STRING": "",
+            "SERVER_NAME": "localhost", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1"}  # fmt: skip

@@ -253,6 +253,9 @@ async def _send_file(sink: FileStreamSink, fd: int, offset: int, count: int) -> 
         while transport.get_write_buffer_size() and not connection.closed:
             await _writable(connection, watched)
             await asyncio.sleep(0)  # let the transport write its own buffer first
+        # Paused again: a transport that drained its buffer meanwhile has resumed the OutputBuffer, and from here on
+        # nothing but this file may reach the socket until its last piece is out.
+        connection.pause_writing()
         framed = prefix_for(1) != b""
         piece_limit = _FASTCGI_PIECE if framed else count
         while count and not connection.closed:
