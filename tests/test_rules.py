@@ -93,6 +93,10 @@ def _check_through(server: ListeningProcess, backend: Backend, marker: str) -> N
     page = _get(server.port, f"/hello?{marker}")
     assert (page.status, page.body) == (200, b"hello"), page
     assert _logged(backend.access_log, f"/hello?{marker}"), "the dynamic page must come from the gateway"
+    echoed_reply = _get(server.port, f"/unicode/a%20b?{marker}")
+    assert echoed_reply.status == 200, echoed_reply
+    echoed = echoed_reply.json()  # the app sees the path the client asked for
+    assert (echoed["script_name"], echoed["path_info"], echoed["query"]) == ("", "/unicode/a b", marker)
     # The dynamic request was logged after the static one was answered: a static line would be there by now.
     assert f"/static/hello.txt?{marker}" not in backend.access_log.read_text()
 

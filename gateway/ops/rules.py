@@ -141,14 +141,14 @@ def render_apache(site: Site) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _lighttpd_backend(address: Address, protocol: str) -> str:
+def _lighttpd_backend(address: Address) -> str:
     where = (
         f'"socket" => "{address.path}"'
         if address.path is not None
         else f'"host" => "{address.host}", "port" => {address.port}'
     )
-    extra = ', "fix-root-scriptname" => "enable"' if protocol == "fastcgi" else ""
-    return f'( {where}, "check-local" => "disable"{extra} )'
+    # Without it lighttpd cuts the path at its first segment into SCRIPT_NAME (/unicode) and PATH_INFO (/a b).
+    return f'( {where}, "check-local" => "disable", "fix-root-scriptname" => "enable" )'
 
 
 def render_lighttpd(site: Site) -> str:
@@ -167,7 +167,7 @@ def render_lighttpd(site: Site) -> str:
     body: list[str] = []
     for mount in site.static:
         body.append(f'alias.url += ( "{_slash(mount.url)}" => "{_slash(mount.directory)}" )')
-    pool = ", ".join(f'"gateway-{n}" => {_lighttpd_backend(a, site.protocol)}' for n, a in enumerate(site.backends))
+    pool = ", ".join(f'"gateway-{n}" => {_lighttpd_backend(a)}' for n, a in enumerate(site.backends))
     handler = f'{"fastcgi" if fastcgi else "scgi"}.server = ( "{site.prefix or "/"}" => ( {pool} ) )'
     if not fastcgi:
         handler += '\nscgi.protocol = "uwsgi"'
