@@ -187,3 +187,40 @@ def test_rules_need_a_listener_and_a_real_static_directory() -> None:
         rules(["nginx", "--fcgi", ":9000", "--static", "/s=/no/such/dir"])
     with pytest.raises(ConfigError, match=r"cannot be found|is not an installed package"):
         rules(["nginx", "--fcgi", ":9000", "--static", "/s=no_such_package_xyz:static"])
+
+
+@pytest.fixture(scope="module")
+def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway whose app is mounted under /app (--script-name), as the rules for it say."""
+    scratch = tmp_path_factory.mktemp("mounted")
+    fcgi = f"127.0.0.1:{free_port()}"
+    gateway = GatewayProcess(
+        scratch,
+        ["--fcgi", fcgi, "--script-name", "/app", "--workers", "1", "tests.apps:app"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).start()
+    try:
+        yield fcgi
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("server", ["nginx", "apache", "lighttpd"])
+def test_an_app_mounted_under_a_prefix(mounted: str, tmp_path: Path, server: str) -> None:
+    port = free_port()
+    text = rules([server, "--fcgi", mounted, "--script-name", "/app", "--listen", f"127.0.0.1:{port}"])
+    process: ListeningProcess
+    if server == "nginx":
+        process = RulesNginx(tmp_path, port, text)
+    elif server == "apache":
+        process = Apache(tmp_path, port, text, ("proxy_fcgi",))
+    else:
+        process = Lighttpd(tmp_path, port, text)
+    process.start()
+    try:
+        reply = _get(port, "/app/unicode/x%20y?q=2")
+        assert reply.status == 200, reply
+        echoed = reply.json()
+        assert (echoed["script_name"], echoed["path_info"], echoed["query"]) == ("/app", "/unicode/x y", "q=2")
+    finally:
+        process.stop()
