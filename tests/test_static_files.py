@@ -23,7 +23,7 @@ from devstack.processes import GatewayProcess
 from gateway.loop.static import _segments, parse_range
 from gateway.ops.probe import Answer, Target, request
 from gateway.protocols.fastcgi import EndRequest, Stdout
-from gateway.protocols.fastcgi.client import ClientConnection, encode_request
+from gateway.protocols.fastcgi.client import ClientConnection, encode_abort, encode_request
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = bytes(range(256)) * 1200  # 300 KiB: several FastCGI records and sendfile calls
@@ -230,6 +230,32 @@ def test_a_client_leaving_mid_file_costs_only_its_connection(served: Served) -> 
         time.sleep(0.05)
     assert _get(served, "fcgi", "/static/a.txt").body == TEXT
     assert _get(served, "fcgi", "/hello").body == b"hello"
+
+
+def test_an_aborted_file_stops_at_a_record_boundary(served: Served) -> None:
+    """ABORT_REQUEST for a file being sent: its records stop whole, END_REQUEST follows, the connection goes on."""
+    with _connect(served.fcgi) as sock:
+        sock.sendall(encode_request(1, _params("/static/huge.bin"), keep_conn=True))
+        client = ClientConnection()
+        received = 0
+        ended: set[int] = set()
+        hello = bytearray()
+        aborted = False
+        while len(ended) < 2:
+            chunk = sock.recv(4096)
+            assert chunk, f"connection closed; ended: {ended}"
+            for event in client.receive_data(chunk):  # a cut record would raise here
+                if isinstance(event, Stdout) and event.request_id == 1:
+                    received += len(event.data)
+                elif isinstance(event, Stdout):
+                    hello += event.data
+                elif isinstance(event, EndRequest):
+                    ended.add(event.request_id)
+            if not aborted and received:
+                sock.sendall(encode_abort(1) + encode_request(2, _params("/hello"), keep_conn=True))
+                aborted = True
+    assert received < 16 << 20
+    assert bytes(hello).endswith(b"\r\n\r\nhello")
 
 
 def _params(uri: str) -> dict[str, str]:

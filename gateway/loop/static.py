@@ -107,6 +107,7 @@ class StaticFiles:
 
     def __init__(self, mounts: Sequence[StaticMount]) -> None:
         self.mounts = sorted(mounts, key=lambda mount: len(mount.url), reverse=True)
+        mimetypes.init()  # reads /etc/mime.types now, not in the loop on the first request
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _mount_for(self, path: str) -> tuple[StaticMount, str] | None:
@@ -258,7 +259,8 @@ async def _send_file(sink: FileStreamSink, fd: int, offset: int, count: int) -> 
         connection.pause_writing()
         framed = prefix_for(1) != b""
         piece_limit = _FASTCGI_PIECE if framed else count
-        while count and not connection.closed:
+        # A request aborted meanwhile (FastCGI ABORT_REQUEST) stops at a piece boundary: a record is never cut.
+        while count and not connection.closed and not sink.client_gone:
             piece = min(count, piece_limit)
             pending = memoryview(prefix_for(piece))
             while pending and not connection.closed:
