@@ -50,7 +50,8 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("pidfile = /tmp/gw.pid", ["--pidfile", "/tmp/gw.pid"], 'pidfile = "/tmp/gw.pid"'),
     ("module = tests.apps:app", ["tests.apps:app"], 'app = "tests.apps:app"'),
     ("wsgi = tests.apps\ncallable = app", ["tests.apps:app"], 'app = "tests.apps:app"'),
-    ("wsgi-file = tests/apps.py\ncallable = app", ["apps:app"], 'app = "apps:app"'),
+    ("wsgi-file = tests/apps.py\ncallable = app", ["--pythonpath", "tests", "apps:app"],
+     'pythonpath = ["tests"]\napp = "apps:app"'),
     ("mount = /app=tests.apps:app", ["--script-name", "/app", "tests.apps:app"],
      'script_name = "/app"\napp = "tests.apps:app"'),
     (
@@ -63,6 +64,9 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("reload-mercy = 15", ["--graceful-timeout", "15"], "graceful_timeout = 15"),
     ("worker-reload-mercy = 12", ["--graceful-timeout", "12"], "graceful_timeout = 12.0"),
     ("py-autoreload = 2", ["--reload"], "reload = true"),
+    ("chdir = /tmp", ["--chdir", "/tmp"], 'chdir = "/tmp"'),
+    ("pythonpath = /tmp\npythonpath = /usr", ["--pythonpath", "/tmp", "--pythonpath", "/usr"],
+     'pythonpath = ["/tmp", "/usr"]'),
 ]  # fmt: skip
 
 

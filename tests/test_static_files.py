@@ -20,7 +20,9 @@ import pytest
 
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
-from gateway.loop.static import _segments, parse_range
+from gateway.config.errors import ConfigError
+from gateway.config.static_dirs import parse_static
+from gateway.loop.static import StaticFiles, _segments, parse_range
 from gateway.ops.probe import Answer, Target, request
 from gateway.protocols.fastcgi import EndRequest, Stdout
 from gateway.protocols.fastcgi.client import ClientConnection, encode_abort, encode_request
@@ -261,3 +263,12 @@ def test_an_aborted_file_stops_at_a_record_boundary(served: Served) -> None:
 def _params(uri: str) -> dict[str, str]:
     return {"REQUEST_METHOD": "GET", "REQUEST_URI": uri, "SCRIPT_NAME": "", "PATH_INFO": uri, "QUERY_STRING": "",
             "SERVER_NAME": "localhost", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1"}  # fmt: skip
+
+
+def test_a_relative_directory_is_read_from_the_apps_directory(tmp_path: Path) -> None:
+    (tmp_path / "assets").mkdir()
+    mount = parse_static("/s=assets")[0]
+    assert mount.directory == "assets"  # kept as written until --chdir is known
+    assert mount.resolved(str(tmp_path)).directory == str(tmp_path / "assets")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        StaticFiles([parse_static("/s=no-such-dir")[0]])

@@ -122,6 +122,19 @@ def build_config(argv: Sequence[str] | None = None, *, environ: Mapping[str, str
     return load(argv, environ=environ).config
 
 
+def enter_app_directory(config: Config) -> None:
+    """``--chdir`` first, as gunicorn and uWSGI do it: the app, ``--pythonpath`` and relative paths in the other
+    options are then read from the app's directory. A ConfigError names the option and the directory."""
+    if config.chdir:
+        try:
+            os.chdir(config.chdir)
+        except OSError as err:
+            raise ConfigError(f"--chdir {config.chdir!r}: {err.strerror}") from None
+    for directory in config.pythonpath:
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--pythonpath {directory!r}: no such directory (looked up from {os.getcwd()})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("rules", "probe"):
@@ -137,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {level}: {note}")
         sys.stdout.write(render_toml(config, loaded.origins))
         return 0
+    try:
+        enter_app_directory(config)
+    except ConfigError as err:
+        print(f"gateway: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging(config.log_level, role=f"gateway {os.getpid()}")
     for level, note in loaded.notes:
         log.log(logging.getLevelName(level.upper()), "%s", note)

@@ -20,7 +20,11 @@ _PACKAGE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 @dataclass(frozen=True, slots=True)
 class StaticMount:
-    """Files under ``directory`` answer URLs under ``url`` (``/static``, never with a trailing slash)."""
+    """Files under ``directory`` answer URLs under ``url`` (``/static``, never with a trailing slash).
+
+    As read, a relative directory is kept as written; :meth:`resolved` makes it absolute once the app's directory
+    (``--chdir``) is known, which is what the loop serves and the rules print.
+    """
 
     url: str
     directory: str
@@ -29,6 +33,14 @@ class StaticMount:
 
     def __str__(self) -> str:
         return self.text
+
+    def resolved(self, base: str) -> StaticMount:
+        """This mapping with its directory made absolute from ``base`` (the app's directory), symlinks resolved,
+        checked to be a directory; a ConfigError otherwise."""
+        directory = os.path.realpath(os.path.join(base, self.directory))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--static {self.text!r}: {directory} is not a directory")
+        return StaticMount(self.url, directory, self.text)
 
 
 def _package_directory(package: str, relative: str) -> str:
@@ -42,7 +54,8 @@ def _package_directory(package: str, relative: str) -> str:
 
 
 def parse_static(text: str) -> tuple[StaticMount, ...]:
-    """One ``URL=DIR`` or ``URL=package:dir``; the directory must exist (a typo fails at start, not per request)."""
+    """One ``URL=DIR`` or ``URL=package:dir``; the directory is checked by :meth:`StaticMount.resolved`, at start
+    (a typo fails then, not per request)."""
     url, sep, target = text.partition("=")
     if not sep or not url.startswith("/") or not target:
         raise ConfigError(f"--static {text!r} is not URL=DIR or URL=package:dir, e.g. /static=/srv/app/static")
@@ -53,8 +66,5 @@ def parse_static(text: str) -> tuple[StaticMount, ...]:
     if colon and _PACKAGE.match(package) and not target.startswith("/"):
         directory = _package_directory(package, relative)
     else:
-        directory = target
-    directory = os.path.realpath(directory)
-    if not os.path.isdir(directory):
-        raise ConfigError(f"--static {text!r}: {directory} is not a directory")
+        directory = target  # a relative DIR is read from --chdir's directory, as the other paths: see resolved()
     return (StaticMount(url, directory, text),)

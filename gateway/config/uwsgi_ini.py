@@ -313,10 +313,12 @@ def _combine(parts: Mapping[str, tuple[str, Origin]], layered: Layered) -> None:
     elif module is not None:
         app = module
     elif wsgi_file is not None:
+        # uWSGI executes the file; we import it as a module from its directory, put on the import path.
         app = (Path(wsgi_file[0]).stem, wsgi_file[1])
-        layered.notes.append(
-            ("warning", f"{wsgi_file[1].where}: wsgi-file is imported as module {app[0]!r}: run from its directory")
-        )
+        directory = os.path.dirname(wsgi_file[0])
+        if directory:
+            paths = layered.values.get("pythonpath", ()) + parse_value("pythonpath", [directory])
+            layered.set("pythonpath", paths, wsgi_file[1])
     if app is not None:
         text, origin = app
         if text.endswith(".py"):

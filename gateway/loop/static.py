@@ -106,7 +106,10 @@ class StaticFiles:
     """The mappings of ``--static``, longest URL first, and the code that answers from them."""
 
     def __init__(self, mounts: Sequence[StaticMount]) -> None:
-        self.mounts = sorted(mounts, key=lambda mount: len(mount.url), reverse=True)
+        """Built at start, in the app's directory: relative directories resolve from it (ConfigError if none)."""
+        base = os.getcwd()
+        resolved = [mount.resolved(base) for mount in mounts]
+        self.mounts = sorted(resolved, key=lambda mount: len(mount.url), reverse=True)
         mimetypes.init()  # reads /etc/mime.types now, not in the loop on the first request
         self._tasks: set[asyncio.Task[None]] = set()
 

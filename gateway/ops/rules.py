@@ -17,6 +17,7 @@ Requests for a ``--static`` URL are served by the web server itself and never re
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -213,7 +214,7 @@ def rules(argv: Sequence[str]) -> str:
         listen=listen,
         server_name=own.server_name,
         prefix=config.script_name,
-        static=config.static,
+        static=tuple(mount.resolved(os.path.abspath(config.chdir or ".")) for mount in config.static),
         command=command,
     )
     return RENDERERS[own.server](site)
