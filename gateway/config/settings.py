@@ -38,6 +38,7 @@ from gateway.config.declaration import (
     within,
 )
 from gateway.config.errors import ConfigError
+from gateway.config.static_dirs import StaticMount, parse_static
 from gateway.loop.accesslog import ATOMS as ACCESS_ATOMS
 from gateway.loop.accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
 
@@ -82,6 +83,7 @@ _WORKERS = Kind(
     from_toml=lambda value: (value, value),
 )
 _ADDRESSES = Kind("HOST:PORT, :PORT, [IPV6]:PORT or unix:PATH", lambda text: (Address.parse(text),), str)
+_STATIC = Kind("URL=DIR or URL=package:dir", parse_static, str)
 _NETWORKS = Kind("a list of IP addresses or networks", lambda text: parse_networks([text]), str)
 _DIRECTORIES = Kind("a directory", lambda text: (text,), str)
 
@@ -180,6 +182,20 @@ class Config:
     )
     #: The MAX of ``--workers MIN:MAX`` (0 or ``workers``: a fixed pool); the pool grows up to it under load.
     workers_max: int = 0
+    static: tuple[StaticMount, ...] = setting(
+        _STATIC,
+        default=(),
+        section="application",
+        metavar="URL=DIR",
+        repeatable=True,
+        help="serve the files of DIR (or package:dir, a directory inside an installed package) under URL from the "
+        "event loop, never a worker; `rules` makes the web server serve them instead",
+        doc="serve the files of DIR (or `package:dir`, a directory inside an installed Python package) under URL "
+        "from the event loop itself, never a worker: sendfile, Content-Type, Last-Modified/If-Modified-Since, "
+        "HEAD, Range; nothing outside DIR (`..`, symlinks out, encoded slashes: 404). `python -m gateway rules` "
+        "makes the web server serve the same mappings",
+        example="/static=/tmp",
+    )
     debug: bool = setting(
         FLAG,
         default=False,

@@ -6,6 +6,8 @@ answered on its own; their output records interleave on the one connection in th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request
 from gateway.loop.spool import RequestBody
@@ -19,6 +21,7 @@ from gateway.protocols.fastcgi import (
     RequestHead,
     ServerConnection,
 )
+from gateway.protocols.fastcgi.records import HEADER, VERSION, RecordType
 
 _STATUS_PREFIX = b"Status: "
 
@@ -64,6 +67,12 @@ class _Exchange:
 
     def finish(self) -> None:
         self.connection.end(self, app_status=0)
+
+    def file_stream(self) -> tuple[FrontConnection, Callable[[int], bytes]]:
+        """For the loop's static files (gateway/loop/static.py): the connection whose socket a file is sent into,
+        and the bytes that must precede each piece of it (a STDOUT record header of exactly that length)."""
+        request_id = self.request_id
+        return self.connection, lambda size: HEADER.pack(VERSION, RecordType.STDOUT, request_id, size, 0)
 
     def abort(self) -> None:
         # FastCGI has no way to say "this response failed" except cutting the connection; with other requests

@@ -35,6 +35,7 @@ from gateway.loop.dispatch import Dispatcher
 from gateway.loop.front import FrontContext
 from gateway.loop.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.loop.session_hook import SessionHook
+from gateway.loop.static import StaticFiles
 from gateway.master.supervisor import AppLoadFailed, Supervisor
 from gateway.master.systemd import inherited_sockets, notify
 from gateway.sessions import open_store
@@ -164,6 +165,7 @@ class Gateway:
             self.listeners = self._bind()
             if config.access_log:
                 self.access_log = AccessLog(config.access_log, config.access_log_format or DEFAULT_FORMAT)
+            static = StaticFiles(config.static) if config.static else None
             self._drop_privileges()
             self._write_pidfile()
         except (ConfigError, ValueError, OSError) as err:
@@ -176,7 +178,7 @@ class Gateway:
         spool_dir = tempfile.mkdtemp(prefix="gateway-spool-", dir=config.spool_dir)
         pool = Supervisor(config, access_log=self.access_log)
         self.pool = pool
-        dispatcher = Dispatcher(pool, [session_hook] if session_hook is not None else [])
+        dispatcher = Dispatcher(pool, [session_hook] if session_hook is not None else [], static)
         watcher: asyncio.Task[None] | None = None
         sweeper: asyncio.Task[None] | None = None
         raise_file_limit()

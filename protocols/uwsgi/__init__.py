@@ -17,6 +17,7 @@ from gateway.protocols.uwsgi.codec import (
     encode_pong,
     encode_request,
     encode_vars,
+    is_pong,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "encode_pong",
     "encode_request",
     "encode_vars",
+    "is_pong",
 ]

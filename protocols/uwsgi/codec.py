@@ -301,3 +301,8 @@ def encode_ping() -> bytes:
 def encode_pong() -> bytes:
     """What uWSGI answers to a ping: the same header with modifier2 1 and no payload."""
     return HEADER.pack(MODIFIER_PING, 0, 1)
+
+
+def is_pong(data: bytes) -> bool:
+    """Whether ``data`` (what a server sent back to ``encode_ping()``) is uWSGI's pong."""
+    return len(data) >= HEADER_SIZE and HEADER.unpack_from(data) == (MODIFIER_PING, 0, 1)
