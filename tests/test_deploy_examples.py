@@ -12,6 +12,9 @@ import socket
 import stat
 from pathlib import Path
 
+import pytest
+
+from gateway.config.cli import build_config
 from gateway.protocols.fastcgi import EndRequest, Stdout
 from gateway.protocols.fastcgi.client import ClientConnection, encode_request
 from tests.activation import start_activated
@@ -76,3 +79,21 @@ def test_socket_unit_is_served_as_its_name_says(tmp_path: Path) -> None:
     assert f"socket activation: fastcgi socket unix:{path} named {name!r}" in log_path.read_text()
     # The socket file belongs to the socket unit: the gateway leaves it, with the unit's mode, behind.
     assert stat.S_IMODE(os.stat(path).st_mode) == mode
+
+
+TEMPLATE_UNIT = ROOT / "deploy" / "systemd" / "gateway@.service"
+
+
+@pytest.mark.parametrize("instance", ["1", "2"])
+def test_template_unit_runs_several_gateways_on_one_port(instance: str) -> None:
+    """gateway@.service: each instance's command line, as systemd expands %i, is what the CLI accepts, shares the
+    port (--reuse-port) and the sessions (memcached), and has stats and metrics ports of its own."""
+    service = _unit(TEMPLATE_UNIT)["Service"]
+    assert service["Type"] == "notify"
+    argv = service["ExecStart"].replace("%i", instance).split()
+    config = build_config(argv[argv.index("gateway") + 1 :])
+    assert config.reuse_port
+    assert config.sessions.startswith("memcached://")
+    assert [str(listen.address) for listen in config.listeners] == ["127.0.0.1:9001"]
+    assert config.stats is not None and config.stats.port == int(f"171{instance}")
+    assert config.metrics is not None and config.metrics.port == int(f"910{instance}")

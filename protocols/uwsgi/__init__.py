@@ -3,7 +3,10 @@
 from gateway.protocols.uwsgi.codec import (
     MAX_VARS_BLOCK,
     MODIFIER_PING,
+    MODIFIER_SUBSCRIPTION,
     MODIFIER_WSGI,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
     BodyData,
     BodyTooLarge,
     Event,
@@ -16,13 +19,17 @@ from gateway.protocols.uwsgi.codec import (
     encode_ping,
     encode_pong,
     encode_request,
+    encode_subscription,
     encode_vars,
 )
 
 __all__ = [
     "MAX_VARS_BLOCK",
     "MODIFIER_PING",
+    "MODIFIER_SUBSCRIPTION",
     "MODIFIER_WSGI",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
     "BodyData",
     "BodyTooLarge",
     "Event",
@@ -35,5 +42,6 @@ __all__ = [
     "encode_ping",
     "encode_pong",
     "encode_request",
+    "encode_subscription",
     "encode_vars",
 ]
