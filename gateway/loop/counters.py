@@ -11,8 +11,8 @@ per gateway process. Reading them (gauges such as queue depth and open connectio
 
 from __future__ import annotations
 
-import bisect
 import time
+from bisect import bisect_left as _bucket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -68,22 +68,21 @@ class Counters:
 
     # -- the response hook (the access log's signature) ---------------------------------------------------------
     def write(self, request: Request, status: int, sent: int, worker_pid: int | None, now: float) -> None:
+        # Once per response, in the loop: a few dict and list operations, no call into prometheus_client.
         key = (request.protocol, status)
         responses = self.responses
         responses[key] = responses.get(key, 0) + 1
-        elapsed = now - request.received_at
-        elapsed = max(elapsed, 0.0)
-        self.duration_buckets[bisect.bisect_left(DURATION_BUCKETS, elapsed)] += 1
+        elapsed = now - request.received_at  # the loop's monotonic clock: never negative
+        self.duration_buckets[_bucket(DURATION_BUCKETS, elapsed)] += 1
         self.duration_sum += elapsed
         self.tx += sent
-        if worker_pid is not None:
-            tally = self.workers.get(worker_pid)
-            if tally is not None:
-                tally.requests += 1
-                tally.tx += sent
-                tally.total_time += elapsed
-                if status >= 500:
-                    tally.exceptions += 1
+        tally = self.workers.get(worker_pid)  # type: ignore[arg-type]  # None (the pool answered): no worker
+        if tally is not None:
+            tally.requests += 1
+            tally.tx += sent
+            tally.total_time += elapsed
+            if status >= 500:
+                tally.exceptions += 1
 
     # -- the pool's hooks ---------------------------------------------------------------------------------------
     def worker_started(self, pid: int) -> None:
