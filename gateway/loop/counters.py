@@ -47,8 +47,8 @@ class WorkerTally:
 
 @dataclass(slots=True)
 class Counters:
-    #: (front protocol, status code) -> responses.
-    responses: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Front protocol -> responses by status code (a list indexed by the code: the cheapest count per response).
+    status_rows: dict[str, list[int]] = field(default_factory=dict)
     #: Cumulative counts per DURATION_BUCKETS bound (the last is +Inf), with the sum of the durations.
     duration_buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0
@@ -65,18 +65,23 @@ class Counters:
     session_operations: dict[str, int] = field(default_factory=dict)
     session_errors: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    #: Count each worker's responses too (what uwsgitop shows): only --stats needs them.
+    per_worker: bool = True
 
     # -- the response hook (the access log's signature) ---------------------------------------------------------
     def write(self, request: Request, status: int, sent: int, worker_pid: int | None, now: float) -> None:
-        # Once per response, in the loop: a few dict and list operations, no call into prometheus_client.
-        key = (request.protocol, status)
-        responses = self.responses
-        responses[key] = responses.get(key, 0) + 1
+        # Once per response, in the loop: a few list and dict operations, no call into prometheus_client.
+        row = self.status_rows.get(request.protocol)
+        if row is None:
+            row = self.status_rows[request.protocol] = [0] * 1000
+        row[status % 1000] += 1
         elapsed = now - request.received_at  # the loop's monotonic clock: never negative
         self.duration_buckets[_bucket(DURATION_BUCKETS, elapsed)] += 1
         self.duration_sum += elapsed
         self.tx += sent
-        tally = self.workers.get(worker_pid)  # type: ignore[arg-type]  # None (the pool answered): no worker
+        if not self.per_worker:
+            return
+        tally = self.workers.get(worker_pid)  # type: ignore[arg-type]  # None (the pool answered): no worker's
         if tally is not None:
             tally.requests += 1
             tally.tx += sent
@@ -118,8 +123,18 @@ class Counters:
 
     # -- reading ------------------------------------------------------------------------------------------------
     @property
+    def responses(self) -> dict[tuple[str, int], int]:
+        """(front protocol, status code) -> responses, for those that occurred."""
+        return {
+            (protocol, status): count
+            for protocol, row in self.status_rows.items()
+            for status, count in enumerate(row)
+            if count
+        }
+
+    @property
     def requests(self) -> int:
-        return sum(self.responses.values())
+        return sum(sum(row) for row in self.status_rows.values())
 
     def cumulative_buckets(self) -> Iterable[tuple[float, int]]:
         """(upper bound, requests at most that long), ending with +Inf: the histogram as Prometheus shows it."""

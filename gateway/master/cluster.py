@@ -36,6 +36,7 @@ UNSUBSCRIBE_GRACE = 0.5
 
 def response_log(config: Config, access_log: ResponseLog | None) -> ResponseLog | None:
     """What the pool tells each response: the access log, the counters (only with --stats or --metrics), both."""
+    COUNTERS.per_worker = config.stats is not None
     logs = [log for log in (access_log, COUNTERS if config.stats or config.metrics else None) if log is not None]
     if len(logs) > 1:
         return ResponseTee(tuple(logs))
