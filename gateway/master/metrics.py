@@ -23,7 +23,7 @@ from gateway.config.addresses import Address
 from gateway.loop.counters import COUNTERS
 from gateway.loop.front import FrontContext
 from gateway.loop.relay import State
-from gateway.master.stats import _bound, open_server
+from gateway.master.stats import bound_address, close_server, open_server
 from gateway.master.supervisor import Supervisor
 
 log = logging.getLogger("gateway.metrics")
@@ -111,10 +111,12 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(pool, contexts))
         self.server: asyncio.Server | None = None
+        self.path: str | None = None
 
     async def start(self, address: Address) -> None:
         self.server = await open_server(address, self._answer, "--metrics", limit=_HEAD_LIMIT)
-        log.info("Prometheus metrics on http://%s/metrics", _bound(self.server, address))
+        self.path = address.path
+        log.info("Prometheus metrics on http://%s/metrics", bound_address(self.server, address))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -140,5 +142,5 @@ class MetricsServer:
                 writer.close()
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        close_server(self.server, self.path)
+        self.server = None

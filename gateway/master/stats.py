@@ -191,10 +191,12 @@ class StatsServer:
         self.contexts = contexts
         self.listeners = listeners
         self.server: asyncio.Server | None = None
+        self.path: str | None = None
 
     async def start(self, address: Address) -> None:
         self.server = await open_server(address, self._answer, "--stats")
-        log.info("stats (uWSGI's format, for uwsgitop) on %s", _bound(self.server, address))
+        self.path = address.path
+        log.info("stats (uWSGI's format, for uwsgitop) on %s", bound_address(self.server, address))
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -206,12 +208,21 @@ class StatsServer:
             writer.close()
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        close_server(self.server, self.path)
+        self.server = None
 
 
-def _bound(server: asyncio.Server, address: Address) -> str:
+def close_server(server: asyncio.Server | None, path: str | None) -> None:
+    """Stop listening; a unix socket file we created goes too."""
+    if server is None:
+        return
+    server.close()
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def bound_address(server: asyncio.Server, address: Address) -> str:
     """Where ``server`` listens, the kernel's port for a ``:0``."""
     if address.path is not None or not server.sockets:
         return str(address)
