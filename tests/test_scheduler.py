@@ -314,20 +314,36 @@ def test_a_retiring_worker_gets_nothing_more_and_is_closed_when_idle() -> None:
     assert lane.closed and not lane.requests and _uris(pool.scheduler.queue) == ["/b"]
 
 
-def test_a_request_that_has_to_queue_asks_for_one_more_worker_below_the_maximum() -> None:
-    pool = _Pool(1, workers=1, workers_max=3)
+def test_the_pool_grows_by_the_requests_waiting_beyond_the_workers_starting() -> None:
+    pool = _Pool(1, workers=1, workers_max=4)
     pool.scheduler.submit(_request("/a"))
     assert pool.grown == 0  # an idle worker took it
     pool.scheduler.submit(_request("/b"))
     assert pool.grown == 1 and pool.scheduler.target == 2
-    pool.scheduler.starting = 1  # the new worker is on its way: no second one for the next request
-    pool.scheduler.submit(_request("/c"))
-    assert pool.grown == 1
-    pool.scheduler.starting = 0
-    pool.scheduler.submit(_request("/d"))
+    pool.scheduler.starting = 1  # the new worker is on its way: it will take /b
+    pool.scheduler.submit(_request("/c"))  # but nobody takes /c
     assert pool.grown == 2 and pool.scheduler.target == 3
+    pool.scheduler.starting = 2
+    pool.scheduler.submit(_request("/d"))
     pool.scheduler.submit(_request("/e"))
-    assert pool.grown == 2 and pool.scheduler.target == 3  # at the maximum
+    assert pool.grown == 3 and pool.scheduler.target == 4  # at the maximum
+    pool.scheduler.submit(_request("/f"))
+    assert pool.grown == 3 and pool.scheduler.target == 4
+
+
+def test_requests_handed_ahead_to_a_busy_worker_count_as_waiting_for_growth() -> None:
+    # --pipeline moves queued requests into the busy workers' channels: the queue looks short, the work is not.
+    pool = _Pool(2, workers=2, workers_max=2, pipeline=2)
+    for uri in ("/a", "/b", "/c", "/d", "/e", "/f"):
+        pool.scheduler.submit(_request(uri))
+    first = pool.lanes[0]
+    first.finish()
+    pool.scheduler.lane_idle(first)
+    assert first.uris == ["/c", "/d", "/e"] and _uris(pool.scheduler.queue) == ["/f"]
+    pool.scheduler.workers_max = 6  # room to grow from here on
+    pool.scheduler.submit(_request("/g"))
+    # Waiting: /f and /g in the queue, /d and /e behind /c: four more workers, not one per queued request.
+    assert pool.grown == 1 and pool.scheduler.target == 6
 
 
 def test_an_idle_worker_beyond_the_minimum_is_retired_after_the_scale_down_delay() -> None:

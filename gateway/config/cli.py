@@ -65,9 +65,23 @@ def build_config(argv: Sequence[str] | None = None) -> Config:
     return config_from({name: parse_value(name, raw) for name, raw in given.items()})
 
 
+def enter_app_directory(config: Config) -> None:
+    """``--chdir`` first, as gunicorn and uWSGI do it: the app, ``--pythonpath`` and relative paths in the other
+    options are then read from the app's directory. A ConfigError names the option and the directory."""
+    if config.chdir:
+        try:
+            os.chdir(config.chdir)
+        except OSError as err:
+            raise ConfigError(f"--chdir {config.chdir!r}: {err.strerror}") from None
+    for directory in config.pythonpath:
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--pythonpath {directory!r}: no such directory (looked up from {os.getcwd()})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = build_config(argv)
+        enter_app_directory(config)
     except ConfigError as err:
         print(f"gateway: error: {err}", file=sys.stderr)
         return EXIT_CONFIG

@@ -86,6 +86,7 @@ _WORKERS = Kind(
 )
 _ADDRESSES = Kind("HOST:PORT, :PORT, [IPV6]:PORT or unix:PATH", lambda text: (Address.parse(text),), str)
 _NETWORKS = Kind("a list of IP addresses or networks", lambda text: parse_networks([text]), str)
+_DIRECTORIES = Kind("a directory", lambda text: (text,), str)
 
 _APP = Check(lambda app: ":" in app, "must be MODULE:CALLABLE, e.g. myproject.wsgi:application")
 _PREFIX = Check(
@@ -204,8 +205,29 @@ class Config:
         FLAG,
         default=False,
         section="application",
-        help="restart the workers when a Python file under the current directory changes (development)",
-        doc="restart the workers when a `.py` file under the current directory changes (development; watchfiles)",
+        help="restart the workers when a Python file under the app's directory or a --pythonpath changes "
+        "(development; virtualenvs inside them are not watched)",
+        doc="restart the workers when a `.py` file under the app's directory or a `--pythonpath` changes "
+        "(development; watchfiles); a virtualenv kept inside them is not watched",
+    )
+    chdir: str = setting(
+        TEXT,
+        default="",
+        section="application",
+        metavar="DIR",
+        help="change to DIR before anything else: the app is imported from it, and relative paths in other "
+        "options are read from it (as gunicorn's and uWSGI's chdir)",
+        default_text="the directory the gateway starts in",
+        example="/srv/mysite",
+    )
+    pythonpath: tuple[str, ...] = setting(
+        _DIRECTORIES,
+        default=(),
+        section="application",
+        metavar="DIR",
+        repeatable=True,
+        help="put DIR on the app's import path, ahead of the app's directory (as gunicorn's and uWSGI's pythonpath)",
+        example="/srv/lib",
     )
     script_name: str = setting(
         TEXT,

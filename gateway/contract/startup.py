@@ -28,7 +28,8 @@ class WorkerSessionSettings:
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     app: str  # MODULE:CALLABLE
-    app_dir: str  # prepended to sys.path before the import
+    app_dir: str  # the master's directory (after --chdir): prepended to sys.path before the import
+    python_path: tuple[str, ...]  # --pythonpath, absolute, put ahead of app_dir
     script_name: str
     log_level: str
     debug: bool
@@ -42,5 +43,6 @@ class WorkerSettings:
     def decode(cls, text: str) -> WorkerSettings:
         fields = orjson.loads(text)
         session = fields.pop("session")
+        fields["python_path"] = tuple(fields["python_path"])
         cookie = CookieSettings(**session["cookie"])
         return cls(session=WorkerSessionSettings(cookie, float(session["max_age"]), int(session["max_size"])), **fields)

@@ -232,7 +232,8 @@ class Relay(asyncio.Protocol):
 
     def _ended(self, request: Request | None, kind: int, extras: bytes) -> None:
         """The running request's response is complete (END) or cut short (ABORT): on to the next one."""
-        answered = self.head_answered
+        # Read before the next request's start resets them: its frames may already be here (--pipeline).
+        answered, status, sent = self.head_answered, self.status, self.sent
         requests = self.requests
         if requests:
             requests.popleft()
@@ -241,17 +242,17 @@ class Relay(asyncio.Protocol):
         elif self.state is State.BUSY:
             self.state = State.IDLE
         if request is not None and not answered:
-            self._finish(request, kind == Kind.ABORT, extras)
+            self._finish(request, kind == Kind.ABORT, extras, status, sent)
         if self.state is State.IDLE:
             self.scheduler.lane_idle(self)
         elif self.state is State.BUSY:
             self.scheduler.lane_has_room(self)
 
-    def _finish(self, request: Request, aborted: bool, extras: bytes) -> None:
+    def _finish(self, request: Request, aborted: bool, extras: bytes, status: int, sent: int) -> None:
         request.body.discard()
         hub = self.hub
         if hub.access_log is not None:
-            hub.access_log.write(request, self.status, self.sent, self.pid, self._clock())
+            hub.access_log.write(request, status, sent, self.pid, self._clock())
         if aborted:
             request.release()
             if not request.sink.client_gone:

@@ -7,7 +7,7 @@ shrink. Time comes from an injected clock, and each worker is a :class:`Lane`: h
 business (the relay writes the frames), so the scheduler runs unchanged against fakes in the unit tests.
 
 Its effects on the pool's shape go out through three callbacks the supervisor gives it: ``refuse`` (answer 503),
-``retire`` (a worker reached --max-requests) and ``grow`` (a request had to queue while the pool can grow). They
+``retire`` (a worker reached --max-requests) and ``grow`` (requests wait while the pool can grow). They
 are called, not returned, because they arise in the middle of the per-request path, which must allocate nothing.
 """
 
@@ -59,8 +59,8 @@ class Scheduler(Generic[L]):
     """The queue, the idle workers and the pool's target size; every decision on them.
 
     ``lanes`` is every worker the pool has (starting, serving or retiring): the pipelining rule compares the
-    queue's depth with it. ``starting`` counts the workers asked for and not ready yet, kept by the supervisor, so
-    a pool under load grows one worker at a time rather than one per queued request.
+    queue's depth with it. ``starting`` counts the workers asked for and not ready yet, kept by the supervisor: a
+    pool under load grows by the requests waiting beyond those, not again for requests a starting worker will take.
     """
 
     def __init__(
@@ -111,8 +111,19 @@ class Scheduler(Generic[L]):
             self.refuse(request)
             return
         self.queue.append(request)
-        if self.target < self.workers_max and not self.starting:
-            self.target += 1
+        if self.target < self.workers_max:
+            self._grow_for_waiting()
+
+    def _grow_for_waiting(self) -> None:
+        """Raise the target by the requests that wait with no worker to run them, up to --workers MAX.
+
+        Waiting are the queued requests and those handed ahead of time to a busy worker (--pipeline moves queued
+        requests there, so the queue alone looks short); each worker already starting will take one of them.
+        """
+        waiting = len(self.queue) + sum(len(lane.requests) - 1 for lane in self.lanes if len(lane.requests) > 1)
+        more = min(self.workers_max - self.target, waiting - self.starting)
+        if more > 0:
+            self.target += more
             self.grow()
 
     def _hand(self, lane: L, request: Request) -> None:

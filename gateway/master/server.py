@@ -122,6 +122,24 @@ class PoolControls(Protocol):
     def remove_worker(self) -> None: ...
 
 
+def virtualenvs_under(roots: list[str], depth: int = 2) -> list[str]:
+    """Virtualenvs (a ``pyvenv.cfg`` at their top) within ``depth`` levels of ``roots``: a project often keeps one
+    inside its directory, and a ``pip install`` there must not reload the workers."""
+    found: list[str] = []
+    for root in roots:
+        level = [root]
+        for _ in range(depth + 1):
+            deeper: list[str] = []
+            for directory in level:
+                if os.path.isfile(os.path.join(directory, "pyvenv.cfg")):
+                    found.append(directory)
+                    continue
+                with contextlib.suppress(OSError):
+                    deeper += [entry.path for entry in os.scandir(directory) if entry.is_dir(follow_symlinks=False)]
+            level = deeper
+    return sorted(found)
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -266,6 +284,16 @@ class Gateway:
             os.initgroups(user.pw_name, gid)
             os.setuid(user.pw_uid)
         log.info("running as user %s, group %d", user.pw_name if user else os.getuid(), gid)
+        for listener in self.listeners:
+            path = listener.listen.address.path
+            if path is not None and listener.owns_path and not os.access(os.path.dirname(path) or ".", os.W_OK):
+                # Unlinking needs the directory, which stays root's; the next start replaces the stale file.
+                listener.owns_path = False
+                log.info(
+                    "%s will stay after exit: its directory is not writable by the --user/--group we run as "
+                    "(harmless, the next start replaces it; README: unix sockets and --user)",
+                    path,
+                )
 
     def _write_pidfile(self) -> None:
         if self.config.pidfile:
@@ -389,8 +417,15 @@ class Gateway:
         import watchfiles  # noqa: PLC0415 - a development feature; production never pays for the import
 
         root = os.getcwd()
-        log.info("--reload: watching Python files under %s", root)
-        async for changes in watchfiles.awatch(root, watch_filter=watchfiles.PythonFilter(), debounce=200):
+        roots = [root, *(os.path.abspath(directory) for directory in self.config.pythonpath)]
+        virtualenvs = virtualenvs_under(roots)
+        log.info(
+            "--reload: watching Python files under %s%s",
+            ", ".join(roots),
+            f" but not in the virtualenvs {', '.join(virtualenvs)}" if virtualenvs else "",
+        )
+        python_files = watchfiles.PythonFilter(ignore_paths=virtualenvs)
+        async for changes in watchfiles.awatch(*roots, watch_filter=python_files, debounce=200):
             log.info("--reload: %s changed", ", ".join(sorted({os.path.relpath(path, root) for _, path in changes})))
             self._record_signal(signal.SIGHUP)
 

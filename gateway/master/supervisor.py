@@ -119,6 +119,7 @@ class Supervisor:
         self.worker_settings = WorkerSettings(
             app=config.app,
             app_dir=os.getcwd(),
+            python_path=tuple(os.path.abspath(directory) for directory in config.pythonpath),
             script_name=config.script_name,
             log_level=config.log_level,
             debug=config.debug,

@@ -56,12 +56,21 @@ class AppImportError(Exception):
     """The application named on the command line cannot be imported or is not callable."""
 
 
-def load_app(spec: str) -> WSGIApp:
+def load_app(spec: str, settings: WorkerSettings | None = None) -> WSGIApp:
+    """The WSGI callable ``spec`` (MODULE:CALLABLE) names; an AppImportError says why not, and where a missing
+    module was looked for (the app's directory and ``--pythonpath``), since that is what a newcomer gets wrong."""
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as err:
-        raise AppImportError(f"cannot import module {module_name!r} of application {spec!r}: {err!r}") from err
+        message = f"cannot import module {module_name!r} of application {spec!r}: {err!r}"
+        if isinstance(err, ModuleNotFoundError) and settings is not None:
+            path = ", ".join([*settings.python_path, settings.app_dir]) + f" and {sys.prefix}'s installed packages"
+            message += (
+                f"; looked up from {settings.app_dir} with the import path {path}"
+                " (give the project's directory with --chdir DIR, or add one with --pythonpath DIR)"
+            )
+        raise AppImportError(message) from err
     app: Any = module
     for part in attribute.split("."):
         try:
@@ -294,10 +303,9 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     channel = Channel(sock)
-    if settings.app_dir:
-        sys.path.insert(0, settings.app_dir)
+    sys.path[:0] = [*settings.python_path, settings.app_dir]
     try:
-        app = load_app(settings.app)
+        app = load_app(settings.app, settings)
     except AppImportError as err:
         log.critical("%s", err)
         log.debug("%s", traceback.format_exc())
