@@ -1,7 +1,7 @@
 """--subscribe: uWSGI's subscription packet, sent by a real gateway to a router we play with a UDP socket.
 
-What the real uWSGI FastRouter makes of these packets is tests/test_fastrouter_e2e.py; here each rule is checked
-where it can fail on its own: the bytes, when they are sent (ready, every interval, kept over SIGHUP, withdrawn
+What the real uWSGI FastRouter makes of these packets is tests/test_fastrouter_e2e.py, and the packet's bytes are
+tests/test_uwsgi_codec.py's; here each rule is checked where it can fail on its own: when they are sent (ready, every interval, kept over SIGHUP, withdrawn
 first on SIGTERM while the listener still accepts), port 0, and bad input (a name that does not resolve, a router
 that is down, no uwsgi listener).
 """
@@ -22,7 +22,7 @@ from gateway.config.addresses import Subscription
 from gateway.config.cli import build_config
 from gateway.config.errors import ConfigError
 from gateway.contract.exits import EXIT_CONFIG
-from gateway.protocols.uwsgi import MODIFIER_SUBSCRIPTION, SUBSCRIBE, UNSUBSCRIBE, decode_vars, encode_subscription
+from gateway.protocols.uwsgi import MODIFIER_SUBSCRIPTION, SUBSCRIBE, UNSUBSCRIBE, decode_vars
 from gateway.protocols.uwsgi.codec import HEADER
 from tests.load import uwsgi_get
 
@@ -34,25 +34,6 @@ def _decode(packet: bytes) -> tuple[int, int, list[tuple[str, str]]]:
     modifier1, size, modifier2 = HEADER.unpack_from(packet)
     assert size == len(packet) - HEADER.size
     return modifier1, modifier2, decode_vars(packet[HEADER.size :], 100)
-
-
-def test_packet_is_uwsgis_subscription() -> None:
-    packet = encode_subscription("example.com", "127.0.0.1:3031", cores=4, load=2, weight=4)
-    modifier1, modifier2, pairs = _decode(packet)
-    assert (modifier1, modifier2) == (224, SUBSCRIBE)
-    assert pairs == [
-        ("key", "example.com"),
-        ("address", "127.0.0.1:3031"),
-        ("modifier1", "0"),
-        ("modifier2", "0"),
-        ("cores", "4"),
-        ("load", "2"),
-        ("weight", "4"),
-    ]
-    _, modifier2, _ = _decode(encode_subscription("k", "a:1", cores=1, load=0, weight=1, unsubscribe=True))
-    assert modifier2 == UNSUBSCRIBE
-    with pytest.raises(ValueError, match="key and an address"):
-        encode_subscription("", "a:1", cores=1, load=0, weight=1)
 
 
 @pytest.mark.parametrize("text", ["example.com", "127.0.0.1:2626", "127.0.0.1=k", ":2626=k", "h:99999=k", "h:1="])
