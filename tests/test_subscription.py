@@ -1,9 +1,9 @@
 """--subscribe: uWSGI's subscription packet, sent by a real gateway to a router we play with a UDP socket.
 
 What the real uWSGI FastRouter makes of these packets is tests/test_fastrouter_e2e.py, and the packet's bytes are
-tests/test_uwsgi_codec.py's; here each rule is checked where it can fail on its own: when they are sent (ready, every interval, kept over SIGHUP, withdrawn
-first on SIGTERM while the listener still accepts), port 0, and bad input (a name that does not resolve, a router
-that is down, no uwsgi listener).
+tests/test_uwsgi_codec.py's; here each rule is checked where it can fail on its own: when they are sent (ready,
+every interval, kept over SIGHUP, withdrawn first on SIGTERM while the listener still accepts), port 0, and bad
+input (a name that does not resolve, a router that is down, no uwsgi listener).
 """
 
 from __future__ import annotations
