@@ -60,6 +60,8 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     if path == "/hello":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
         return [b"hello"]
+    if path == "/whoami":  # which gateway (the worker's parent) and worker answered, for several gateways
+        return _json(start_response, {"gateway": os.getppid(), "pid": os.getpid(), "host": environ.get("HTTP_HOST")})
     if path == "/echo" or path.startswith("/unicode/"):
         body = _read_body(environ)
         return _json(

@@ -164,9 +164,9 @@ def test_print_config_on_the_issues_ini_shows_the_toml_equivalent(tmp_path: Path
     assert f'app = "app:application"  # ini {ini}, line 9 (wsgi)' in out
     assert "workers = 2  # ini" in out
     assert "timeout = 10.0  # ini" in out and "max_requests = 100  # ini" in out
-    assert 'access_log_format = "%(h)s - %(u)s [%(t)s] \\"%(r)s\\" %(s)s %(B)s \\"%(f)s\\" \\"%(a)s\\""' in out
+    assert 'access_log_format = "%(addr) - %(user) [%(ltime)] \\"%(method) %(uri) %(proto)\\" %(status)' in out
     assert f"# warning: {ini}, line 6: threads: not supported yet" in out
-    assert f"# warning: {ini}, line 8: subscribe2: not supported yet" in out
+    assert f'subscribe = ["127.0.0.1:2626=foo.com"]  # ini {ini}, line 8 (subscribe2)' in out
     assert f"# info: {ini}, line 3: master: not needed here" in out
     # What was printed is a config file the gateway reads back.
     (tmp_path / "converted.toml").write_text(out)

@@ -14,6 +14,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from gateway.config.cli import build_config
 from gateway.protocols.fastcgi import EndRequest, Stdout
 from gateway.protocols.fastcgi.client import ClientConnection, encode_request
@@ -97,3 +99,21 @@ def test_runit_service_runs_the_real_cli_in_the_foreground() -> None:
     assert config.listeners
     assert config.app == "myapp.wsgi:application"
     assert "exec 2>&1" in lines, "stderr joins stdout, so that svlogd keeps the error log too"
+
+
+TEMPLATE_UNIT = ROOT / "deploy" / "systemd" / "gateway@.service"
+
+
+@pytest.mark.parametrize("instance", ["1", "2"])
+def test_template_unit_runs_several_gateways_on_one_port(instance: str) -> None:
+    """gateway@.service: each instance's command line, as systemd expands %i, is what the CLI accepts, shares the
+    port (--reuse-port) and the sessions (memcached), and has stats and metrics ports of its own."""
+    service = _unit(TEMPLATE_UNIT)["Service"]
+    assert service["Type"] == "notify"
+    argv = service["ExecStart"].replace("%i", instance).split()
+    config = build_config(argv[argv.index("gateway") + 1 :])
+    assert config.reuse_port
+    assert config.sessions.startswith("memcached://")
+    assert [str(listen.address) for listen in config.listeners] == ["127.0.0.1:9001"]
+    assert config.stats is not None and config.stats.port == int(f"171{instance}")
+    assert config.metrics is not None and config.metrics.port == int(f"910{instance}")

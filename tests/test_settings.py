@@ -177,7 +177,7 @@ def test_config_from_spreads_a_setting_over_its_fields() -> None:
 
 def test_readme_options_tables_are_generated() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme.count("<!-- options:start") == readme.count("<!-- options:end -->") == 2
+    assert readme.count("<!-- options:start") == readme.count("<!-- options:end -->") == 3
     assert options_table.render(readme) == readme, "README.md is stale: run python -m devstack.options_table --write"
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.config.addresses import Address, IPNetwork, Listen, parse_networks
+from gateway.config.addresses import Address, IPNetwork, Listen, Subscription, parse_networks
 from gateway.config.declaration import (
     AT_LEAST_ONE,
     BYTES,
@@ -41,6 +41,8 @@ from gateway.config.errors import ConfigError
 from gateway.config.static_dirs import StaticMount, parse_static
 from gateway.loop.accesslog import ATOMS as ACCESS_ATOMS
 from gateway.loop.accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
+from gateway.loop.accesslog import UWSGI_VARIABLES
+from gateway.loop.accesslog import format_error as access_format_error
 
 __all__ = ["DEMO_APP", "SECTIONS", "SETTINGS", "Config", "ConfigError", "config_from", "parse_value", "setting_named"]
 
@@ -59,6 +61,7 @@ SECTIONS: dict[str, str] = {
     "operations": "",
     "sessions": "environ['gateway.session'], loaded and stored by the event loop, never by a worker",
     "worker lifecycle": "",
+    "many gateways": "subscription to a uWSGI FastRouter, shared ports, stats and metrics",
 }
 
 
@@ -97,7 +100,19 @@ _STORE = Check(
     "must be memory, memcached://HOST:PORT or off",
 )
 
+_SUBSCRIPTIONS = Kind(
+    "SERVER=KEY, the router's subscription address and the domain it routes, e.g. 127.0.0.1:2626=example.com",
+    lambda text: (Subscription.parse(text),),
+    str,
+)
+_STATS_ADDRESS = Kind("HOST:PORT, :PORT, [IPV6]:PORT or unix:PATH", Address.parse, str)
+_ACCESS_FORMAT = Check(
+    lambda text: access_format_error(text) is None,
+    "is not a log format: gunicorn atoms (%(h)s), uWSGI variables (%(addr)) or json; see --help",
+)
+
 _ATOMS_HELP = ", ".join(f"%({atom})s {meaning}" for atom, meaning in ACCESS_ATOMS.items())
+_UWSGI_HELP = ", ".join(f"%({name})" for name in UWSGI_VARIABLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,8 +403,12 @@ class Config:
         default=DEFAULT_ACCESS_FORMAT,
         section="operations",
         metavar="FORMAT",
-        help=f"gunicorn-style atoms: {_ATOMS_HELP}",
-        doc="gunicorn's atoms, e.g. `%(h)s %(r)s %(s)s %(b)s %(f)s %(a)s %(M)s %(p)s` (every atom in `--help`)",
+        help=f"json (one object per line), gunicorn-style atoms: {_ATOMS_HELP}; or uWSGI logformat variables: "
+        f"{_UWSGI_HELP}",
+        doc="gunicorn's atoms, e.g. `%(h)s %(r)s %(s)s %(b)s %(f)s %(a)s %(M)s %(p)s`, uWSGI's logformat variables "
+        "(`%(addr) %(method) %(uri) %(status) %(msecs)`), or `json`: one object per line with every atom (every "
+        "atom and variable in `--help`)",
+        checks=(_ACCESS_FORMAT,),
         example="%(h)s %(r)s %(s)s",
     )
     pidfile: str | None = setting(
@@ -624,6 +643,54 @@ class Config:
         doc="with `--workers MIN:MAX`, retire a worker idle this long, never below MIN",
         checks=(NOT_NEGATIVE,),
         example="120",
+    )
+    subscribe: tuple[Subscription, ...] = setting(
+        _SUBSCRIPTIONS,
+        default=(),
+        section="many gateways",
+        metavar="SERVER=KEY",
+        repeatable=True,
+        help="announce the first uwsgi listener to a uWSGI FastRouter's subscription server SERVER under the domain "
+        "KEY (uWSGI's subscription packet over UDP), once the workers are ready and then every "
+        "--subscribe-interval; unsubscribed first on SIGTERM, SIGINT and SIGQUIT",
+        doc="announce the first uwsgi listener to a uWSGI FastRouter's subscription server SERVER under the domain "
+        "KEY (uWSGI's `subscribe2 = server=...,key=...`: its subscription packet over UDP), once the workers are "
+        "ready and then every `--subscribe-interval`; unsubscribed first on SIGTERM, SIGINT and SIGQUIT, kept on "
+        "SIGHUP",
+        example="127.0.0.1:2626=example.com",
+    )
+    subscribe_interval: float = setting(
+        SECONDS,
+        default=10.0,
+        section="many gateways",
+        metavar="SECONDS",
+        help="how often the subscription is renewed; keep it below the router's subscription-tolerance (17 s)",
+        doc="how often the subscription is renewed; keep it below the router's `subscription-tolerance` (17 s)",
+        checks=(POSITIVE_SECONDS,),
+        example="5",
+    )
+    reuse_port: bool = setting(
+        FLAG,
+        default=False,
+        section="many gateways",
+        help="bind TCP listeners with SO_REUSEPORT, so several gateways share a port and the kernel spreads "
+        "connections among them",
+    )
+    stats: Address | None = setting(  # noqa: RUF009 - a field() with metadata, as for log_level
+        _STATS_ADDRESS,
+        default=None,
+        section="many gateways",
+        metavar="ADDR",
+        help="serve uWSGI-compatible stats JSON (what uwsgitop reads) on ADDR: one document per connection",
+        example="127.0.0.1:1717",
+    )
+    metrics: Address | None = setting(  # noqa: RUF009 - a field() with metadata, as for log_level
+        _STATS_ADDRESS,
+        default=None,
+        section="many gateways",
+        metavar="ADDR",
+        help="serve Prometheus metrics over HTTP on ADDR (GET /metrics)",
+        example="127.0.0.1:9100",
     )
     #: What to bind: ``fcgi`` then ``uwsgi``, derived so that each protocol stays one setting of its own.
     listeners: tuple[Listen, ...] = field(default=(), init=False)

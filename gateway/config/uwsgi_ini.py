@@ -62,38 +62,20 @@ def _switched_on(text: str) -> str:
     return "true" if text.strip().isdigit() and int(text) > 0 else FLAG.to_text(FLAG.from_text(text or "1"))
 
 
-#: uWSGI's logformat variables and the access-log atom that carries the same thing.
-_LOG_VARIABLES = {
-    "addr": "h",
-    "user": "u",
-    "ltime": "t",
-    "method": "m",
-    "uri": "U",
-    "proto": "H",
-    "status": "s",
-    "size": "B",
-    "referer": "f",
-    "uagent": "a",
-    "msecs": "M",
-    "micros": "D",
-    "secs": "T",
-    "pid": "p",
-}
+def _subscribe2(text: str) -> str:
+    """``subscribe2 = server=127.0.0.1:2626,key=foo.com`` into our ``SERVER=KEY``; its other keys (``modifier1``,
+    ``weight``, signing...) have no setting here and are refused by name."""
+    fields = dict(part.partition("=")[::2] for part in text.split(",") if part)
+    unknown = sorted(set(fields) - {"server", "key"})
+    if unknown or not fields.get("server") or not fields.get("key"):
+        raise ConfigError(f"subscribe2 {text!r}: only server=HOST:PORT,key=DOMAIN is supported (not {unknown})")
+    return f"{fields['server']}={fields['key']}"
 
 
-def _log_format(text: str) -> str:
-    """uWSGI's ``%(var)`` into our ``%(atom)s``; ``%(method) %(uri) %(proto)`` is the request line, ``%(r)s``."""
-    text = text.replace("%(method) %(uri) %(proto)", "%(r)s")
-
-    def atom(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name == "r":
-            return "%(r)s"
-        if name not in _LOG_VARIABLES:
-            raise ConfigError(f"logformat variable %({name}) has no equivalent; known: {', '.join(_LOG_VARIABLES)}")
-        return f"%({_LOG_VARIABLES[name]})s"
-
-    return re.sub(r"%\((\w+)\)(?!s)", atom, text)
+def _subscribe_to(text: str) -> str:
+    """``subscribe-to = 127.0.0.1:2626:foo.com`` (the router's address, then the key) into ``SERVER=KEY``."""
+    server, _, key = text.rpartition(":")
+    return f"{server}={key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +141,12 @@ UWSGI_OPTIONS: dict[str, Meaning] = {
     "virtualenv": Refused("run the virtualenv's own python: VENV/bin/python -m gateway"),
     "home": Refused("run the virtualenv's own python: VENV/bin/python -m gateway"),
     "env": Maps("env"),
-    "subscribe2": Maps("subscribe"),
-    "subscribe-to": Maps("subscribe"),
-    "logformat": Maps("access_log_format", _log_format),
+    "subscribe2": Maps("subscribe", _subscribe2),
+    "subscribe-to": Maps("subscribe", _subscribe_to),
+    "subscribe-freq": Maps("subscribe_interval"),
+    "stats": Maps("stats", _address),
+    "reuse-port": Maps("reuse_port", _switched_on),
+    "logformat": Maps("access_log_format"),  # --access-log-format reads uWSGI's variables as they are
     "buffer-size": Maps("max_params_size"),
     "limit-post": Maps("max_body_size"),
     "reload-mercy": Maps("graceful_timeout"),

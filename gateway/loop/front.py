@@ -18,6 +18,7 @@ from typing import cast
 
 from gateway.config.addresses import IPNetwork
 from gateway.config.settings import Config
+from gateway.loop.counters import COUNTERS
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.request import ResponseSink, respond_error
 from gateway.loop.spool import OutputBuffer, RequestBody
@@ -241,11 +242,13 @@ class FrontConnection(asyncio.Protocol):
         since = self.input_since
         if since is not None:
             if self.head_pending and now - since > config.header_timeout:
-                self._timed_out(f"params not complete {now - since:.1f} s after the request began (--header-timeout)")
+                self._timed_out(
+                    f"params not complete {now - since:.1f} s after the request began (--header-timeout)", "header"
+                )
             elif not self.head_pending and now - self.last_input > config.body_timeout:
-                self._timed_out(f"no body data for {now - self.last_input:.1f} s (--body-timeout)")
+                self._timed_out(f"no body data for {now - self.last_input:.1f} s (--body-timeout)", "body")
             elif now - since > config.read_timeout:
-                self._timed_out(f"request still incomplete after {now - since:.1f} s (--read-timeout)")
+                self._timed_out(f"request still incomplete after {now - since:.1f} s (--read-timeout)", "read")
         elif now - self.idle_since > config.keepalive_timeout and not self.busy():
             if self.output is not None and self.output.pending:
                 return  # still writing a response to a slow reader
@@ -255,10 +258,12 @@ class FrontConnection(asyncio.Protocol):
                 self.peer,
                 now - self.idle_since,
             )
+            COUNTERS.client_timeout("keepalive")
             if self.transport is not None:
                 self.transport.close()
 
-    def _timed_out(self, reason: str) -> None:
+    def _timed_out(self, reason: str, kind: str) -> None:
+        COUNTERS.client_timeout(kind)
         log.warning("%s %s: %s; connection closed", self.protocol_name, self.peer, reason)
         self.abort_connection()
 

@@ -29,7 +29,7 @@ from gateway.contract.channel import (
 from gateway.loop.request import Request
 
 if TYPE_CHECKING:
-    from gateway.loop.accesslog import AccessLog
+    from gateway.loop.accesslog import ResponseLog
     from gateway.loop.scheduler import Scheduler
 
 #: Called with a finished request and the worker's END payload; it finishes the sink (after session hooks).
@@ -49,7 +49,8 @@ class State(enum.Enum):
 class RelayHub(Protocol):
     """What relays share and report to: the supervisor."""
 
-    access_log: AccessLog | None
+    #: Told every response: the access log, the counters of --stats and --metrics, or both (or None).
+    access_log: ResponseLog | None
     on_request_done: RequestDone | None
 
     def relay_ready(self, relay: Relay, info: dict[str, Any]) -> None:

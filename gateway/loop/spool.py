@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO
 
+from gateway.loop.counters import COUNTERS
+
 #: How much of a spooled response is read back from its file per write to the client.
 _DRAIN_CHUNK = 1 << 18
 #: A turn's pieces smaller than this together are joined into one buffer; larger ones are written vectored.
@@ -58,6 +60,7 @@ class RequestBody:
         self.size += len(data)
         if self._file is not None:
             self._file.write(data)
+            COUNTERS.spooled_request_bytes += len(data)
             return
         if len(data) < _PACK_BELOW:
             self._tail += data
@@ -73,6 +76,7 @@ class RequestBody:
             self._file, self.path = file, file.name
             file.writelines(self._chunks)
             file.write(self._tail)
+            COUNTERS.spooled_request_bytes += self.size
             self._chunks = []
             self._tail = bytearray()
 
@@ -180,6 +184,7 @@ class OutputBuffer:
             self._file.seek(self._file_write)
             self._file.write(data)
             self._file_write += len(data)
+            COUNTERS.spooled_response_bytes += len(data)
 
     def writelines(self, pieces: list[bytes | memoryview]) -> None:
         for piece in pieces:

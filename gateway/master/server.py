@@ -36,6 +36,7 @@ from gateway.loop.front import FrontContext
 from gateway.loop.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.loop.session_hook import SessionHook
 from gateway.loop.static import StaticFiles
+from gateway.master.cluster import ClusterServices, CountingStore, response_log
 from gateway.master.supervisor import AppLoadFailed, Supervisor
 from gateway.master.systemd import inherited_sockets, notify
 from gateway.sessions import open_store
@@ -68,6 +69,8 @@ def session_hook_for(config: Config) -> SessionHook | None:
     if store is None:
         return None
     log.info("sessions: %s store (idle %g s)", config.sessions, config.session_ttl)
+    if config.stats or config.metrics:
+        store = CountingStore(store)
     return SessionHook(store, config)
 
 
@@ -150,6 +153,8 @@ class Gateway:
         self._stopping = False
         #: The pool the signal handlers act on, once it exists.
         self.pool: PoolControls | None = None
+        #: --subscribe, --stats, --metrics.
+        self.cluster = ClusterServices(config)
 
     def _record_signal(self, signum: int) -> None:
         self.pending_signals.append(signum)
@@ -163,6 +168,7 @@ class Gateway:
         try:
             session_hook = session_hook_for(self.config)
             self.listeners = self._bind()
+            self.cluster.prepare(self.listeners)
             if config.access_log:
                 self.access_log = AccessLog(config.access_log, config.access_log_format or DEFAULT_FORMAT)
             static = StaticFiles(config.static) if config.static else None
@@ -171,12 +177,13 @@ class Gateway:
         except (ConfigError, ValueError, OSError) as err:
             log.critical("%s", err)
             self._close_listeners()
+            self.cluster.close()
             return EXIT_CONFIG
         setproctitle.setproctitle(
             f"gateway master [{config.app}] {' '.join(str(b.listen.address) for b in self.listeners)}"
         )
         spool_dir = tempfile.mkdtemp(prefix="gateway-spool-", dir=config.spool_dir)
-        pool = Supervisor(config, access_log=self.access_log)
+        pool = Supervisor(config, access_log=response_log(config, self.access_log))
         self.pool = pool
         dispatcher = Dispatcher(pool, [session_hook] if session_hook is not None else [], static)
         watcher: asyncio.Task[None] | None = None
@@ -205,11 +212,18 @@ class Gateway:
             )
             log.info("%s workers serving %s", sizes, config.app)
             log_codec_build()
+            try:
+                await self.cluster.start(pool, self.contexts, self.listeners)
+            except ConfigError as err:
+                log.critical("%s", err)
+                await self._shutdown(pool, immediate=True)
+                return EXIT_CONFIG
             notify("READY=1\nSTATUS=serving")
             if config.reload:
                 watcher = loop.create_task(self._watch_sources())
             status, stop = await self._until_stopped(pool)
             notify("STOPPING=1")
+            await self.cluster.leave(immediate=stop is Stop.IMMEDIATE)
             await self._shutdown(pool, immediate=stop is Stop.IMMEDIATE)
             return status
         finally:
@@ -219,6 +233,7 @@ class Gateway:
             for signum in HANDLED_SIGNALS:
                 loop.remove_signal_handler(signum)
             self._close_listeners()
+            self.cluster.close()
             shutil.rmtree(spool_dir, ignore_errors=True)
             if self.access_log is not None:
                 self.access_log.close()
@@ -238,7 +253,10 @@ class Gateway:
             log.info("socket activation: %s socket %s named %r", protocol, address, name)
             listeners.append(adopt(Listen(protocol, address), sock))
         try:
-            listeners += [bind(listen, config.backlog, config.socket_mode) for listen in config.listeners]
+            listeners += [
+                bind(listen, config.backlog, config.socket_mode, reuse_port=config.reuse_port)
+                for listen in config.listeners
+            ]
         except ConfigError:
             for listener in listeners:
                 listener.close()

@@ -29,7 +29,8 @@ from gateway.config.settings import Config
 from gateway.contract.channel import ChannelError
 from gateway.contract.exits import EXIT_APP_LOAD
 from gateway.contract.startup import WorkerSettings
-from gateway.loop.accesslog import AccessLog
+from gateway.loop.accesslog import ResponseLog
+from gateway.loop.counters import COUNTERS
 from gateway.loop.relay import Relay, RequestDone, State
 from gateway.loop.request import Request, respond_error
 from gateway.loop.scheduler import Scheduler
@@ -86,7 +87,7 @@ class Supervisor:
     own methods, so a request goes from the dispatcher to the scheduler in one call.
     """
 
-    def __init__(self, config: Config, access_log: AccessLog | None = None) -> None:
+    def __init__(self, config: Config, access_log: ResponseLog | None = None) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self.config = config
         self.access_log = access_log
@@ -94,7 +95,7 @@ class Supervisor:
         self.scheduler: Scheduler[Relay] = Scheduler(
             clock=loop.time,
             refuse=self._refuse,
-            retire=self._retire,
+            retire=self._recycle,
             grow=self._grow,
             workers=config.workers,
             workers_max=config.workers_max,
@@ -172,6 +173,7 @@ class Supervisor:
             call_soon=loop.call_soon,
         )
         self.workers[relay] = WorkerProcess(process, relay, loop.time(), self.generation)
+        COUNTERS.worker_started(process.pid)
         self.scheduler.add(relay)
         self.scheduler.starting += 1  # until its READY frame, or its death
         return relay
@@ -236,6 +238,7 @@ class Supervisor:
         relay.lost()
         self.workers.pop(relay, None)
         self.scheduler.remove(relay)
+        COUNTERS.worker_gone(worker.pid)
         was_starting = not worker.ready
         if was_starting:
             self.scheduler.starting -= 1
@@ -247,6 +250,7 @@ class Supervisor:
         if not relay.retiring:
             describe = f"signal {-status}" if status < 0 else f"status {status}"
             log.warning("worker %d exited with %s; starting a replacement", worker.pid, describe)
+            COUNTERS.worker_restarted("died")
             if self._loop.time() - worker.started_at < _STABLE_AFTER:
                 self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), _MAX_BACKOFF)
             else:
@@ -277,9 +281,16 @@ class Supervisor:
         old = [w for w in self._serving() if w.generation < ready.generation]
         if old:
             old.sort(key=lambda w: (w.relay.state is not State.IDLE, w.generation))
+            COUNTERS.worker_restarted("reload")
             self._retire(old[0].relay, "replaced by a reloaded worker", replace=False)
         elif ready.generation < self.generation and len(self.scheduler.in_rotation()) > self.scheduler.target:
             self._retire(ready.relay, "its code was reloaded again before it was ready", replace=False)
+
+    def _recycle(self, relay: Relay, reason: str) -> None:
+        """The scheduler's retirement: a worker that served its --max-requests."""
+        if not relay.retiring:
+            COUNTERS.worker_restarted("max-requests")
+        self._retire(relay, reason)
 
     def _retire(self, relay: Relay, reason: str, *, replace: bool = True) -> None:
         if relay.retiring:
@@ -437,6 +448,7 @@ class Supervisor:
             elapsed,
             self.config.timeout,
         )
+        COUNTERS.worker_restarted("timeout", worker.pid)
         if request is not None:
             self._fail(relay, request, "504 Gateway Timeout")
         self._retire(relay, "killed after --timeout")
@@ -458,6 +470,7 @@ class Supervisor:
             return
         for worker in self._serving():
             if worker.relay.state in (State.IDLE, State.BUSY) and (rss := worker.rss()) > max_rss << 20:
+                COUNTERS.worker_restarted("max-rss")
                 self._retire(worker.relay, f"resident memory {rss >> 20} MiB over --max-rss {max_rss} MiB")
 
     def _grow(self) -> None:
