@@ -75,6 +75,7 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 "body_length": len(body),
                 "scheme": environ["wsgi.url_scheme"],
                 "multiprocess": environ["wsgi.multiprocess"],
+                "multithread": environ["wsgi.multithread"],
                 "pid": os.getpid(),
             },
         )

@@ -1,4 +1,4 @@
-"""The worker process: imports the app once, then runs one buffered request at a time.
+"""The worker process: imports the app once, then runs buffered requests one at a time (or on N threads).
 
 Started by the master as ``python -m gateway.worker FD SETTINGS`` (a fresh interpreter, never a fork of the event
 loop's process). FD is this worker's end of a unix socket pair; the request arrives whole, body included, so the
@@ -30,21 +30,19 @@ from gateway.contract.channel import (
     Kind,
     Payload,
     WorkerRequest,
-    encode_frame,
-    encode_response,
 )
 from gateway.contract.exits import EXIT_APP_LOAD
 from gateway.contract.startup import WorkerSettings
 from gateway.log import configure_logging
 from gateway.memory import tune_malloc
+from gateway.worker.frames import ResponseFrames
 from gateway.worker.scheduling import use_batch_scheduling
 from gateway.worker.session import WorkerSession
-from gateway.worker.wsgi import WSGIApp, body_stream, build_environ, run_app
+from gateway.worker.threads import ThreadedServer
+from gateway.worker.wsgi import WSGIApp, body_stream, build_environ, run_app, use_threads
 
 log = logging.getLogger("gateway.worker")
 
-#: Below this a body chunk waits for the next one, so a list response leaves in one write.
-_COALESCE = 1 << 16
 _FRAME_HEADER_SIZE = FRAME_HEADER.size
 #: What one read asks for (more when the frame being assembled lacks more).
 _READ_SIZE = 1 << 16
@@ -75,7 +73,7 @@ def load_app(spec: str) -> WSGIApp:
     return app  # type: ignore[no-any-return]
 
 
-class Channel:
+class Channel(ResponseFrames):
     """The worker's end of the socket pair: blocking reads of requests, batched writes of responses.
 
     Requests are numbered in the order they arrive (the loop counts the same way); ``number`` is the one running.
@@ -87,15 +85,10 @@ class Channel:
     """
 
     def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
         self.sock = sock
         self._decoder = FrameDecoder()
         self._frames: deque[tuple[int, Payload]] = deque()
-        self._out: list[bytes] = []
-        self._out_size = 0
-        # The head and the body chunks sent after it, held until the response ends (they leave as one RESPONSE
-        # frame) or until something must go out now (a flush, or more than _COALESCE bytes).
-        self._head: bytes | None = None
-        self._held: list[bytes] = []
         self.number = 0
         self._cancelled: set[int] = set()
 
@@ -179,67 +172,14 @@ class Channel:
             else:
                 frames.append(frame)
 
-    # ResponseOutput
-    def send_head(self, head: bytes) -> None:
-        self._release_head()
-        self._head = head
-
-    def send_body(self, data: bytes, flush: bool) -> None:
-        if self._head is not None:
-            self._held.append(data)
-            self._out_size += len(data)
-            if flush or self._out_size >= _COALESCE:
-                self._release_head()
-                self.flush()
-            return
-        self._queue(FRAME_HEADER.pack(len(data), Kind.BODY))
-        self._queue(data)
-        if flush or self._out_size >= _COALESCE:
-            self.flush()
-
-    def _take_held(self) -> tuple[bytes, list[bytes]]:
-        """The held head and body chunks, no longer held (nor counted as queued)."""
-        head, held = self._head, self._held
-        assert head is not None
-        self._head, self._held = None, []
-        self._out_size -= sum(map(len, held))
-        return head, held
-
-    def _release_head(self) -> None:
-        """The held head and body go out as HEAD and BODY frames: the response continues after them."""
-        if self._head is None:
-            return
-        head, held = self._take_held()
-        self._queue(encode_frame(Kind.HEAD, head))
-        for data in held:
-            self._queue(FRAME_HEADER.pack(len(data), Kind.BODY))
-            self._queue(data)
-
     def cancelled(self) -> bool:
         """Whether the loop said the running request's client is gone; a non-blocking read per call."""
         if self.number not in self._cancelled:
             self._poll_cancels()
         return self.number in self._cancelled
 
-    def finish(self, kind: Kind, payload: bytes = b"") -> None:
-        if kind == Kind.END and self._head is not None:
-            head, held = self._take_held()
-            for piece in encode_response(head, held, payload):
-                self._queue(piece)
-        else:
-            self._release_head()
-            self._queue(encode_frame(kind, payload))
-        self.flush()
-
-    def _queue(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_size += len(data)
-
-    def flush(self) -> None:
-        if self._out:
-            self.sock.sendall(b"".join(self._out) if len(self._out) > 1 else self._out[0])
-            self._out.clear()
-            self._out_size = 0
+    def _write(self, data: bytes, end: bool) -> None:
+        self.sock.sendall(data)
 
 
 def serve(channel: Channel, app: WSGIApp, settings: WorkerSettings) -> None:
@@ -250,8 +190,8 @@ def serve(channel: Channel, app: WSGIApp, settings: WorkerSettings) -> None:
         run_request(channel, app, settings, frame[1])
 
 
-def run_request(channel: Channel, app: WSGIApp, settings: WorkerSettings, payload: bytes | memoryview) -> None:
-    """One REQUEST frame through the app, its response sent on ``channel``."""
+def run_request(channel: ResponseFrames, app: WSGIApp, settings: WorkerSettings, payload: bytes | memoryview) -> None:
+    """One REQUEST frame through the app, its response sent on ``channel`` (or one thread's part of it)."""
     request = WorkerRequest.decode(payload)
     body = body_stream(request.body, request.body_path)
     try:
@@ -307,5 +247,10 @@ def main(argv: list[str]) -> int:
     # left to answer.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         channel.finish(Kind.READY, orjson.dumps({"pid": os.getpid()}))
-        serve(channel, app, settings)
+        if settings.threads > 1:
+            use_threads()
+            server = ThreadedServer(channel, settings.threads, sock.sendall)
+            server.serve(lambda output, payload: run_request(output, app, settings, payload))
+        else:
+            serve(channel, app, settings)
     return 0

@@ -1,8 +1,9 @@
 """PEP 3333 inside a worker: the environ, ``start_response``, ``write`` and the response iteration.
 
-Everything here runs in a worker process, synchronously, one request at a time. Output leaves through a
-:class:`ResponseOutput` (the worker's channel), which decides when bytes are actually sent: a list response is
-sent in one write; a generator's chunks are sent as produced, so streaming apps stream.
+Everything here runs in a worker process, synchronously, one request at a time per thread (one thread unless
+--threads). Output leaves through a :class:`ResponseOutput` (the worker's channel), which decides when bytes are
+actually sent: a list response is sent in one write; a generator's chunks are sent as produced, so streaming apps
+stream.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ _WSGI_CONSTANTS: dict[str, Any] = {
     "wsgi.run_once": False,
     "wsgi.file_wrapper": FileWrapper,
 }
+
+
+def use_threads() -> None:
+    """This worker runs requests on several threads (--threads): apps see ``wsgi.multithread`` true."""
+    _WSGI_CONSTANTS["wsgi.multithread"] = True
 
 
 def build_environ(
