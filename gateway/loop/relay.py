@@ -148,17 +148,12 @@ class Relay(asyncio.Protocol):
             self.state = State.BUSY
         requests.append(request)
         if len(requests) <= self.threads:
-            self._started(request, self._clock())
+            request.started_at = self.busy_since = self._clock()
         self.served += 1
-        self.dispatched += 1
-        request.number = self.dispatched
+        request.number = self.dispatched = self.dispatched + 1
         body = request.body
         for piece in encode_request(request.params, body.finish(), body.path, request.protocol, request.session):
             self._send(piece)
-
-    def _started(self, request: Request, now: float) -> None:
-        request.started_at = now
-        self.busy_since = now
 
     def _send(self, frame: bytes | bytearray | memoryview) -> None:
         # Frames queued in one turn of the loop (requests for a pipelining worker, cancels) leave in one write.
@@ -208,7 +203,9 @@ class Relay(asyncio.Protocol):
 
     def _on_frames(self, frames: list[tuple[int, Payload]]) -> None:
         for kind, payload in frames:
-            request = self.request
+            request = self._selected
+            if request is None and self.requests:
+                request = self.requests[0]
             if request is None:
                 self._on_frame(kind, bytes(payload), request)  # READY, or a frame with no request to answer
             elif kind == Kind.RESPONSE:
@@ -257,15 +254,16 @@ class Relay(asyncio.Protocol):
     def _ended(self, request: Request, kind: int, extras: bytes) -> None:
         """A running request's response is complete (END) or cut short (ABORT): on to the next one."""
         requests = self.requests
-        self._selected = None
         if requests[0] is request:
             requests.popleft()
         else:
             requests.remove(request)
         threads = self.threads
+        if threads > 1:
+            self._selected = None
         if len(requests) >= threads:
             # The thread that ran it takes the first request still waiting in the channel.
-            self._started(requests[threads - 1], self._clock())
+            requests[threads - 1].started_at = self.busy_since = self._clock()
         elif not requests and self.state is State.BUSY:
             self.state = State.IDLE
         if not request.answered:

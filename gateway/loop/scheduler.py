@@ -135,16 +135,17 @@ class Scheduler(Generic[L]):
         if lane.retiring:
             lane.close()
             return
-        self.feed(lane)
-        if len(lane.requests) < lane.threads and lane not in self.idle:
-            self.idle.append(lane)
+        if not self.feed(lane) or len(lane.requests) < lane.threads:
+            idle = self.idle
+            if lane not in idle:  # a lane of several threads may already be there
+                idle.append(lane)
 
     def lane_has_room(self, lane: L) -> None:
         """``lane`` finished one request and still runs (or holds) others: top it up from the queue, and park it
         among the free threads if one of its threads is still free."""
         if not lane.retiring:
             self.feed(lane)
-            if len(lane.requests) < lane.threads and lane not in self.idle:
+            if lane.threads > 1 and len(lane.requests) < lane.threads and lane not in self.idle:
                 self.idle.append(lane)
 
     def feed(self, lane: L) -> bool:
