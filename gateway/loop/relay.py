@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
@@ -27,6 +29,7 @@ from gateway.contract.channel import (
     FrameDecoder,
     Kind,
     Payload,
+    decode_file,
     decode_response,
     decode_select,
     encode_cancel,
@@ -80,6 +83,7 @@ class Relay(asyncio.Protocol):
         "busy_since",
         "decoder",
         "dispatched",
+        "files",
         "hub",
         "idle_since",
         "max_requests",
@@ -111,6 +115,8 @@ class Relay(asyncio.Protocol):
         self._call_soon = call_soon
         self.state = State.STARTING
         self.transport: asyncio.Transport | None = None
+        #: The files socket: descriptors of file responses (FILE frames) arrive here, non-blocking.
+        self.files: socket.socket | None = None
         self.decoder = FrameDecoder()
         #: Requests handed to this worker and not finished, in order: the first ``threads`` run, the others wait
         #: in its channel.
@@ -239,8 +245,30 @@ class Relay(asyncio.Protocol):
                 request.sink.send_head(payload)
         elif kind in (Kind.END, Kind.ABORT):
             self._ended(request, kind, payload)
+        elif kind == Kind.FILE:
+            self._file(request, payload)
         else:
             raise ChannelError(f"worker {self.pid} sent an unknown frame kind {kind}")
+
+    def _file(self, request: Request, payload: bytes) -> None:
+        """FILE: a range of the open file the worker passed over the files socket is the response's next bytes."""
+        offset, length = decode_file(payload)
+        files = self.files
+        if files is None:
+            raise ChannelError(f"worker {self.pid} sent a FILE frame, but it has no files socket")
+        try:
+            _, fds, _, _ = socket.recv_fds(files, 1, 1)
+        except BlockingIOError:
+            raise ChannelError(f"worker {self.pid} sent a FILE frame without its descriptor") from None
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise ChannelError(f"worker {self.pid} passed {len(fds)} descriptors for one FILE frame")
+        request.sent += length
+        if request.answered or request.sink.client_gone:
+            os.close(fds[0])
+        else:
+            request.sink.send_file(fds[0], offset, length)
 
     def _select(self, payload: bytes) -> None:
         """SELECT: the frames that follow are for the request of that number (a worker with --threads)."""
@@ -297,6 +325,9 @@ class Relay(asyncio.Protocol):
         requests = list(self.requests)
         self.requests.clear()
         self._selected = None
+        if self.files is not None:
+            self.files.close()
+            self.files = None
         if requests:
             threads = self.threads
             running = [request for request in requests[:threads] if not request.answered]

@@ -31,6 +31,10 @@ class ResponseSink(Protocol):
         """A whole response: the head (as for ``send_head``) directly followed by all of the body; ``finish`` still
         follows. One call, so a sink frames it for its web server in one piece."""
 
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        """``length`` bytes of the open regular file ``fd`` from ``offset`` as the next body bytes, sent by the
+        kernel; the sink owns ``fd`` from here on and closes it however the response ends."""
+
     def finish(self) -> None:
         """The response is complete."""
 

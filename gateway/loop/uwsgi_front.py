@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request
 from gateway.loop.spool import RequestBody
@@ -111,6 +112,9 @@ class UwsgiConnection(FrontConnection):
             self.response = self.http_version + response
         else:
             self.write(self.http_version + response)
+
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        self.send_segment(FileSegment(fd, offset, length, None))
 
     def finish(self) -> None:
         self.request = None  # answered: nothing left to cancel when the connection closes

@@ -186,6 +186,9 @@ class Supervisor:
         for sock in (parent, child):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _CHANNEL_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _CHANNEL_BUFFER)
+        # File responses' descriptors: one per message (see gateway/contract/channel.py).
+        files_parent, files_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        files_parent.setblocking(False)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -193,12 +196,18 @@ class Supervisor:
                 "gateway.worker",
                 str(child.fileno()),
                 self._encoded_settings,
-                pass_fds=(child.fileno(),),
+                str(files_child.fileno()),
+                pass_fds=(child.fileno(), files_child.fileno()),
                 stdin=asyncio.subprocess.DEVNULL,
             )
+        except BaseException:
+            files_parent.close()
+            raise
         finally:
             child.close()
+            files_child.close()
         relay = self.attach(process)
+        relay.files = files_parent
         await loop.connect_accepted_socket(lambda: relay, parent)
         self._background(self._reap(self.workers[relay]))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.contract.channel import FRAME_HEADER, Kind, encode_frame, encode_response
+from gateway.contract.channel import FRAME_HEADER, Kind, encode_file, encode_frame, encode_response
 
 #: Below this a body chunk waits for the next one, so a list response leaves in one write.
 _COALESCE = 1 << 16
@@ -28,6 +28,24 @@ class ResponseFrames:
 
     def cancelled(self) -> bool:
         raise NotImplementedError
+
+    def _write_file(self, data: bytes, fd: int) -> None:
+        """Pass ``fd`` over the files socket, then send ``data`` (frames ending with the FILE frame)."""
+        raise NotImplementedError
+
+    #: Whether this output can pass open files to the loop (a worker started with a files socket).
+    files = False
+
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        """``length`` bytes of the open regular file ``fd`` from ``offset`` as the next body bytes: the loop
+        receives the descriptor itself and sends the range with sendfile; ``fd`` stays ours to close."""
+        self._release_head()
+        self._queue(encode_file(offset, length))
+        out = self._out
+        data = b"".join(out) if len(out) > 1 else out[0]
+        out.clear()
+        self._out_size = 0
+        self._write_file(data, fd)
 
     # ResponseOutput
     def send_head(self, head: bytes) -> None:

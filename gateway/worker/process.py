@@ -84,9 +84,12 @@ class Channel(ResponseFrames):
     (the loop may send ahead: ``--pipeline``) wait in ``_frames``, in order.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, files: socket.socket | None = None) -> None:
         super().__init__()
         self.sock = sock
+        #: The files socket, over which file responses' descriptors go to the loop (None: not given one).
+        self.file_socket = files
+        self.files = files is not None
         self._decoder = FrameDecoder()
         self._frames: deque[tuple[int, Payload]] = deque()
         self.number = 0
@@ -181,6 +184,11 @@ class Channel(ResponseFrames):
     def _write(self, data: bytes, end: bool) -> None:
         self.sock.sendall(data)
 
+    def _write_file(self, data: bytes, fd: int) -> None:
+        assert self.file_socket is not None
+        socket.send_fds(self.file_socket, [b"F"], [fd])
+        self.sock.sendall(data)
+
 
 def serve(channel: Channel, app: WSGIApp, settings: WorkerSettings) -> None:
     while True:
@@ -233,7 +241,8 @@ def main(argv: list[str]) -> int:
     setproctitle.setproctitle(f"gateway worker [{settings.app}]")
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
-    channel = Channel(sock)
+    files = socket.socket(fileno=int(argv[2])) if len(argv) > 2 else None
+    channel = Channel(sock, files)
     if settings.app_dir:
         sys.path.insert(0, settings.app_dir)
     try:
@@ -249,7 +258,7 @@ def main(argv: list[str]) -> int:
         channel.finish(Kind.READY, orjson.dumps({"pid": os.getpid()}))
         if settings.threads > 1:
             use_threads()
-            server = ThreadedServer(channel, settings.threads, sock.sendall)
+            server = ThreadedServer(channel, settings.threads, sock.sendall, files)
             server.serve(lambda output, payload: run_request(output, app, settings, payload))
         else:
             serve(channel, app, settings)

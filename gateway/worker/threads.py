@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -40,9 +41,13 @@ class ThreadResponse(ResponseFrames):
         super().__init__()
         self._server = server
         self.number = number
+        self.files = server.files is not None
 
     def _write(self, data: bytes, end: bool) -> None:
         self._server.write(self.number, data, end)
+
+    def _write_file(self, data: bytes, fd: int) -> None:
+        self._server.write(self.number, data, False, fd)
 
     def cancelled(self) -> bool:
         return self.number in self._server.cancelled
@@ -55,9 +60,16 @@ RunRequest = Callable[[ResponseFrames, Payload], None]
 class ThreadedServer:
     """The threads of one worker and the state they share: the work queue, the cancellations, the writer lock."""
 
-    def __init__(self, channel: _Reader, threads: int, sock_sendall: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        channel: _Reader,
+        threads: int,
+        sock_sendall: Callable[[bytes], None],
+        files: socket.socket | None = None,
+    ) -> None:
         self._channel = channel
         self._sendall = sock_sendall
+        self.files = files
         self.threads = threads
         self._work: queue.SimpleQueue[tuple[int, Payload] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -115,9 +127,13 @@ class ThreadedServer:
             finally:
                 self.cancelled.discard(number)
 
-    def write(self, number: int, data: bytes, end: bool) -> None:
-        """Frames of request ``number``, selected first if the socket's last frames were another request's."""
+    def write(self, number: int, data: bytes, end: bool, fd: int = -1) -> None:
+        """Frames of request ``number``, selected first if the socket's last frames were another request's; a
+        file response's descriptor (``fd``) goes over the files socket first, in the same order as its frame."""
         with self._lock:
+            if fd >= 0:
+                assert self.files is not None
+                socket.send_fds(self.files, [b"F"], [fd])
             if self._selected != number:
                 self._sendall(encode_select(number) + data)
             else:
