@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,8 +25,9 @@ from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from devstack.servers import Memcached
 from gateway.protocols.fastcgi import encode_request
+from gateway.protocols.uwsgi import encode_request as encode_uwsgi
 from tests.http import Reply, request
-from tests.load import children
+from tests.load import children, load, uwsgi_get
 from tests.test_raw_sockets import FastCGIClient, _params, _split_response
 from tests.waiting import Gate, read_by_peer, wait_for
 
@@ -195,3 +197,42 @@ def test_sessions_with_threads(tmp_path: Path, pool: ThreadPoolExecutor, memcach
             for index, session in enumerate(sessions):
                 data = stack.get("/uwsgi/session/get", [("Cookie", session)]).json()["data"]
                 assert data == {"user": f"u{index}", "items": [str(index), str(index + 8)]}, store
+
+
+def test_max_requests_counts_requests_on_a_threaded_worker(tmp_path: Path) -> None:
+    """A worker running 4 at once is recycled after 10 requests, not 10 batches, and no request fails."""
+    port = free_port()
+    args = ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4", "--max-requests", "10"]
+    gateway = GatewayProcess(tmp_path, [*args, "tests.apps:app"], env=ENV).start()
+    try:
+        with load(port, "/sleep?s=0.01", concurrency=6, requests=60) as result:
+            pass
+        assert result.failures == 0, (result.statuses, result.errors[:3])
+        pids = {json.loads(body)["pid"] for body in result.bodies}
+        assert len(pids) >= 6, f"60 requests at 10 per worker ran on only {len(pids)} workers"
+        assert gateway.log_text().count("served 10 requests (--max-requests)") >= 5
+    finally:
+        gateway.stop()
+
+
+def test_a_client_leaving_cancels_its_own_request_only(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    gate = Gate(tmp_path)
+    port = free_port()
+    args = ["--uwsgi", f"127.0.0.1:{port}", "--workers", "1", "--threads", "2", "--log-level", "debug"]
+    gateway = GatewayProcess(tmp_path, [*args, "tests.apps:app"], env=ENV).start()
+    try:
+        sibling = pool.submit(uwsgi_get, port, "/hold", gate.query("sibling"))
+        gate.wait_started(1)
+        leaving = socket.create_connection(("127.0.0.1", port), timeout=20)
+        params = {"REQUEST_METHOD": "GET", "PATH_INFO": "/stream", "QUERY_STRING": "n=200&delay=0.05",
+                  "REQUEST_URI": "/stream?n=200&delay=0.05", "SERVER_NAME": "t", "SERVER_PORT": "80"}  # fmt: skip
+        leaving.sendall(encode_uwsgi(params))
+        assert leaving.recv(4096).startswith(b"HTTP/1.1 200")
+        leaving.close()
+        wait_for(lambda: "client went away; stopped iterating" in gateway.log_text(), 15, "the stream stopped")
+        assert not sibling.done()
+        gate.release()
+        assert sibling.result()[0] == 200
+    finally:
+        gate.release()
+        gateway.stop()
