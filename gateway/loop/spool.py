@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO
 
-from gateway.loop.filesend import FileSegment
+from gateway.loop.filesend import FileSegment, Push
 
 #: How much of a spooled response is read back from its file per write to the client.
 _DRAIN_CHUNK = 1 << 18
@@ -138,6 +138,7 @@ class OutputBuffer:
         "_paused",
         "_segment_bytes",
         "_spool_dir",
+        "_watching",
         "transport",
     )
 
@@ -157,6 +158,8 @@ class OutputBuffer:
         self._segment_bytes = 0
         #: The transport's (low, high) write limits while a segment has them at zero; None otherwise.
         self._limits: tuple[int, int] | None = None
+        #: The descriptor a blocked segment waits on to be writable (-1: none).
+        self._watching = -1
         self._file: IO[bytes] | None = None
         self._file_read = 0
         self._file_write = 0
@@ -247,6 +250,8 @@ class OutputBuffer:
     def discard(self) -> None:
         """The client is gone: drop what it will never read, and the file holding it."""
         self._batch = None
+        self._stop_watching()
+        self._restore_limits()
         for item in self._memory:
             if type(item) is FileSegment:
                 item.close()
@@ -260,27 +265,48 @@ class OutputBuffer:
     def _push(self, segment: FileSegment) -> bool:
         """Send what the socket takes of ``segment``; True once it is all sent (and closed)."""
         transport = self.transport
-        if self._limits is None:
-            # Told to pause while anything waits in the transport, and to resume once it is empty.
-            self._limits = transport.get_write_buffer_limits()
-            transport.set_write_buffer_limits(high=0)
         before = segment.left
         try:
-            done = segment.push(transport)
+            state = segment.push(transport)
         except OSError:
             self.discard()
             transport.abort()
             return False
         finally:
             self._segment_bytes -= before - segment.left
-        if not done:
+        if state is Push.TRANSPORT:
+            if self._limits is None:
+                # Bytes written before the file still wait in the transport: told to pause until it is empty,
+                # then resumed (which drains on, into the segment).
+                self._limits = transport.get_write_buffer_limits()
+                transport.set_write_buffer_limits(high=0)
+            return False
+        self._restore_limits()
+        if state is Push.SOCKET:
+            self._stop_watching()
+            self._watching = segment.writable_fd
+            asyncio.get_running_loop().add_writer(self._watching, self._writable)
+            self._paused = True
             return False
         self._memory.popleft()
         segment.close()
-        low, high = self._limits
-        self._limits = None
-        transport.set_write_buffer_limits(high=high, low=low)
         return True
+
+    def _writable(self) -> None:
+        self._stop_watching()
+        self._paused = False
+        self._drain()
+
+    def _stop_watching(self) -> None:
+        if self._watching >= 0:
+            asyncio.get_running_loop().remove_writer(self._watching)
+            self._watching = -1
+
+    def _restore_limits(self) -> None:
+        if self._limits is not None:
+            low, high = self._limits
+            self._limits = None
+            self.transport.set_write_buffer_limits(high=high, low=low)
 
     def _drain(self) -> None:
         transport = self.transport
