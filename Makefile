@@ -66,6 +66,7 @@ lint: $(STAMP)
 
 bench: $(BUILT) bench-deps
 	$(PY) -m benchmarks $(ARGS)
+	$(PY) -m benchmarks --realapp $(REALAPP_ARGS)
 
 bench-slow: $(BUILT) bench-deps
 	$(PY) -m benchmarks --slow $(ARGS)

@@ -692,6 +692,22 @@ class Config:
         help="serve Prometheus metrics over HTTP on ADDR (GET /metrics)",
         example="127.0.0.1:9100",
     )
+    # -- issue #21: real applications (threads in workers) -------------------------------------------------------
+    threads: int = setting(
+        INTEGER,
+        default=1,
+        section="worker lifecycle",
+        metavar="N",
+        help="run up to N requests at once in each worker, on N threads (for apps that wait on I/O)",
+        doc="run up to N requests at once in each worker process, on N threads (`wsgi.multithread` is then true): "
+        "for apps that wait on databases or services. Every per-request rule stays per request: a client that "
+        "leaves cancels its own request, `--timeout` answers 504 for the overdue request alone (the worker is then "
+        "retired: its other threads get `--graceful-timeout` to finish before it is killed), `--max-requests` "
+        "counts requests, and a worker that dies fails only the requests it was running (502) and gives back the "
+        "ones it had not started; `--workers MIN:MAX` grows the pool only when no thread is free",
+        checks=(AT_LEAST_ONE,),
+        example="4",
+    )
     #: What to bind: ``fcgi`` then ``uwsgi``, derived so that each protocol stays one setting of its own.
     listeners: tuple[Listen, ...] = field(default=(), init=False)
 

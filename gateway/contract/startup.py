@@ -35,6 +35,7 @@ class WorkerSettings:
     debug: bool
     scheduling: SchedulingPolicy
     session: WorkerSessionSettings  # used only for requests that carry a session (not with --sessions off)
+    threads: int = 1  # requests run at once (--threads); above 1 the worker answers through SELECT frames
 
     def encode(self) -> str:
         return orjson.dumps(asdict(self)).decode()

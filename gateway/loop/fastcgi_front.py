@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request
 from gateway.loop.spool import RequestBody
@@ -24,6 +25,10 @@ from gateway.protocols.fastcgi import (
 from gateway.protocols.fastcgi.records import HEADER, VERSION, RecordType
 
 _STATUS_PREFIX = b"Status: "
+#: A STDOUT record's header (version, type, request id, content length, padding), for file responses.
+_RECORD_HEADER = HEADER
+_FCGI_VERSION = 1
+_STDOUT = int(RecordType.STDOUT)
 
 
 class _Exchange:
@@ -64,6 +69,14 @@ class _Exchange:
             self.held = records
         else:
             connection.write(records)
+
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        request_id = self.request_id
+
+        def stdout_header(size: int) -> bytes:
+            return _RECORD_HEADER.pack(_FCGI_VERSION, _STDOUT, request_id, size, 0)
+
+        self.connection.send_segment(FileSegment(fd, offset, length, stdout_header))
 
     def finish(self) -> None:
         self.connection.end(self, app_status=0)

@@ -20,6 +20,7 @@ from gateway.config.addresses import IPNetwork
 from gateway.config.settings import Config
 from gateway.loop.counters import COUNTERS
 from gateway.loop.dispatch import Dispatcher
+from gateway.loop.filesend import FileSegment
 from gateway.loop.request import ResponseSink, respond_error
 from gateway.loop.spool import OutputBuffer, RequestBody
 
@@ -137,6 +138,14 @@ class FrontConnection(asyncio.Protocol):
         output = self.output or self._open_output()
         if output is not None:
             output.writelines(pieces)
+
+    def send_segment(self, segment: FileSegment) -> None:
+        """A file's range, sent by the kernel after what was written before (gateway/loop/filesend.py)."""
+        output = self.output or self._open_output()
+        if output is None:
+            segment.close()
+        else:
+            output.send_file(segment)
 
     def close_when_drained(self, last: bytes = b"") -> None:
         """Write ``last``, then close once everything written has been handed to the transport (which sends it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request
 from gateway.loop.spool import RequestBody
@@ -117,6 +118,9 @@ class UwsgiConnection(FrontConnection):
     def file_stream(self) -> tuple[FrontConnection, Callable[[int], bytes]]:
         """For the loop's static files: the body goes into this connection's socket as it is, with no framing."""
         return self, _no_prefix
+
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        self.send_segment(FileSegment(fd, offset, length, None))
 
     def finish(self) -> None:
         self.request = None  # answered: nothing left to cancel when the connection closes
