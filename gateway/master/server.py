@@ -33,6 +33,7 @@ from gateway.contract.exits import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_OK, EXIT_WOR
 from gateway.loop.accesslog import DEFAULT_FORMAT, AccessLog
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.front import FrontContext
+from gateway.loop.http_front import tls_context
 from gateway.loop.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.loop.session_hook import SessionHook
 from gateway.master.supervisor import AppLoadFailed, Supervisor
@@ -212,7 +213,7 @@ class Gateway:
         config = self.config
         listeners = []
         for name, sock in inherited_sockets():
-            protocol: ProtocolName = "uwsgi" if "uwsgi" in name else "fastcgi"
+            protocol: ProtocolName = "uwsgi" if "uwsgi" in name else "http" if "http" in name else "fastcgi"
             where = sock.getsockname()
             address = Address(path=where) if isinstance(where, str) else Address(host=where[0], port=where[1])
             log.info("socket activation: %s socket %s named %r", protocol, address, name)
@@ -224,7 +225,7 @@ class Gateway:
                 listener.close()
             raise
         if not listeners:
-            raise ConfigError("nothing to listen on: give --fcgi ADDR and/or --uwsgi ADDR, e.g. --fcgi :9000")
+            raise ConfigError("nothing to listen on: give --fcgi ADDR, --uwsgi ADDR or --http ADDR, e.g. --fcgi :9000")
         return listeners
 
     def _drop_privileges(self) -> None:
@@ -262,6 +263,8 @@ class Gateway:
                 allowed = allowed + parse_networks([web_server_addrs])
             tcp = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
             context = FrontContext(config, dispatcher, spool_dir, str(listener.listen.address), allowed, tcp=tcp)
+            if listener.listen.protocol == "http":
+                context.tls = tls_context(config)
             context.on_count_changed = self._connections_changed
             self.contexts.append(context)
             await serve(listener, context, config.backlog)
