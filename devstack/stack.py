@@ -1,7 +1,8 @@
 """``python -m devstack`` (``make run``): the demo app behind a private nginx, on loopback.
 
-FastCGI on 127.0.0.1:9000, uwsgi on 127.0.0.1:9001, nginx on 127.0.0.1:8080 routing ``/`` over FastCGI and
-``/uwsgi/`` over uwsgi (``devstack.nginx.gateway_routes``). Ctrl-C stops everything.
+FastCGI on 127.0.0.1:9000, uwsgi on 127.0.0.1:9001, HTTP on 127.0.0.1:8000 (the gateway itself, no nginx),
+and nginx on 127.0.0.1:8080 routing ``/`` over FastCGI and ``/uwsgi/`` over uwsgi
+(``devstack.nginx.gateway_routes``). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="nginx's port on 127.0.0.1")
     parser.add_argument("--fcgi", default="127.0.0.1:9000")
     parser.add_argument("--uwsgi", default="127.0.0.1:9001")
+    parser.add_argument("--http", default="127.0.0.1:8000", help="the gateway's own HTTP listener")
     parser.add_argument("--scratch", default=".run", help="directory for nginx's and the gateway's files")
     parser.add_argument("gateway_args", nargs="*", help="more gateway arguments, e.g. myapp:application")
     args = parser.parse_args(argv)
@@ -36,12 +38,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # script): Ctrl-C must stop the stack whoever started it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    gateway = GatewayProcess(scratch, ["--fcgi", args.fcgi, "--uwsgi", args.uwsgi, *args.gateway_args])
+    gateway = GatewayProcess(
+        scratch, ["--fcgi", args.fcgi, "--uwsgi", args.uwsgi, "--http", args.http, *args.gateway_args]
+    )
     nginx = Nginx(scratch, args.port, args.fcgi, args.uwsgi)
     try:
         gateway.start()
         nginx.start()
-        print(f"\nReady: curl {nginx.url}/  (FastCGI)   curl {nginx.url}/uwsgi/  (uwsgi)", flush=True)
+        print(
+            f"\nReady: curl {nginx.url}/  (FastCGI)   curl {nginx.url}/uwsgi/  (uwsgi)   "
+            f"curl http://{args.http}/  (HTTP, no nginx)",
+            flush=True,
+        )
         print(f"Logs in {scratch}; Ctrl-C stops everything.\n", flush=True)
         tail = subprocess.Popen(["tail", "-n", "+1", "-f", str(gateway.log)])
         try:
