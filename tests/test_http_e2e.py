@@ -116,6 +116,21 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         plain.stop()
 
 
+class _SharedReader:
+    """Hands http.client the connection's one buffered reader, so pipelined responses are read in turn."""
+
+    def __init__(self, reader: object) -> None:
+        self.reader = reader
+
+    def makefile(self, mode: str) -> object:
+        return self.reader
+
+
+class _Response(http.client.HTTPResponse):
+    def _close_conn(self) -> None:  # a response read to its end leaves the connection's reader open
+        self.fp = None  # type: ignore[assignment]
+
+
 # -- a raw client ---------------------------------------------------------------------------------------------
 class Client:
     """A raw socket that reads HTTP/1.1 responses one at a time with http.client's parser."""
@@ -128,8 +143,7 @@ class Client:
         self.sock.sendall(data)
 
     def response(self, method: str = "GET") -> http.client.HTTPResponse:
-        response = http.client.HTTPResponse(self.sock, method=method)
-        response.fp = self.reader  # type: ignore[assignment] # one buffered reader across responses
+        response = _Response(_SharedReader(self.reader), method=method)  # type: ignore[arg-type]
         response.begin()
         return response
 
@@ -265,21 +279,35 @@ def test_errors_are_one_line_answers_and_a_close(client: Client, data: bytes, st
     assert client.closed_by_server()
 
 
-def test_a_smuggled_request_behind_a_good_one_never_runs(client: Client) -> None:
+def test_a_smuggled_request_behind_a_good_one_never_runs(client: Client, tmp_path: Path) -> None:
+    record = tmp_path / "ran"
     client.send(
         _get("/hello")
         + b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-        + _get("/record?file=/nonexistent/never&id=smuggled")
+        + _get(f"/record?file={record}&id=smuggled")
     )
     assert client.response().read() == b"hello"
-    assert client.response().status == 400
+    refused = client.response()
+    assert refused.status == 400
+    refused.read()
     assert client.closed_by_server()
+    # the same request alone does run (so its absence above means it was never read)
+    again = Client(client.sock.getpeername()[1])
+    try:
+        again.send(_get(f"/record?file={tmp_path / 'alone'}&id=alone"))
+        assert again.response().status == 200
+    finally:
+        again.close()
+    assert (tmp_path / "alone").read_text() == "alone\n"
+    assert not record.exists()
 
 
 def test_trailing_garbage_after_a_request(client: Client) -> None:
     client.send(_get("/hello") + b"\x00\x01\x02 garbage")
     assert client.response().read() == b"hello"
-    assert client.response().status == 400
+    refused = client.response()
+    assert refused.status == 400
+    refused.read()
     assert client.closed_by_server()
 
 
@@ -293,6 +321,7 @@ def test_an_incomplete_head_gets_408(client: Client) -> None:
     client.send(b"GET /hello HTTP/1.1\r\nHo")
     response = client.response()  # --header-timeout 1: the sweep answers within about two seconds
     assert response.status == 408
+    response.read()
     assert client.closed_by_server()
 
 
