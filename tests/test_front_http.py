@@ -475,3 +475,15 @@ async def test_underscored_header_names_cannot_pass_for_dashed_ones(tmp_path: Pa
     params = harness.dispatcher.submitted[0].params
     assert params["REMOTE_ADDR"] == "10.0.0.5"
     assert "HTTP_X_FORWARDED_FOR" not in params
+
+
+async def test_tls_options_go_together_and_a_bad_certificate_names_them(tmp_path: Path) -> None:
+    from gateway.config.errors import ConfigError
+    from gateway.loop.http_front import tls_context
+
+    assert tls_context(Config(workers=1)) is None
+    with pytest.raises(ConfigError, match="--certfile and --keyfile go together"):
+        tls_context(Config(workers=1, certfile=str(tmp_path / "cert.pem")))
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="--certfile/--keyfile: cannot load"):
+        tls_context(Config(workers=1, certfile=str(tmp_path / "cert.pem"), keyfile=str(tmp_path / "cert.pem")))

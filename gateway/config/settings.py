@@ -175,7 +175,7 @@ class Config:
         FLAG,
         default=False,
         section="listeners",
-        help="HTTP listeners: send no Server header (by default: Server: gateway)",
+        help="HTTP listeners: send no Server header (otherwise Server: gateway)",
     )
     socket_mode: int | None = setting(
         OCTAL,
@@ -646,8 +646,6 @@ class Config:
         listeners = tuple(Listen("fastcgi", address) for address in self.fcgi)
         listeners += tuple(Listen("uwsgi", address) for address in self.uwsgi)
         listeners += tuple(Listen("http", address) for address in self.http)
-        if (self.certfile is None) != (self.keyfile is None):
-            raise ConfigError("--certfile and --keyfile go together: give both, or neither")
         object.__setattr__(self, "listeners", listeners)
 
     @property

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from email.utils import formatdate
 
+from gateway.config.errors import ConfigError
 from gateway.config.settings import Config
 from gateway.loop.forwarded import apply_forwarded, trusted
 from gateway.loop.front import FrontConnection, FrontContext
@@ -62,10 +63,15 @@ def date_header() -> bytes:
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
     """The TLS context of the HTTP listeners (``--certfile``/``--keyfile``), or None for plain HTTP."""
-    if config.certfile is None or config.keyfile is None:
+    if config.certfile is None and config.keyfile is None:
         return None
+    if config.certfile is None or config.keyfile is None:
+        raise ConfigError("--certfile and --keyfile go together: give both, or neither")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.certfile, config.keyfile)
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"--certfile/--keyfile: cannot load {config.certfile} with {config.keyfile}: {err}") from None
     context.set_alpn_protocols(["http/1.1"])
     return context
 

@@ -20,6 +20,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -124,6 +125,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.listeners: list[BoundListener] = []
+        self.tls: ssl.SSLContext | None = None  # the HTTP listeners' (--certfile/--keyfile)
         self.contexts: list[FrontContext] = []
         self.pending_signals: collections.deque[int] = collections.deque()
         self._wake: asyncio.Event | None = None
@@ -144,6 +146,7 @@ class Gateway:
         self._wake = asyncio.Event()
         try:
             session_hook = session_hook_for(self.config)
+            self.tls = tls_context(config)  # before binding: a bad certificate is a configuration error
             self.listeners = self._bind()
             if config.access_log:
                 self.access_log = AccessLog(config.access_log, config.access_log_format or DEFAULT_FORMAT)
@@ -264,7 +267,7 @@ class Gateway:
             tcp = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
             context = FrontContext(config, dispatcher, spool_dir, str(listener.listen.address), allowed, tcp=tcp)
             if listener.listen.protocol == "http":
-                context.tls = tls_context(config)
+                context.tls = self.tls
             context.on_count_changed = self._connections_changed
             self.contexts.append(context)
             await serve(listener, context, config.backlog)
