@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from devstack.nginx import Location, Nginx, Upstream
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
+from tests.load import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The proxy the gateway trusts; plain clients connect from 127.0.0.1, which it does not.
@@ -395,3 +397,61 @@ def test_nginx_proxy_pass_unbuffered_still_cannot_hold_the_worker(servers: Serve
         assert json.loads(slow.response().read())["body_sha256"] == hashlib.sha256(b"abcdef").hexdigest()
     finally:
         slow.close()
+
+
+DEV_APP = """
+VERSION = "{version}"
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/boom":
+        raise RuntimeError("failing on purpose in version " + VERSION)
+    body = VERSION.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def _dev_app(directory: Path, version: str) -> None:
+    path = directory / "devapp.py"
+    path.write_text(DEV_APP.format(version=version))
+    stamp = time.time() + (1 if version != "1" else 0)  # a rewrite within the same second still looks changed
+    os.utime(path, (stamp, stamp))
+
+
+def test_the_development_loop_is_one_command(tmp_path: Path) -> None:
+    """`python -m gateway --http :PORT --reload --debug app`: a bare :PORT is loopback, a 500 shows its traceback,
+    and an edited file is served without a restart."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    _dev_app(app_dir, "1")
+    port = free_port()
+    gateway = GatewayProcess(
+        tmp_path / "dev", ["--http", f":{port}", "--reload", "--debug", "--workers", "1", "devapp:application"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=app_dir,
+    ).start()  # fmt: skip
+    try:
+        assert f"listening for http on 127.0.0.1:{port}" in gateway.log_text()
+        client = Client(port)
+        try:
+            client.send(_get("/"))
+            assert client.response().read() == b"1"
+            client.send(_get("/boom"))
+            page = client.response()
+            assert page.status == 500
+            assert b"failing on purpose in version 1" in page.read()
+        finally:
+            client.close()
+        wait_for(lambda: "--reload: watching Python files" in gateway.log_text(), 10, "the watcher set up")
+        _dev_app(app_dir, "2")
+
+        def serves_version_2() -> bool:
+            again = Client(port)
+            try:
+                again.send(_get("/"))
+                return bool(again.response().read() == b"2")
+            finally:
+                again.close()
+
+        wait_for(serves_version_2, 15, "the edited code to serve")
+    finally:
+        gateway.stop()
