@@ -146,7 +146,8 @@ def report_body(
     """The section's tables, between the header and the chart that ``publish`` adds."""
     lines = [
         f"Every server runs `benchmarks/apps.py` with {options.workers} workers behind one private nginx "
-        f"(`worker_processes 1`, default buffering). wrk: 1 thread, {options.concurrency} connections, "
+        "(`worker_processes 1`, default buffering), except the rows served directly (`-http` and `granian`: wrk "
+        f"at the server's own port). wrk: 1 thread, {options.concurrency} connections, "
         f"{options.duration:g} s per cell, {options.rounds} round(s), servers interleaved and rotated each round; "
         "the tables show medians over rounds. **errors**: wrk socket errors + non-2xx + responses later than "
         f"wrk's {wrk_timeout(options.duration)} s timeout, all rounds. **CPU**: user + "
