@@ -5,8 +5,9 @@ keeps 50 and 1000 slow connections open in each mode that applies to the server'
 go straight to the server's own port, as a misbehaving or compromised web server, or anything else that can reach
 the port, would; the HTTP modes go through nginx with request and response buffering off (``/s/NAME/``), the set-up
 in which nginx stops shielding the backend; the ``direct-*`` modes go straight to the rows served over HTTP without
-nginx (``ServerSpec.direct``: ours ``--http``, gunicorn, waitress, uWSGI ``--http-socket``, Granian). Results are ratios to the same server's unloaded numbers, so servers
-of very different speeds compare on what slow clients take away.
+nginx (``ServerSpec.direct``: ours ``--http``, gunicorn, waitress, uWSGI ``--http-socket``, Granian). Results
+are ratios to the same server's unloaded numbers, so servers of very different speeds compare on what slow clients
+take away.
 
 Then our gateway's memory per idle slow connection: the master's RSS before and while holding N of them, each
 measured on a freshly started gateway so memory freed by an earlier measurement cannot hide growth.
