@@ -69,6 +69,8 @@ class ServerSpec:
     keepalive: bool  # nginx keeps upstream connections (fastcgi_keep_conn + upstream keepalive)
     package: str | None  # what the peers' virtualenv needs for it
     note: str  # ``{n}`` stands for the worker count
+    #: wrk and the slow clients talk HTTP to the server's own port, no nginx in between.
+    direct: bool = False
 
 
 SERVERS: tuple[ServerSpec, ...] = (
@@ -85,6 +87,19 @@ SERVERS: tuple[ServerSpec, ...] = (
                "ONE process: asyncio + a thread pool (its default size)"),
     ServerSpec("waitress", "waitress", "waitress", "http", False, "waitress",
                "ONE process, 4 threads (its default), proxy_pass"),
+    # Served directly over HTTP: wrk (and the slow clients) at each server's own port.
+    ServerSpec("ours-http", "ours, HTTP direct", "ours", "http", False, None, "{n} workers; --http, no nginx",
+               direct=True),
+    ServerSpec("gunicorn-http", "gunicorn sync, direct", "gunicorn", "http", False, "gunicorn",
+               "-w {n} sync workers, no nginx", direct=True),
+    ServerSpec("gthread-http", "gunicorn gthread, direct", "gthread", "http", False, "gunicorn",
+               "-w {n} -k gthread --threads 4, no nginx", direct=True),
+    ServerSpec("waitress-http", "waitress, direct", "waitress", "http", False, "waitress",
+               "ONE process, 4 threads (its default), no nginx", direct=True),
+    ServerSpec("uwsgi-http", "uWSGI --http-socket", "uwsgi-http", "http", False, "uwsgi",
+               "--master --processes {n} --http-socket, no nginx", direct=True),
+    ServerSpec("granian", "Granian WSGI", "granian", "http", False, "granian",
+               "--interface wsgi --workers {n} (Rust), no nginx", direct=True),
 )  # fmt: skip
 SERVER_NAMES = tuple(spec.name for spec in SERVERS)
 
@@ -95,6 +110,8 @@ BACKEND_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ours-threads": ("ours", ("--threads", str(THREADS))),
     "uwsgi-threads": ("uwsgi", ("--threads", str(THREADS))),
     "gunicorn-gthread": ("gunicorn", ("-k", "gthread", "--threads", str(THREADS))),
+    "gthread": ("gunicorn", ("-k", "gthread", "--threads", str(THREADS))),
+    "uwsgi-http": ("uwsgi", ()),  # listens with --http-socket
 }
 
 
@@ -180,12 +197,16 @@ class Backend:
         port = next(iter(self.ports.values()))
         app, extra = self.app, list(self.variant_args)
         if self.base == "uwsgi":
-            return [str(bin_dir / "uwsgi"), "--socket", f"127.0.0.1:{port}", "--master", "--processes", n,
+            listen = "--http-socket" if self.name == "uwsgi-http" else "--socket"
+            return [str(bin_dir / "uwsgi"), listen, f"127.0.0.1:{port}", "--master", "--processes", n,
                     "--module", app, "--pythonpath", str(ROOT), "--disable-logging", "--die-on-term",
                     "--need-app", "--no-orphans", *extra]  # fmt: skip
         if self.base == "gunicorn":
             return [str(bin_dir / "gunicorn"), "-w", n, "-b", f"127.0.0.1:{port}", "--chdir", str(ROOT),
                     "--log-level", "warning", *extra, app]  # fmt: skip
+        if self.name == "granian":
+            return [str(bin_dir / "granian"), "--interface", "wsgi", "--workers", n, "--host", "127.0.0.1",
+                    "--port", str(port), "--log-level", "warning", app]  # fmt: skip
         if self.name == "waitress":
             return [str(bin_dir / "waitress-serve"), f"--listen=127.0.0.1:{port}", app]
         if self.name in ("flup", "fcgisgi"):
@@ -198,7 +219,8 @@ class Backend:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", **dict(self.extra_env)}
         if self.base == "ours":
             args = ["--fcgi", f"127.0.0.1:{self.ports['fcgi']}", "--uwsgi", f"127.0.0.1:{self.ports['uwsgi']}",
-                    "--workers", str(self.workers), *self.variant_args, *self.extra_args, self.app]  # fmt: skip
+                    "--http", f"127.0.0.1:{self.ports['http']}", "--workers", str(self.workers),
+                    *self.variant_args, *self.extra_args, self.app]  # fmt: skip
             self.gateway = GatewayProcess(self.scratch / self.name, args, env=env, cwd=ROOT).start()
             return
         with self.log_path.open("ab") as log_file:
@@ -278,7 +300,9 @@ class Stack:
             if spec.backend not in self.backends:
                 ours = backend_base(spec.backend) == "ours"
                 ports: dict[str, int] = (
-                    {"fcgi": free_port(), "uwsgi": free_port()} if ours else {spec.protocol: free_port()}
+                    {"fcgi": free_port(), "uwsgi": free_port(), "http": free_port()}
+                    if ours
+                    else {spec.protocol: free_port()}
                 )
                 backend = Backend(
                     spec.backend,
@@ -301,8 +325,8 @@ class Stack:
                             self.unavailable[other.name] = reason
                     continue
                 self.backends[spec.backend] = backend
-        routes = [(spec, self.backend_for(spec).ports[spec.protocol]) for spec in self.running()]
-        if not routes:
+        routes = [(spec, self.backend_for(spec).ports[spec.protocol]) for spec in self.running() if not spec.direct]
+        if not self.running():
             reasons = "; ".join(f"{name}: {why}" for name, why in self.unavailable.items())
             raise BenchError(f"no server could be started: {reasons}")
         upstreams = [
@@ -325,13 +349,26 @@ class Stack:
             self._wait_ready(spec)
         return self
 
+    def port_for(self, spec: ServerSpec) -> int:
+        """Where a client reaches ``spec``: the server's own HTTP port when it is served directly, else nginx."""
+        return self.backend_for(spec).ports["http"] if spec.direct else self.port
+
+    def url(self, spec: ServerSpec, path: str, *, slow: bool = False) -> str:
+        """``path`` on ``spec``'s row: nginx's buffered ``/t/`` (or unbuffered ``/s/``) location, or the server's
+        own port (the same prefix, which the apps ignore) when it is served directly."""
+        return f"http://127.0.0.1:{self.port_for(spec)}{self.path(spec, path, slow=slow)}"
+
+    @staticmethod
+    def path(spec: ServerSpec, path: str, *, slow: bool = False) -> str:
+        return f"/{'s' if slow else 't'}/{spec.name}{path}"
+
     def _wait_ready(self, spec: ServerSpec, timeout: float = 30.0) -> None:
         """A listening socket is not a ready server (prefork children may still be importing the app)."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             try:
-                status, body = http_get(self.port, f"/t/{spec.name}/hello", timeout=5)
+                status, body = http_get(self.port_for(spec), self.path(spec, "/hello"), timeout=5)
                 if status == 200 and body == b"Hello world\n":
                     return
                 last = f"HTTP {status} {body[:80]!r}"

@@ -1,6 +1,6 @@
-"""The peers' virtualenv: uWSGI, gunicorn, flup, fcgisgi, waitress (and matplotlib for the charts) live in
-``benchmarks/.peers-venv``, created with our python and filled from PyPI on demand, so none of them is a dependency
-of our project. A peer that fails to install costs only its own rows, which say why."""
+"""The peers' virtualenv: uWSGI, gunicorn, flup, fcgisgi, waitress, Granian (and matplotlib for the charts) live
+in ``benchmarks/.peers-venv``, created with our python and filled from PyPI on demand, so none of them is a
+dependency of our project. A peer that fails to install costs only its own rows, which say why."""
 
 from __future__ import annotations
 

@@ -4,8 +4,10 @@ For each server: wrk's fast clients (hello world, through nginx) alone, then aga
 keeps 50 and 1000 slow connections open in each mode that applies to the server's protocol. FastCGI and uwsgi modes
 go straight to the server's own port, as a misbehaving or compromised web server, or anything else that can reach
 the port, would; the HTTP modes go through nginx with request and response buffering off (``/s/NAME/``), the set-up
-in which nginx stops shielding the backend. Results are ratios to the same server's unloaded numbers, so servers
-of very different speeds compare on what slow clients take away.
+in which nginx stops shielding the backend; the ``direct-*`` modes go straight to the rows served over HTTP without
+nginx (``ServerSpec.direct``: ours ``--http``, gunicorn, waitress, uWSGI ``--http-socket``, Granian). Results
+are ratios to the same server's unloaded numbers, so servers of very different speeds compare on what slow clients
+take away.
 
 Then our gateway's memory per idle slow connection: the master's RSS before and while holding N of them, each
 measured on a freshly started gateway so memory freed by an earlier measurement cannot hide growth.
@@ -65,12 +67,18 @@ MODES: dict[str, SlowMode] = {
         SlowMode("uwsgi-slow-reader", "slow-reader", "uwsgi", False, DIRECT_BIG),
         SlowMode("http-body", "http-body", "http", True, "/upload"),
         SlowMode("http-slow-reader", "slow-reader", "http", True, NGINX_BIG),
+        # Straight at a server that speaks HTTP itself (``ServerSpec.direct``): no nginx to absorb anything.
+        SlowMode("direct-headers", "http-headers", "http", False, "/hello"),
+        SlowMode("direct-body", "http-body", "http", False, "/upload"),
+        SlowMode("direct-slow-reader", "slow-reader", "http", False, DIRECT_BIG),
+        SlowMode("direct-idle", "http-idle", "http", False, "/hello"),
     )
 }
 BY_PROTOCOL: dict[str, tuple[str, ...]] = {
     "fcgi": ("fcgi-params", "fcgi-body", "fcgi-slow-reader", "idle-keepalive", "http-body"),
     "uwsgi": ("uwsgi-vars", "uwsgi-body", "uwsgi-slow-reader", "http-body"),
     "http": ("http-body", "http-slow-reader"),
+    "direct": ("direct-headers", "direct-body", "direct-slow-reader", "direct-idle"),
 }
 #: ``--quick``: the one mode every protocol has.
 QUICK_MODES = ("http-body",)
@@ -179,7 +187,7 @@ class _Attack:
 async def _cell(
     stack: Stack, wrk: str, spec: ServerSpec, mode: SlowMode | None, count: int, options: Options
 ) -> SlowCell:
-    url = f"http://127.0.0.1:{stack.port}/s/{spec.name}/hello"
+    url = stack.url(spec, "/hello", slow=True)
     if mode is None or count == 0:
         return SlowCell(spec.name, "none", 0, await _wrk(wrk, url, options))
     config = _slow_config(stack, spec, mode, count, options)
@@ -352,7 +360,8 @@ async def _run_cells(stack: Stack, wrk: str, modes: list[str], options: Options)
     cells: list[SlowCell] = []
     running = stack.running()
     plan = [
-        (spec, [name for name in modes if name in BY_PROTOCOL[spec.protocol]]) for spec in running
+        (spec, [name for name in modes if name in BY_PROTOCOL["direct" if spec.direct else spec.protocol]])
+        for spec in running
     ]  # fmt: skip
     total = options.rounds * sum(
         1 + sum(len(counts_for(name, options.slow_counts)) for name in names) for _, names in plan

@@ -17,6 +17,8 @@ Modes (``--mode``):
 ``slow-reader``    a complete request (``--protocol fcgi|uwsgi|http``) for a large response (``--path``), then
                    ``--read-bytes`` per interval from a small receive buffer
 ``idle-keepalive`` FastCGI with FCGI_KEEP_CONN: one complete request at full speed, then the connection sits idle
+``http-headers``   HTTP: the request head (padded), one chunk per interval (the classic slowloris)
+``http-idle``      HTTP/1.1 keep-alive: one complete request at full speed, then the connection sits idle
 =================  ===============================================================================================
 
 A connection the server closes is counted (closed-by-server) and, unless ``--no-reconnect``, opened again after an
@@ -66,6 +68,8 @@ MODES: dict[str, str] = {
     "http-body": "HTTP: a POST head with Content-Length, then trickle the body",
     "slow-reader": "a request for a large response, read a few bytes per interval",
     "idle-keepalive": "FastCGI keep-conn: one request at full speed, then sit idle",
+    "http-headers": "HTTP: trickle the request head (slowloris)",
+    "http-idle": "HTTP/1.1 keep-alive: one request at full speed, then sit idle",
 }
 PROTOCOLS = ("fcgi", "uwsgi", "http")
 MAX_CONNECTIONS = 20000
@@ -247,13 +251,16 @@ def uwsgi_vars(config: Config, method: str, content_length: int = 0, pad: int = 
     return _cgi_vars(config, method, content_length, path_key="PATH_INFO", pad=pad)
 
 
-def http_head(config: Config, method: str, content_length: int = 0) -> bytes:
+def http_head(config: Config, method: str, content_length: int = 0, *, pad: int = 0, keep_alive: bool = False) -> bytes:
     lines = [
         f"{method} {config.path} HTTP/1.1",
         f"Host: {config.server_name}",
         "User-Agent: slowloris (benchmarks)",
-        "Connection: close",
     ]
+    if not keep_alive:
+        lines.append("Connection: close")
+    if pad:
+        lines.append("X-Pad: " + "p" * pad)
     if content_length:
         lines += ["Content-Type: application/octet-stream", f"Content-Length: {content_length}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -301,6 +308,8 @@ def trickle_plan(config: Config) -> tuple[bytes, Iterator[bytes]]:
         return encode_begin(_REQUEST_ID, keep_conn=False), regroup([rest], chunk)
     if mode == "uwsgi-vars":
         return b"", regroup([uwsgi_request(uwsgi_vars(config, "GET", pad=config.pad))], chunk)
+    if mode == "http-headers":
+        return b"", regroup([http_head(config, "GET", pad=config.pad)], chunk)
     size = config.body_size
     if mode == "fcgi-body":
         head = encode_begin(_REQUEST_ID, keep_conn=False) + encode_params(
@@ -418,7 +427,7 @@ class _Attack:
         mode = self.config.mode
         if mode == "slow-reader":
             await self._slow_reader(sock)
-        elif mode == "idle-keepalive":
+        elif mode in ("idle-keepalive", "http-idle"):
             await self._idle_keepalive(sock)
         else:
             await self._trickle(sock)
@@ -457,6 +466,8 @@ class _Attack:
 
     def _request(self) -> bytes:
         config = self.config
+        if config.mode == "http-idle":
+            return http_head(config, "GET", keep_alive=True)
         if config.protocol == "fcgi" or config.mode == "idle-keepalive":
             keep = config.mode == "idle-keepalive"
             return encode_request(_REQUEST_ID, fcgi_params(config, "GET"), keep_conn=keep)
@@ -481,7 +492,7 @@ class _Attack:
             self.summary.closed_by_server += 1
 
     async def _idle_keepalive(self, sock: socket.socket) -> None:
-        tracker = _ResponseTracker("fcgi")
+        tracker = _ResponseTracker("http" if self.config.mode == "http-idle" else "fcgi")
         await self._send(sock, self._request())
         while not tracker.ended:
             data = await self.loop.sock_recv(sock, _RECV_SIZE)

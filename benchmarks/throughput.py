@@ -86,7 +86,7 @@ def _check(stack: Stack, spec: ServerSpec, scenario: Scenario) -> str | None:
     """One request before measuring: the right status and body, or the reason this cell is skipped."""
     body = b"x" * scenario.body_bytes if scenario.body_bytes else None
     try:
-        status, answer = http_get(stack.port, f"/t/{spec.name}{scenario.path}", body=body, timeout=30)
+        status, answer = http_get(stack.port_for(spec), stack.path(spec, scenario.path), body=body, timeout=30)
     except OSError as err:
         return f"check request failed: {type(err).__name__}: {err}"
     if status != 200 or answer != scenario.expect:
@@ -99,7 +99,7 @@ def _measure(stack: Stack, wrk: str, spec: ServerSpec, scenario: Scenario, optio
     root = backend.pid
     if root is None:
         return None
-    url = f"http://127.0.0.1:{stack.port}/t/{spec.name}{scenario.path}"
+    url = stack.url(spec, scenario.path)
     before = cpu_seconds(root)
     with PeakRss(root) as peak:
         result = run_wrk(
@@ -146,7 +146,8 @@ def report_body(
     """The section's tables, between the header and the chart that ``publish`` adds."""
     lines = [
         f"Every server runs `benchmarks/apps.py` with {options.workers} workers behind one private nginx "
-        f"(`worker_processes 1`, default buffering). wrk: 1 thread, {options.concurrency} connections, "
+        "(`worker_processes 1`, default buffering), except the rows served directly (`-http` and `granian`: wrk "
+        f"at the server's own port). wrk: 1 thread, {options.concurrency} connections, "
         f"{options.duration:g} s per cell, {options.rounds} round(s), servers interleaved and rotated each round; "
         "the tables show medians over rounds. **errors**: wrk socket errors + non-2xx + responses later than "
         f"wrk's {wrk_timeout(options.duration)} s timeout, all rounds. **CPU**: user + "
@@ -211,7 +212,7 @@ def run(options: Options) -> Path:
         warm = min(2.0, options.duration)
         log(f"warming up every server ({warm:g} s of hello each)")
         for spec in running:
-            run_wrk(wrk, f"http://127.0.0.1:{stack.port}/t/{spec.name}/hello", connections=4, duration=warm)
+            run_wrk(wrk, stack.url(spec, "/hello"), connections=4, duration=warm)
         total = options.rounds * len(scenarios) * len(running)
         done = 0
         for round_number in range(1, options.rounds + 1):

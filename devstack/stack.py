@@ -1,9 +1,9 @@
 """``python -m devstack`` (``make run``): the demo app behind a private nginx, on loopback.
 
-FastCGI on 127.0.0.1:9000, uwsgi on 127.0.0.1:9001, nginx on 127.0.0.1:8080 routing ``/`` over FastCGI and
-``/uwsgi/`` over uwsgi (``devstack.nginx.gateway_routes``). The gateway is told that prefix (``--script-name
-/uwsgi``, which applies only to paths that carry it), so an app sees the same PATH_INFO over both. Ctrl-C stops
-everything.
+FastCGI on 127.0.0.1:9000, uwsgi on 127.0.0.1:9001, HTTP on 127.0.0.1:8000 (the gateway itself, no nginx),
+and nginx on 127.0.0.1:8080 routing ``/`` over FastCGI and ``/uwsgi/`` over uwsgi
+(``devstack.nginx.gateway_routes``). The gateway is told that prefix (``--script-name /uwsgi``, which applies only
+to paths that carry it), so an app sees the same PATH_INFO over all three. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="nginx's port on 127.0.0.1")
     parser.add_argument("--fcgi", default="127.0.0.1:9000")
     parser.add_argument("--uwsgi", default="127.0.0.1:9001")
+    parser.add_argument("--http", default="127.0.0.1:8000", help="the gateway's own HTTP listener")
     parser.add_argument("--scratch", default=".run", help="directory for nginx's and the gateway's files")
     parser.add_argument("gateway_args", nargs="*", help="more gateway arguments, e.g. myapp:application")
     args = parser.parse_args(argv)
@@ -42,13 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     # A --script-name among the user's arguments comes last, so it wins.
-    listeners = ["--fcgi", args.fcgi, "--uwsgi", args.uwsgi, "--script-name", UWSGI_MOUNT]
+    listeners = ["--fcgi", args.fcgi, "--uwsgi", args.uwsgi, "--http", args.http, "--script-name", UWSGI_MOUNT]
     gateway = GatewayProcess(scratch, [*listeners, *args.gateway_args])
     nginx = Nginx(scratch, args.port, args.fcgi, args.uwsgi)
     try:
         gateway.start()
         nginx.start()
-        print(f"\nReady: curl {nginx.url}/  (FastCGI)   curl {nginx.url}/uwsgi/  (uwsgi)", flush=True)
+        print(
+            f"\nReady: curl {nginx.url}/  (FastCGI)   curl {nginx.url}/uwsgi/  (uwsgi)   "
+            f"curl http://{args.http}/  (HTTP, no nginx)",
+            flush=True,
+        )
         print(f"Logs in {scratch}; Ctrl-C stops everything.\n", flush=True)
         tail = subprocess.Popen(["tail", "-n", "+1", "-f", str(gateway.log)])
         try:

@@ -76,6 +76,7 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 "body_sha256": hashlib.sha256(body).hexdigest(),
                 "body_length": len(body),
                 "scheme": environ["wsgi.url_scheme"],
+                "remote_addr": environ.get("REMOTE_ADDR", ""),
                 "multiprocess": environ["wsgi.multiprocess"],
                 "multithread": environ["wsgi.multithread"],
                 "pid": os.getpid(),

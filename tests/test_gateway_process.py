@@ -340,9 +340,10 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
 def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path, sigint: str) -> None:
     """What `make run` does, on free ports: "Ready:", the demo page through nginx, then Ctrl-C (SIGINT) stops all;
     also when it was started with SIGINT ignored, as a background job of a non-interactive shell (a CI runner) is."""
-    port, fcgi, uwsgi = free_port(), free_port(), free_port()
+    port, fcgi, uwsgi, http_port = free_port(), free_port(), free_port(), free_port()
     command = [sys.executable, "-m", "devstack.stack", "--port", str(port), "--fcgi", f"127.0.0.1:{fcgi}",
-               "--uwsgi", f"127.0.0.1:{uwsgi}", "--scratch", str(tmp_path / "run")]  # fmt: skip
+               "--uwsgi", f"127.0.0.1:{uwsgi}", "--http", f"127.0.0.1:{http_port}",
+               "--scratch", str(tmp_path / "run")]  # fmt: skip
     if sigint == "inherited ignored":
         command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]  # SIG_IGN survives exec
     process = subprocess.Popen(
@@ -363,6 +364,8 @@ def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path, sigint: str) -> N
             page = request(f"http://127.0.0.1:{port}", "GET", mounted + path).body
             assert f"<th>SCRIPT_NAME</th><td>{mounted}</td>".encode() in page
             assert f"<th>PATH_INFO</th><td>{path}</td>".encode() in page
+        assert f"curl http://127.0.0.1:{http_port}/".encode() in printed
+        assert b"It works" in request(f"http://127.0.0.1:{http_port}", "GET", "/").body, "HTTP, no nginx"
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
     finally:
@@ -371,7 +374,7 @@ def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path, sigint: str) -> N
             process.wait()
         process.stdout.close()
     assert "serving the built-in demo app" in (tmp_path / "run" / "gateway.log").read_text()
-    for probe in (port, fcgi, uwsgi):
+    for probe in (port, fcgi, uwsgi, http_port):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", probe), timeout=1):
             pass
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from gateway.config.errors import ConfigError
 
-ProtocolName = Literal["fastcgi", "uwsgi"]
+ProtocolName = Literal["fastcgi", "uwsgi", "http"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

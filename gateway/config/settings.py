@@ -149,6 +149,52 @@ class Config:
         help="serve the uwsgi protocol on ADDR",
         example="unix:/run/gateway/uwsgi.sock",
     )
+    http: tuple[Address, ...] = setting(
+        _ADDRESSES,
+        default=(),
+        section="listeners",
+        metavar="ADDR",
+        repeatable=True,
+        help="serve HTTP/1.1 on ADDR (to browsers, or behind a proxy), buffered like the other listeners",
+        doc="serve HTTP/1.1 and 1.0 on ADDR, to clients directly or behind a proxy; requests are buffered whole "
+        "as on the other listeners",
+        example=":8000",
+    )
+    forwarded_allow_ips: tuple[IPNetwork, ...] = setting(
+        _NETWORKS,
+        default=(),
+        section="listeners",
+        metavar="NETS",
+        repeatable=True,
+        help="HTTP listeners: trust X-Forwarded-For/-Proto and Forwarded only from these proxies (comma-separated)",
+        doc="HTTP listeners: take the client address and scheme from `X-Forwarded-For`, `X-Forwarded-Proto` and "
+        "`Forwarded` only when the peer is one of these proxies (comma-separated addresses or networks)",
+        default_text="nobody",
+        example="127.0.0.1",
+    )
+    certfile: str | None = setting(
+        TEXT,
+        default=None,
+        section="listeners",
+        metavar="PATH",
+        help="HTTP listeners: serve TLS with this certificate chain (PEM); needs --keyfile",
+        doc="HTTP listeners: serve HTTPS with this certificate chain (PEM), with `--keyfile`",
+        example="/etc/ssl/site.pem",
+    )
+    keyfile: str | None = setting(
+        TEXT,
+        default=None,
+        section="listeners",
+        metavar="PATH",
+        help="the private key (PEM) of --certfile",
+        example="/etc/ssl/private/site.key",
+    )
+    no_server_header: bool = setting(
+        FLAG,
+        default=False,
+        section="listeners",
+        help="HTTP listeners: send no Server header (otherwise Server: gateway)",
+    )
     socket_mode: int | None = setting(
         OCTAL,
         default=None,
@@ -708,7 +754,7 @@ class Config:
         checks=(AT_LEAST_ONE,),
         example="4",
     )
-    #: What to bind: ``fcgi`` then ``uwsgi``, derived so that each protocol stays one setting of its own.
+    #: What to bind: ``fcgi``, ``uwsgi`` then ``http``, derived so that each protocol stays one setting of its own.
     listeners: tuple[Listen, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
@@ -720,6 +766,7 @@ class Config:
             raise ConfigError("--session-samesite None requires a Secure cookie: drop --session-secure never")
         listeners = tuple(Listen("fastcgi", address) for address in self.fcgi)
         listeners += tuple(Listen("uwsgi", address) for address in self.uwsgi)
+        listeners += tuple(Listen("http", address) for address in self.http)
         object.__setattr__(self, "listeners", listeners)
 
     @property
@@ -761,5 +808,5 @@ def config_from(values: Mapping[str, Any], *, environ: Mapping[str, str] = os.en
         fields.update(setting_named(name).fields_of(value))
     config = Config(**fields)
     if not config.listeners and not environ.get("LISTEN_FDS"):
-        raise ConfigError("nothing to listen on: give --fcgi ADDR and/or --uwsgi ADDR, e.g. --fcgi :9000")
+        raise ConfigError("nothing to listen on: give --fcgi ADDR, --uwsgi ADDR or --http ADDR, e.g. --fcgi :9000")
     return config

@@ -9,7 +9,7 @@ variables ``%d %p %s %n %e %c %x %k %h %%`` and ``$(VAR)`` (the environment) are
 :data:`UWSGI_OPTIONS` says, per uWSGI option, what it means here:
 
 - :class:`Maps`: its value (converted to our syntax) is the value of our setting ``target``. When ``target`` names
-  no setting of this build yet (``threads``, ``http``, ...), the option gets one "not supported yet" warning; the
+  no setting of this build yet (``env`` today), the option gets one "not supported yet" warning; the
   day the setting is declared, the entry starts working with no other change.
 - :class:`Needless`: meaningful for uWSGI, not needed here (``master``, ``vacuum``...): an info line says why.
 - :class:`Refused`: meaningful, deliberately not done (``daemonize``): a warning says what to do instead.

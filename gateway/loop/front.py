@@ -1,7 +1,7 @@
 """What every wire protocol's connection shares: admission, output flow control, closing on bad input.
 
 A front connection is an ``asyncio.Protocol`` whose ``data_received`` only feeds its sans-IO codec and acts on
-the events. Subclasses (FastCGI, uwsgi; HTTP later) differ only in the codec and in how a response is framed.
+the events. Subclasses (FastCGI, uwsgi, HTTP) differ only in the codec and in how a response is framed.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class FrontContext:
     on_count_changed: Callable[[], None] | None = None
     #: The listener is TCP: a close is corked with its last bytes (``close_when_drained``), a reset is an RST.
     tcp: bool = False
+    #: TLS served by the loop on this listener (HTTP with --certfile/--keyfile); None for plain text.
+    tls: ssl.SSLContext | None = None
     #: The listener's codec limits, built from the config by its first connection and shared by the rest.
     codec_limits: object = None
     # The loop's bound methods, looked up once: asyncio.get_running_loop() costs a getpid() syscall per call.

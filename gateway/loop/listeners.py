@@ -1,7 +1,7 @@
 """Binding listen sockets and serving a wire protocol on each.
 
-``PROTOCOLS`` maps a protocol name to its connection class; a third wire protocol (HTTP/1.1) is one more entry
-and one more class, with dispatch untouched.
+``PROTOCOLS`` maps a protocol name to its connection class; HTTP/1.1, the third wire protocol, was one more entry
+and one more class, with dispatch untouched (the one change to this seam: a listener's context may carry TLS).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from gateway.config.addresses import Address, Listen
 from gateway.config.errors import ConfigError
 from gateway.loop.fastcgi_front import FastCGIConnection
 from gateway.loop.front import FrontConnection, FrontContext
+from gateway.loop.http_front import HTTPConnection
 from gateway.loop.uwsgi_front import UwsgiConnection
 
 log = logging.getLogger("gateway.listeners")
@@ -25,6 +26,7 @@ log = logging.getLogger("gateway.listeners")
 PROTOCOLS: dict[str, type[FrontConnection]] = {
     "fastcgi": FastCGIConnection,
     "uwsgi": UwsgiConnection,
+    "http": HTTPConnection,
 }
 
 
@@ -134,7 +136,13 @@ async def serve(listener: BoundListener, context: FrontContext, backlog: int) ->
     # duplicate, so the socket keeps listening and the kernel's backlog holds new connections until we resume.
     accepting = socket.socket(fileno=os.dup(listener.sock.fileno()))
     accepting.setblocking(False)
-    listener.server = await loop.create_server(lambda: connection_class(context), sock=accepting, backlog=backlog)
+    listener.server = await loop.create_server(
+        lambda: connection_class(context),
+        sock=accepting,
+        backlog=backlog,
+        ssl=context.tls,
+        ssl_handshake_timeout=context.config.header_timeout if context.tls is not None else None,
+    )
 
 
 def pause(listener: BoundListener) -> None:

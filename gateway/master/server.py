@@ -20,6 +20,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from gateway.contract.exits import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_OK, EXIT_WOR
 from gateway.loop.accesslog import DEFAULT_FORMAT, AccessLog
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.front import FrontContext
+from gateway.loop.http_front import tls_context
 from gateway.loop.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.loop.session_hook import SessionHook
 from gateway.loop.static import StaticFiles
@@ -145,6 +147,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.listeners: list[BoundListener] = []
+        self.tls: ssl.SSLContext | None = None  # the HTTP listeners' (--certfile/--keyfile)
         self.contexts: list[FrontContext] = []
         self.pending_signals: collections.deque[int] = collections.deque()
         self._wake: asyncio.Event | None = None
@@ -167,6 +170,7 @@ class Gateway:
         self._wake = asyncio.Event()
         try:
             session_hook = session_hook_for(self.config)
+            self.tls = tls_context(config)  # before binding: a bad certificate is a configuration error
             self.listeners = self._bind()
             self.cluster.prepare(self.listeners)
             if config.access_log:
@@ -247,7 +251,7 @@ class Gateway:
         config = self.config
         listeners = []
         for name, sock in inherited_sockets():
-            protocol: ProtocolName = "uwsgi" if "uwsgi" in name else "fastcgi"
+            protocol: ProtocolName = "uwsgi" if "uwsgi" in name else "http" if "http" in name else "fastcgi"
             where = sock.getsockname()
             address = Address(path=where) if isinstance(where, str) else Address(host=where[0], port=where[1])
             log.info("socket activation: %s socket %s named %r", protocol, address, name)
@@ -262,7 +266,7 @@ class Gateway:
                 listener.close()
             raise
         if not listeners:
-            raise ConfigError("nothing to listen on: give --fcgi ADDR and/or --uwsgi ADDR, e.g. --fcgi :9000")
+            raise ConfigError("nothing to listen on: give --fcgi ADDR, --uwsgi ADDR or --http ADDR, e.g. --fcgi :9000")
         return listeners
 
     def _drop_privileges(self) -> None:
@@ -310,6 +314,8 @@ class Gateway:
                 allowed = allowed + parse_networks([web_server_addrs])
             tcp = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
             context = FrontContext(config, dispatcher, spool_dir, str(listener.listen.address), allowed, tcp=tcp)
+            if listener.listen.protocol == "http":
+                context.tls = self.tls
             context.on_count_changed = self._connections_changed
             self.contexts.append(context)
             await serve(listener, context, config.backlog)

@@ -1,0 +1,51 @@
+"""HTTP/1.1 and 1.0, server side, sans-IO: llhttp (httptools) parses; limits, CGI params and response framing here."""
+
+from gateway.protocols.http.response import (
+    CHUNKED_END,
+    CONTINUE,
+    Framing,
+    ResponseStart,
+    chunk,
+    error_response,
+    has_content_length,
+    start_response,
+)
+from gateway.protocols.http.server import (
+    BAD_REQUEST,
+    CONTENT_TOO_LARGE,
+    HEADERS_TOO_LARGE,
+    URI_TOO_LONG,
+    VERSION_NOT_SUPPORTED,
+    BodyData,
+    BodyTooLarge,
+    Event,
+    HTTPError,
+    Limits,
+    RequestComplete,
+    RequestHead,
+    ServerConnection,
+)
+
+__all__ = [
+    "BAD_REQUEST",
+    "CHUNKED_END",
+    "CONTENT_TOO_LARGE",
+    "CONTINUE",
+    "HEADERS_TOO_LARGE",
+    "URI_TOO_LONG",
+    "VERSION_NOT_SUPPORTED",
+    "BodyData",
+    "BodyTooLarge",
+    "Event",
+    "Framing",
+    "HTTPError",
+    "Limits",
+    "RequestComplete",
+    "RequestHead",
+    "ResponseStart",
+    "ServerConnection",
+    "chunk",
+    "error_response",
+    "has_content_length",
+    "start_response",
+]
