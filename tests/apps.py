@@ -78,6 +78,20 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 "pid": os.getpid(),
             },
         )
+    if path == "/read-all":
+        # Reads wsgi.input to its end, ignoring CONTENT_LENGTH (as PEP 3333 forbids, and careless apps do): what
+        # comes back is everything the server let through to the app.
+        chunks = []
+        while chunk := environ["wsgi.input"].read(CHUNK):
+            chunks.append(chunk)
+        return _json(
+            start_response,
+            {
+                "content_length": environ.get("CONTENT_LENGTH"),
+                "http_content_length": environ.get("HTTP_CONTENT_LENGTH"),
+                "body": b"".join(chunks).decode("latin-1"),
+            },
+        )
     if path == "/form":
         form = parse_qs(_read_body(environ).decode())
         return _json(start_response, form)

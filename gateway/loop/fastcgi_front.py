@@ -6,12 +6,16 @@ answered on its own; their output records interleave on the one connection in th
 
 from __future__ import annotations
 
+import logging
+
 from gateway.loop.front import FrontConnection, FrontContext
-from gateway.loop.request import Request
+from gateway.loop.request import Request, respond_error
 from gateway.loop.spool import RequestBody
 from gateway.protocols.errors import RemoteProtocolError
 from gateway.protocols.fastcgi import (
+    BodyBeyondLength,
     BodyData,
+    BodyIncomplete,
     BodyTooLarge,
     Limits,
     RequestAborted,
@@ -19,6 +23,8 @@ from gateway.protocols.fastcgi import (
     RequestHead,
     ServerConnection,
 )
+
+log = logging.getLogger("gateway.front")
 
 _STATUS_PREFIX = b"Status: "
 
@@ -129,6 +135,17 @@ class FastCGIConnection(FrontConnection):
                 exchange = self.exchanges.get(event.request_id)
                 if exchange is not None:
                     self.body_too_large(exchange, event.limit)
+            elif event_type is BodyBeyondLength:
+                assert isinstance(event, BodyBeyondLength)
+                log.warning(
+                    "fastcgi %s: request %d: STDIN goes on past its CONTENT_LENGTH %d; the excess is dropped",
+                    self.peer,
+                    event.request_id,
+                    event.declared,
+                )
+            elif event_type is BodyIncomplete:
+                assert isinstance(event, BodyIncomplete)
+                self._incomplete(event)
 
     def eof_received(self) -> bool | None:
         try:
@@ -143,10 +160,28 @@ class FastCGIConnection(FrontConnection):
         # transport reports the loss on a later turn, so that no worker's answer arriving meanwhile writes to it.
         self.release_requests()
 
+    def _incomplete(self, event: BodyIncomplete) -> None:
+        """STDIN ended short of CONTENT_LENGTH: not a complete request. 400, and the connection carries on."""
+        exchange = self.exchanges.get(event.request_id)
+        if exchange is None:
+            return
+        log.warning(
+            "fastcgi %s: request %d: STDIN ended after %d of its CONTENT_LENGTH %d bytes; answered 400",
+            self.peer,
+            event.request_id,
+            event.received,
+            event.declared,
+        )
+        respond_error(exchange, "400 Bad Request")
+
     def _dispatch(self, request_id: int) -> None:
         exchange = self.exchanges.get(request_id)
         if exchange is None:
             return
+        if exchange.body.size and not exchange.params.get("CONTENT_LENGTH"):
+            # STDIN is the framing: a body sent without CONTENT_LENGTH (nginx passing a chunked request
+            # unbuffered) is whole now, and the app learns its length where PEP 3333 says to look for it.
+            exchange.params["CONTENT_LENGTH"] = str(exchange.body.size)
         exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", self.context.clock())
         self.context.dispatcher.submit(exchange.request)
 

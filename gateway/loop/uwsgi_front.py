@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request
 from gateway.loop.spool import RequestBody
@@ -16,6 +18,8 @@ from gateway.protocols.uwsgi import (
     ServerConnection,
     encode_pong,
 )
+
+log = logging.getLogger("gateway.front")
 
 
 class UwsgiConnection(FrontConnection):
@@ -58,6 +62,8 @@ class UwsgiConnection(FrontConnection):
             elif event_type is RequestHead:
                 assert isinstance(event, RequestHead)
                 self.params = event.params
+                if "HTTP_CONTENT_LENGTH" in event.params and not event.params.get("CONTENT_LENGTH"):
+                    self._unframed_length(event.params["HTTP_CONTENT_LENGTH"])
                 if event.params.get("SERVER_PROTOCOL") == "HTTP/1.0":
                     self.http_version = b"HTTP/1.0 "
                 self.body = self.context.new_body()
@@ -72,6 +78,18 @@ class UwsgiConnection(FrontConnection):
             elif event_type is BodyTooLarge:
                 assert isinstance(event, BodyTooLarge)
                 self.body_too_large(self, event.limit)
+
+    def _unframed_length(self, header: str) -> None:
+        """A client's Content-Length without the web server's CONTENT_LENGTH: the body is what CONTENT_LENGTH
+        frames (none), whatever the header says. One line per such request: it points at the web server's
+        configuration."""
+        if header != "0":
+            log.warning(
+                "uwsgi %s: HTTP_CONTENT_LENGTH %r without CONTENT_LENGTH; the body is framed by CONTENT_LENGTH "
+                "alone (none: an empty body), so the app sees no CONTENT_LENGTH",
+                self.peer,
+                header[:40],
+            )
 
     def eof_received(self) -> bool | None:
         try:

@@ -104,13 +104,13 @@ def build_environ(
         if full_path == script_name or full_path.startswith(script_name + "/"):
             environ["SCRIPT_NAME"] = script_name
             environ["PATH_INFO"] = full_path[len(script_name) :]
-    # CGI carries these two as CONTENT_*; a copy under HTTP_* confuses apps and fails wsgiref.validate.
+    # CGI carries these two as CONTENT_*; a copy under HTTP_* confuses apps and fails wsgiref.validate. The
+    # client's Content-Length header never stands in for CONTENT_LENGTH: the body the app reads is the one the
+    # framing delivered (FastCGI's STDIN, uwsgi's CONTENT_LENGTH), and CONTENT_LENGTH is its length.
     content_type = environ.pop("HTTP_CONTENT_TYPE", None)
-    content_length = environ.pop("HTTP_CONTENT_LENGTH", None)
+    environ.pop("HTTP_CONTENT_LENGTH", None)
     if not environ.get("CONTENT_TYPE") and content_type is not None:
         environ["CONTENT_TYPE"] = content_type
-    if not environ.get("CONTENT_LENGTH") and content_length is not None:
-        environ["CONTENT_LENGTH"] = content_length
     environ.setdefault("REQUEST_METHOD", "GET")
     environ.setdefault("QUERY_STRING", "")
     environ.setdefault("SERVER_NAME", "localhost")
