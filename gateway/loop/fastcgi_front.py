@@ -100,6 +100,8 @@ class FastCGIConnection(FrontConnection):
             )
         self.codec = ServerConnection(limits)
         self.exchanges: dict[int, _Exchange] = {}
+        #: In-memory bytes of the bodies of exchanges not dispatched yet (their part of ``held``).
+        self.body_held = 0
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -120,7 +122,10 @@ class FastCGIConnection(FrontConnection):
                 assert isinstance(event, BodyData)
                 exchange = self.exchanges.get(event.request_id)
                 if exchange is not None:
-                    exchange.body.write(event.data)
+                    body = exchange.body
+                    before = body.memory
+                    body.write(event.data)
+                    self.body_held += body.memory - before
             elif event_type is RequestHead:
                 assert isinstance(event, RequestHead)
                 self.exchanges[event.request_id] = _Exchange(
@@ -146,6 +151,11 @@ class FastCGIConnection(FrontConnection):
             elif event_type is BodyIncomplete:
                 assert isinstance(event, BodyIncomplete)
                 self._incomplete(event)
+        if self.closed:
+            return
+        held = codec.buffered + self.body_held
+        if held != self.held:
+            self.account(held)
 
     def eof_received(self) -> bool | None:
         try:
@@ -178,6 +188,7 @@ class FastCGIConnection(FrontConnection):
         exchange = self.exchanges.get(request_id)
         if exchange is None:
             return
+        self.body_held -= exchange.body.memory  # complete: no longer the connection's to answer for
         if exchange.body.size and not exchange.params.get("CONTENT_LENGTH"):
             # STDIN is the framing: a body sent without CONTENT_LENGTH (nginx passing a chunked request
             # unbuffered) is whole now, and the app learns its length where PEP 3333 says to look for it.
@@ -193,8 +204,6 @@ class FastCGIConnection(FrontConnection):
         exchange.held = b""
         if exchange.request is not None:
             self.context.dispatcher.cancel(exchange.request)
-        else:
-            exchange.body.discard()
         self.end(exchange, app_status=0)
 
     def end(self, exchange: _Exchange, app_status: int) -> None:
@@ -205,6 +214,7 @@ class FastCGIConnection(FrontConnection):
             self.idle_since = self.context.clock()
         exchange.gone = True
         if exchange.request is None:
+            self.body_held -= exchange.body.memory
             exchange.body.discard()
         if self.closed:
             return
@@ -218,9 +228,19 @@ class FastCGIConnection(FrontConnection):
     def busy(self) -> bool:
         return bool(self.exchanges)
 
+    def spool_bodies(self) -> None:
+        if not self.body_held:
+            return
+        for exchange in self.exchanges.values():
+            if exchange.request is None:
+                exchange.body.spool()
+        self.body_held = 0
+        self.set_held(self.codec.buffered)
+
     def release_requests(self) -> None:
         exchanges = list(self.exchanges.values())
         self.exchanges.clear()
+        self.body_held = 0
         for exchange in exchanges:
             exchange.gone = True
             if exchange.request is not None:

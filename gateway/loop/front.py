@@ -18,6 +18,7 @@ from typing import cast
 
 from gateway.config.addresses import IPNetwork
 from gateway.config.settings import Config
+from gateway.loop.budget import MemoryBudget
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.request import ResponseSink, respond_error
 from gateway.loop.spool import OutputBuffer, RequestBody
@@ -47,8 +48,12 @@ class FrontContext:
     tcp: bool = False
     #: The listener's codec limits, built from the config by its first connection and shared by the rest.
     codec_limits: object = None
+    #: What incomplete requests may hold, loop-wide: one for every listener (the gateway passes it); made from the
+    #: config when not given (a context of its own, as in-process tests build).
+    shared_budget: MemoryBudget | None = None
     # The loop's bound methods, looked up once: asyncio.get_running_loop() costs a getpid() syscall per call.
     clock: Callable[[], float] = field(init=False)
+    budget: MemoryBudget = field(init=False)
     call_soon: Callable[..., object] = field(init=False)
 
     def new_body(self) -> RequestBody:
@@ -58,6 +63,10 @@ class FrontContext:
         loop = asyncio.get_running_loop()
         self.clock = loop.time
         self.call_soon = loop.call_soon
+        budget = self.shared_budget
+        if budget is None:
+            budget = MemoryBudget(self.config.max_connection_buffer, self.config.max_buffered)
+        self.budget = budget
 
     def sweep(self, now: float) -> None:
         for connection in list(self.connections):
@@ -81,6 +90,9 @@ class FrontConnection(asyncio.Protocol):
         self.input_since: float | None = now  # a new connection owes us a request
         self.head_pending = True
         self.idle_since = now
+        #: Bytes this connection's incomplete requests hold (its share of ``context.budget``).
+        self.held = 0
+        self.input_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without always subclassing it.
@@ -214,6 +226,66 @@ class FrontConnection(asyncio.Protocol):
         if self.output is not None:
             self.output.discard()
         self.release_requests()
+        self.release_held()
+
+    # -- memory budgets (gateway/loop/budget.py) ----------------------------------------------------------------
+    def account(self, held: int) -> None:
+        """After a read: this connection's incomplete requests now hold ``held`` bytes (a change)."""
+        budget = self.context.budget
+        before, self.held = self.held, held
+        budget.change(self, before, held)
+        if held > budget.per_connection:
+            log.warning(
+                "%s %s: incomplete requests hold %d bytes, over --max-connection-buffer (%d); connection closed",
+                self.protocol_name,
+                self.peer,
+                held,
+                budget.per_connection,
+            )
+            self.abort_connection()
+            self.release_requests()
+            self.release_held()
+        elif held > before:
+            if budget.total > budget.limit:
+                budget.pressure(self)
+        elif budget.paused:
+            budget.relieve()
+
+    def release_held(self) -> None:
+        """This connection holds nothing any more (closed, or its requests released)."""
+        budget = self.context.budget
+        if self.held:
+            budget.change(self, self.held, 0)
+            self.held = 0
+        if self.input_paused:
+            self.input_paused = False
+            budget.forget(self)
+        if budget.paused:
+            budget.relieve()
+
+    def spool_bodies(self) -> None:
+        """Move the bodies of incomplete requests to their files now (the loop-wide budget is exceeded), and
+        account for what that freed (``set_held``)."""
+
+    def set_held(self, held: int) -> None:
+        """``held`` without the checks of ``account``: it only went down (bodies spooled)."""
+        self.context.budget.change(self, self.held, held)
+        self.held = held
+
+    def pause_input(self) -> bool:
+        """Stop reading from this connection (the loop-wide budget); False if it cannot be paused."""
+        transport = self.transport
+        if self.input_paused or self.closed or transport is None or transport.is_closing():
+            return False
+        transport.pause_reading()
+        self.input_paused = True
+        return True
+
+    def resume_input(self) -> None:
+        transport = self.transport
+        if self.input_paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+        self.input_paused = False
 
     def release_requests(self) -> None:
         """Release whatever requests this connection had in flight."""

@@ -78,6 +78,12 @@ class UwsgiConnection(FrontConnection):
             elif event_type is BodyTooLarge:
                 assert isinstance(event, BodyTooLarge)
                 self.body_too_large(self, event.limit)
+        held = self.codec.buffered
+        body = self.body
+        if body is not None and self.request is None and self.codec.input_pending:
+            held += body.memory
+        if held != self.held:
+            self.account(held)
 
     def _unframed_length(self, header: str) -> None:
         """A client's Content-Length without the web server's CONTENT_LENGTH: the body is what CONTENT_LENGTH
@@ -103,6 +109,11 @@ class UwsgiConnection(FrontConnection):
 
     def busy(self) -> bool:
         return self.request is not None
+
+    def spool_bodies(self) -> None:
+        if self.body is not None and self.request is None and self.body.memory:
+            self.body.spool()
+            self.set_held(self.codec.buffered)
 
     def release_requests(self) -> None:
         if self.request is not None:

@@ -175,6 +175,11 @@ class ServerConnection:
         return self._state is not _State.DONE and self._state is not _State.ERROR
 
     @property
+    def buffered(self) -> int:
+        """Bytes of a header and vars block cut across reads, held until they are whole (body bytes never are)."""
+        return len(self._buffer)
+
+    @property
     def head_pending(self) -> bool:
         """The header and vars block are not complete."""
         return self._state in (_State.HEADER, _State.VARS)
