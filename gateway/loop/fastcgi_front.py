@@ -85,6 +85,8 @@ class _Exchange:
 
 class FastCGIConnection(FrontConnection):
     protocol_name = "fastcgi"
+    #: In-memory bytes of the bodies of exchanges not dispatched yet (their part of ``held``); a class default.
+    body_held = 0
 
     def __init__(self, context: FrontContext) -> None:
         super().__init__(context)
@@ -100,8 +102,6 @@ class FastCGIConnection(FrontConnection):
             )
         self.codec = ServerConnection(limits)
         self.exchanges: dict[int, _Exchange] = {}
-        #: In-memory bytes of the bodies of exchanges not dispatched yet (their part of ``held``).
-        self.body_held = 0
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -188,7 +188,8 @@ class FastCGIConnection(FrontConnection):
         exchange = self.exchanges.get(request_id)
         if exchange is None:
             return
-        self.body_held -= exchange.body.memory  # complete: no longer the connection's to answer for
+        if self.body_held:
+            self.body_held -= exchange.body.memory  # complete: no longer the connection's to answer for
         if exchange.body.size and not exchange.params.get("CONTENT_LENGTH"):
             # STDIN is the framing: a body sent without CONTENT_LENGTH (nginx passing a chunked request
             # unbuffered) is whole now, and the app learns its length where PEP 3333 says to look for it.

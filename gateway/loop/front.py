@@ -77,6 +77,11 @@ class FrontConnection(asyncio.Protocol):
     """Base of the per-connection protocols."""
 
     protocol_name = "?"
+    #: Bytes this connection's incomplete requests hold (its share of ``context.budget``), and whether the budget
+    #: paused its reading. Class defaults, shadowed per instance once they change: a connection that never holds
+    #: anything (a request whole in one read) never pays for setting them.
+    held = 0
+    input_paused = False
 
     def __init__(self, context: FrontContext) -> None:
         self.context = context
@@ -90,9 +95,6 @@ class FrontConnection(asyncio.Protocol):
         self.input_since: float | None = now  # a new connection owes us a request
         self.head_pending = True
         self.idle_since = now
-        #: Bytes this connection's incomplete requests hold (its share of ``context.budget``).
-        self.held = 0
-        self.input_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without always subclassing it.
@@ -226,7 +228,8 @@ class FrontConnection(asyncio.Protocol):
         if self.output is not None:
             self.output.discard()
         self.release_requests()
-        self.release_held()
+        if self.held or self.input_paused:
+            self.release_held()
 
     # -- memory budgets (gateway/loop/budget.py) ----------------------------------------------------------------
     def account(self, held: int) -> None:

@@ -62,8 +62,8 @@ class UwsgiConnection(FrontConnection):
             elif event_type is RequestHead:
                 assert isinstance(event, RequestHead)
                 self.params = event.params
-                if "HTTP_CONTENT_LENGTH" in event.params and not event.params.get("CONTENT_LENGTH"):
-                    self._unframed_length(event.params["HTTP_CONTENT_LENGTH"])
+                if self.codec.unframed_length:
+                    self._unframed_length(self.codec.unframed_length)
                 if event.params.get("SERVER_PROTOCOL") == "HTTP/1.0":
                     self.http_version = b"HTTP/1.0 "
                 self.body = self.context.new_body()
@@ -79,9 +79,10 @@ class UwsgiConnection(FrontConnection):
                 assert isinstance(event, BodyTooLarge)
                 self.body_too_large(self, event.limit)
         held = self.codec.buffered
-        body = self.body
-        if body is not None and self.request is None and self.codec.input_pending:
-            held += body.memory
+        if self.request is None:
+            body = self.body
+            if body is not None and self.codec.input_pending:
+                held += body.memory
         if held != self.held:
             self.account(held)
 
@@ -89,13 +90,12 @@ class UwsgiConnection(FrontConnection):
         """A client's Content-Length without the web server's CONTENT_LENGTH: the body is what CONTENT_LENGTH
         frames (none), whatever the header says. One line per such request: it points at the web server's
         configuration."""
-        if header != "0":
-            log.warning(
-                "uwsgi %s: HTTP_CONTENT_LENGTH %r without CONTENT_LENGTH; the body is framed by CONTENT_LENGTH "
-                "alone (none: an empty body), so the app sees no CONTENT_LENGTH",
-                self.peer,
-                header[:40],
-            )
+        log.warning(
+            "uwsgi %s: HTTP_CONTENT_LENGTH %r without CONTENT_LENGTH; the body is framed by CONTENT_LENGTH "
+            "alone (none: an empty body), so the app sees no CONTENT_LENGTH",
+            self.peer,
+            header,
+        )
 
     def eof_received(self) -> bool | None:
         try:

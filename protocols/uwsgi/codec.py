@@ -175,6 +175,12 @@ class ServerConnection:
         return self._state is not _State.DONE and self._state is not _State.ERROR
 
     @property
+    def unframed_length(self) -> str:
+        """The request's HTTP_CONTENT_LENGTH (at most 40 characters) when it carried no CONTENT_LENGTH, else "":
+        a client's header that never frames the body, worth a log line (it points at the web server's setup)."""
+        return self._unframed_header
+
+    @property
     def buffered(self) -> int:
         """Bytes of a header and vars block cut across reads, held until they are whole (body bytes never are)."""
         return len(self._buffer)
@@ -257,8 +263,10 @@ class ServerConnection:
         except ValueError as err:
             raise RemoteProtocolError(str(err)) from None
         self._body_left = self._declared = declared
-        if not declared and params.get("HTTP_CONTENT_LENGTH"):
-            self._unframed_header = params["HTTP_CONTENT_LENGTH"][:40]
+        if not declared:
+            header = params.get("HTTP_CONTENT_LENGTH", "0")
+            if header and header != "0":
+                self._unframed_header = header[:40]
         if declared > self.limits.max_body_size:
             self._discard_body = True
             events.append(BodyTooLarge(self.limits.max_body_size))
