@@ -92,6 +92,10 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 "body": b"".join(chunks).decode("latin-1"),
             },
         )
+    if path == "/close-raises":
+        # A complete, valid response whose close() fails: the failure is the app's clean-up, not the response's.
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
+        return _CloseRaises([b"complete"])
     if path == "/form":
         form = parse_qs(_read_body(environ).decode())
         return _json(start_response, form)
@@ -208,6 +212,11 @@ validated_app = validator(app)
 
 #: Memory the /grow route holds on to, so a worker's RSS grows across requests.
 _HELD: list[bytearray] = []
+
+
+class _CloseRaises(list[bytes]):
+    def close(self) -> None:
+        raise RuntimeError("close() failed on purpose")
 
 
 class _NotJSON:

@@ -211,3 +211,20 @@ def test_uwsgi_bytes_beyond_content_length_never_reach_the_app(stack: Stack, tmp
     assert reply == b""
     wait_for(_logged(stack, peer, "18 bytes beyond CONTENT_LENGTH 3"), 10, "the log line")
     assert not ran.exists()
+
+
+# -- the app's close() ---------------------------------------------------------------------------------------------
+def test_close_raising_after_a_complete_response_sends_it_whole(stack: Stack) -> None:
+    client = FastCGIClient(stack.fcgi_port)
+    try:
+        client.send(encode_request(1, _params("/close-raises"), keep_conn=True))
+        client.wait_ended({1})
+        assert _status(client.stdout[1]) == "Status: 200 OK"
+        assert _body(client.stdout[1]) == b"complete"
+        assert client.ended[1].app_status == 0
+        _assert_serves_hello(client, 2)
+    finally:
+        client.close()
+    reply, _ = _uwsgi_exchange(stack, encode_uwsgi_request(_params("/close-raises")))
+    assert (_status(reply), _body(reply)) == ("HTTP/1.1 200 OK", b"complete")  # a whole response, not a reset
+    assert "the response's close() raised; the response is sent as the app produced it" in stack.gateway.log_text()
