@@ -92,6 +92,11 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 "body": b"".join(chunks).decode("latin-1"),
             },
         )
+    if path == "/mirror":
+        # The query, a bar, then the body: a response a checker can predict byte for byte (fuzz/gateway.py).
+        mirrored = environ.get("QUERY_STRING", "").encode("latin-1") + b"|" + _read_body(environ)
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(mirrored)))])
+        return [mirrored]
     if path == "/close-raises":
         # A complete, valid response whose close() fails: the failure is the app's clean-up, not the response's.
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
