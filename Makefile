@@ -38,6 +38,10 @@ bench-deps: system-deps
 
 test-deps: bench-deps
 	@command -v nutcracker >/dev/null || { $(APT_GET) update && $(APT_GET) install nutcracker; }
+	@# The generated web-server rules (python -m gateway rules) are run by the real Apache (mod_proxy_fcgi,
+	@# mod_proxy_uwsgi) and lighttpd, each started privately by the tests, never as the system service.
+	@{ [ -x /usr/sbin/apache2 ] && [ -e /usr/lib/apache2/modules/mod_proxy_uwsgi.so ] && [ -x /usr/sbin/lighttpd ]; } \
+		|| { $(APT_GET) update && $(APT_GET) install --no-install-recommends apache2 lighttpd; }
 	@# Debian starts the packaged memcached as a service; ours run on their own ports, so the system one may stay.
 
 run: $(BUILT) system-deps
@@ -62,6 +66,7 @@ lint: $(STAMP)
 
 bench: $(BUILT) bench-deps
 	$(PY) -m benchmarks $(ARGS)
+	$(PY) -m benchmarks --realapp $(REALAPP_ARGS)
 
 bench-slow: $(BUILT) bench-deps
 	$(PY) -m benchmarks --slow $(ARGS)

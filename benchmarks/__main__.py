@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import curves, slow, throughput
+from benchmarks import curves, realapp, slow, throughput
 from benchmarks.core import BENCH_DIR, WORK_DIR, BenchError, log
 from benchmarks.harness import QUICK_SERVERS, SERVERS, Options
 
@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="how cost grows: concurrency, body size (memory), worker count, sessions (~6 min; not in make bench)",
     )
+    parser.add_argument(
+        "--realapp",
+        action="store_true",
+        help="the real-app benchmark: template page, 10 ms I/O route, file download; ours with and without "
+        "--threads against uWSGI (with and without threads), gunicorn gthread and waitress",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke-test size (see above)")
     parser.add_argument("--servers", type=_names, help="comma-separated server names (default: all)")
     parser.add_argument("--scenarios", type=_names, help="comma-separated scenarios, or slow modes with --slow")
@@ -80,8 +86,9 @@ def options_from(argv: Sequence[str]) -> Options:
     args = parser.parse_args(argv)
     quick = args.quick
     options = Options(
-        servers=args.servers or (list(QUICK_SERVERS) if quick and not args.curves else None),
-        scenarios=args.scenarios or (list(throughput.QUICK_SCENARIOS) if quick and not args.slow else None),
+        servers=args.servers or (list(QUICK_SERVERS) if quick and not (args.curves or args.realapp) else None),
+        scenarios=args.scenarios
+        or (list(throughput.QUICK_SCENARIOS) if quick and not (args.slow or args.realapp) else None),
         workers=args.workers,
         concurrency=args.concurrency or (8 if quick else 32),
         duration=args.duration or (2.0 if quick else 10.0),
@@ -93,6 +100,7 @@ def options_from(argv: Sequence[str]) -> Options:
         quick=quick,
         slow=args.slow,
         curves=args.curves,
+        realapp=args.realapp,
         command=shlex.join(["python", "-m", "benchmarks", *argv]),
         slow_counts=args.slow_counts or ([20] if quick else [50, 1000]),
         slow_interval=args.slow_interval,
@@ -116,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = options_from(arguments)
     if options.slow and options.curves:
         _parser().error("--slow and --curves are separate runs")
-    which = slow if options.slow else curves if options.curves else throughput
+    if options.realapp and (options.slow or options.curves):
+        _parser().error("--realapp is a separate run")
+    which = slow if options.slow else curves if options.curves else realapp if options.realapp else throughput
     try:
         output = which.run(options)
     except BenchError as err:

@@ -129,12 +129,12 @@ def curves(data: dict[str, Any], out: Path) -> None:
     figure.savefig(out, dpi=110)
 
 
-KINDS = {"throughput": throughput, "slow": slow, "curves": curves}
+KINDS = {"throughput": throughput, "slow": slow, "curves": curves, "realapp": throughput}
 
 
 def main(argv: Sequence[str]) -> int:
     if len(argv) != 3 or argv[0] not in KINDS:
-        print("usage: python -m benchmarks.charts throughput|slow|curves DATA.json OUT.png", file=sys.stderr)
+        print("usage: python -m benchmarks.charts throughput|slow|curves|realapp DATA.json OUT.png", file=sys.stderr)
         return 2
     kind, data_path, out = argv
     data = json.loads(Path(data_path).read_text())

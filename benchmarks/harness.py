@@ -54,6 +54,7 @@ class Options:
     slow_interval: float
     memory_connections: int
     curves: bool = False
+    realapp: bool = False
 
 
 # -- the servers ------------------------------------------------------------------------------------------------
@@ -86,6 +87,22 @@ SERVERS: tuple[ServerSpec, ...] = (
                "ONE process, 4 threads (its default), proxy_pass"),
 )  # fmt: skip
 SERVER_NAMES = tuple(spec.name for spec in SERVERS)
+
+#: Threads per worker in the threaded rows (the uWSGI configuration users copy: processes = 2, threads = 4).
+THREADS = 4
+#: Backends that are another backend run with more options: name -> (base backend, extra arguments).
+BACKEND_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ours-threads": ("ours", ("--threads", str(THREADS))),
+    "uwsgi-threads": ("uwsgi", ("--threads", str(THREADS))),
+    "gunicorn-gthread": ("gunicorn", ("-k", "gthread", "--threads", str(THREADS))),
+}
+
+
+def backend_base(name: str) -> str:
+    """The server a backend runs: ``ours-threads`` is ``ours``."""
+    return BACKEND_VARIANTS.get(name, (name, ()))[0]
+
+
 QUICK_SERVERS = ("ours-fcgi-keep", "ours-fcgi", "ours-uwsgi", "gunicorn")
 
 
@@ -132,6 +149,16 @@ class Backend:
     extra_args: tuple[str, ...] = ()
     #: extra environment for the server (the curves: a peer's app-level session store)
     extra_env: tuple[tuple[str, str], ...] = ()
+    #: the WSGI app, MODULE:CALLABLE
+    app: str = APP
+
+    @property
+    def base(self) -> str:
+        return backend_base(self.name)
+
+    @property
+    def variant_args(self) -> tuple[str, ...]:
+        return BACKEND_VARIANTS.get(self.name, (self.name, ()))[1]
 
     @property
     def log_path(self) -> Path:
@@ -151,15 +178,16 @@ class Backend:
         """The argv, in the peers' virtualenv; each uses the server's own defaults beyond the worker count."""
         bin_dir, n = PEERS_VENV / "bin", str(self.workers)
         port = next(iter(self.ports.values()))
-        if self.name == "uwsgi":
+        app, extra = self.app, list(self.variant_args)
+        if self.base == "uwsgi":
             return [str(bin_dir / "uwsgi"), "--socket", f"127.0.0.1:{port}", "--master", "--processes", n,
-                    "--module", APP, "--pythonpath", str(ROOT), "--disable-logging", "--die-on-term",
-                    "--need-app", "--no-orphans"]  # fmt: skip
-        if self.name == "gunicorn":
+                    "--module", app, "--pythonpath", str(ROOT), "--disable-logging", "--die-on-term",
+                    "--need-app", "--no-orphans", *extra]  # fmt: skip
+        if self.base == "gunicorn":
             return [str(bin_dir / "gunicorn"), "-w", n, "-b", f"127.0.0.1:{port}", "--chdir", str(ROOT),
-                    "--log-level", "warning", APP]  # fmt: skip
+                    "--log-level", "warning", *extra, app]  # fmt: skip
         if self.name == "waitress":
-            return [str(bin_dir / "waitress-serve"), f"--listen=127.0.0.1:{port}", APP]
+            return [str(bin_dir / "waitress-serve"), f"--listen=127.0.0.1:{port}", app]
         if self.name in ("flup", "fcgisgi"):
             return [str(bin_dir / "python"), "-m", "benchmarks.launchers", self.name, "--port", str(port),
                     "--workers", n]  # fmt: skip
@@ -168,10 +196,10 @@ class Backend:
     def start(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", **dict(self.extra_env)}
-        if self.name == "ours":
+        if self.base == "ours":
             args = ["--fcgi", f"127.0.0.1:{self.ports['fcgi']}", "--uwsgi", f"127.0.0.1:{self.ports['uwsgi']}",
-                    "--workers", str(self.workers), *self.extra_args, APP]  # fmt: skip
-            self.gateway = GatewayProcess(self.scratch / "ours", args, env=env, cwd=ROOT).start()
+                    "--workers", str(self.workers), *self.variant_args, *self.extra_args, self.app]  # fmt: skip
+            self.gateway = GatewayProcess(self.scratch / self.name, args, env=env, cwd=ROOT).start()
             return
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
@@ -229,6 +257,7 @@ class Stack:
     ours_args: tuple[str, ...] = ()
     max_body: str = "64m"
     peer_env: tuple[tuple[str, str], ...] = ()
+    app: str = APP
 
     @property
     def port(self) -> int:
@@ -247,10 +276,10 @@ class Stack:
                 self.unavailable[spec.name] = self.peers.failures[spec.package]
                 continue
             if spec.backend not in self.backends:
-                ports = {"fcgi": free_port(), "uwsgi": free_port()} if spec.backend == "ours" else {}
-                if not ports:
-                    ports = {spec.protocol: free_port()}
-                ours = spec.backend == "ours"
+                ours = backend_base(spec.backend) == "ours"
+                ports: dict[str, int] = (
+                    {"fcgi": free_port(), "uwsgi": free_port()} if ours else {spec.protocol: free_port()}
+                )
                 backend = Backend(
                     spec.backend,
                     self.scratch,
@@ -258,6 +287,7 @@ class Stack:
                     ports,
                     extra_args=self.ours_args if ours else (),
                     extra_env=() if ours else self.peer_env,
+                    app=self.app,
                 )
                 log(f"starting {spec.backend} ({self.workers} workers)")
                 try:
@@ -367,6 +397,7 @@ def running_stack(
     ours_args: Sequence[str] = (),
     max_body: str = "64m",
     peer_env: Mapping[str, str] | None = None,
+    app: str = APP,
 ) -> Iterator[Stack]:
     stack = Stack(
         scratch,
@@ -376,6 +407,7 @@ def running_stack(
         ours_args=tuple(ours_args),
         max_body=max_body,
         peer_env=tuple((peer_env or {}).items()),
+        app=app,
     )
     try:
         yield stack.start()

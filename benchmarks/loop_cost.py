@@ -13,6 +13,7 @@ Python bytecode instructions each request executes instead (with ``sys.settrace`
 requests): a deterministic measure of the interpreted work, blind only to time spent inside C functions.
 
     python -m benchmarks.loop_cost [--mode fcgi-keep|fcgi|uwsgi ...] [--requests N] [--repeat K] [--opcodes]
+        [--counters]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from benchmarks.apps import app as benchmark_app
 from gateway.config.settings import Config
 from gateway.contract.channel import Kind, encode_frame
 from gateway.contract.startup import WorkerSettings
+from gateway.loop.counters import COUNTERS
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.fastcgi_front import FastCGIConnection
 from gateway.loop.front import FrontConnection, FrontContext
@@ -208,9 +210,13 @@ class _OpcodeCounter:
         return self._step
 
 
-async def measure(mode: str, requests: int, connections: int, workers: int, count_opcodes: bool = False) -> Cost:
+async def measure(
+    mode: str, requests: int, connections: int, workers: int, count_opcodes: bool = False, counters: bool = False
+) -> Cost:
     config = Config(workers=workers)
-    pool = Supervisor(config)  # driven without starting processes: stand-ins attach in their place
+    # Driven without starting processes: stand-ins attach in their place. With ``counters``, each response is
+    # counted as under --stats or --metrics.
+    pool = Supervisor(config, access_log=COUNTERS if counters else None)
     hook = session_hook_for(config)
     dispatcher = Dispatcher(pool, [hook] if hook is not None else [])
     spool = tempfile.mkdtemp(prefix="loop-cost-")
@@ -289,6 +295,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=32, help="requests in flight at once (default 32)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--opcodes", action="store_true", help="count bytecode instructions instead of timing")
+    parser.add_argument("--counters", action="store_true", help="count each response, as --stats or --metrics do")
     args = parser.parse_args(argv)
     try:
         import uvloop  # noqa: PLC0415
@@ -298,11 +305,14 @@ def main(argv: list[str]) -> int:
         run = asyncio.run
     for mode in args.mode or MODES:
         if args.opcodes:
-            cost = run(measure(mode, min(args.requests, 2_000), args.connections, args.workers, count_opcodes=True))
+            cost = run(measure(mode, min(args.requests, 2_000), args.connections, args.workers, True, args.counters))
             print(f"{mode:10s} loop {cost.loop_opcodes:6.0f} opcodes/request   "
                   f"worker {cost.worker_opcodes:6.0f} opcodes/request", flush=True)  # fmt: skip
             continue
-        costs = [run(measure(mode, args.requests, args.connections, args.workers)) for _ in range(args.repeat)]
+        costs = [
+            run(measure(mode, args.requests, args.connections, args.workers, counters=args.counters))
+            for _ in range(args.repeat)
+        ]
         loop_us = statistics.median(cost.loop_us for cost in costs)
         worker_us = statistics.median(cost.worker_us for cost in costs)
         print(f"{mode:10s} loop {loop_us:6.1f} µs/request   worker {worker_us:6.1f} µs/request", flush=True)

@@ -106,7 +106,9 @@ def smoke_packages() -> list[str]:
     from benchmarks.harness import QUICK_SERVERS, select_servers  # noqa: PLC0415
 
     specs = select_servers([*QUICK_SERVERS, *DEFAULT_SERVERS])
-    return [*sorted({spec.package for spec in specs if spec.package}), APP_SESSION_PACKAGE, CHARTS_PACKAGE]
+    from benchmarks.realapp import APP_PACKAGE  # noqa: PLC0415
+
+    return [*sorted({spec.package for spec in specs if spec.package}), APP_SESSION_PACKAGE, APP_PACKAGE, CHARTS_PACKAGE]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from devstack.processes import stat_fields, tree_pids
 
-__all__ = ["PeakRss", "cpu_seconds", "dirty_bytes", "machine_seconds", "rss_bytes", "tree_pids"]
+__all__ = ["PeakRss", "cpu_seconds", "dirty_bytes", "machine_seconds", "pss_bytes", "rss_bytes", "tree_pids"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -53,6 +53,23 @@ def rss_bytes(pids: Sequence[int]) -> int:
             with open(f"/proc/{pid}/statm", "rb") as statm:
                 total += int(statm.read().split()[1]) * _PAGE
         except (OSError, IndexError):
+            continue
+    return total
+
+
+def pss_bytes(pids: Sequence[int]) -> int:
+    """Sum of proportional set sizes (/proc/PID/smaps_rollup): each shared page is divided among the processes
+    that map it, so forked workers sharing their parent's pages are counted once in the sum, which is what the
+    tree really costs the machine. A process that went away meanwhile counts 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+                for line in rollup:
+                    if line.startswith(b"Pss:"):
+                        total += int(line.split()[1]) << 10
+                        break
+        except (OSError, IndexError, ValueError):
             continue
     return total
 

@@ -58,10 +58,15 @@ def machine_description(wrk: str | None, peers: Peers) -> list[str]:
     return lines
 
 
-SECTION_KEYS = ("throughput", "curves", "slow")
-SECTION_TITLES = {"throughput": "Throughput", "curves": "Throughput: how cost grows", "slow": "Slow clients"}
+SECTION_KEYS = ("throughput", "curves", "realapp", "slow")
+SECTION_TITLES = {
+    "throughput": "Throughput",
+    "curves": "Throughput: how cost grows",
+    "realapp": "A real application: template page, I/O wait, file download",
+    "slow": "Slow clients",
+}
 #: A section missing from an existing file goes right after this one (the curves extend the throughput part).
-_SECTION_AFTER = {"curves": "throughput"}
+_SECTION_AFTER = {"curves": "throughput", "realapp": "throughput"}
 _TEMPLATE = """# Benchmarks
 
 Produced by `python -m benchmarks` (`make bench`: throughput) and `python -m benchmarks --slow`

@@ -1,7 +1,9 @@
 """``python -m devstack`` (``make run``): the demo app behind a private nginx, on loopback.
 
 FastCGI on 127.0.0.1:9000, uwsgi on 127.0.0.1:9001, nginx on 127.0.0.1:8080 routing ``/`` over FastCGI and
-``/uwsgi/`` over uwsgi (``devstack.nginx.gateway_routes``). Ctrl-C stops everything.
+``/uwsgi/`` over uwsgi (``devstack.nginx.gateway_routes``). The gateway is told that prefix (``--script-name
+/uwsgi``, which applies only to paths that carry it), so an app sees the same PATH_INFO over both. Ctrl-C stops
+everything.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 
 from devstack.nginx import Nginx
 from devstack.processes import GatewayProcess, StackError
+
+#: Where nginx mounts the uwsgi listener (``devstack.nginx.gateway_routes``).
+UWSGI_MOUNT = "/uwsgi"
 
 __all__ = ["StackError", "main"]  # StackError: what main reports when a component would not start
 
@@ -36,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # script): Ctrl-C must stop the stack whoever started it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    gateway = GatewayProcess(scratch, ["--fcgi", args.fcgi, "--uwsgi", args.uwsgi, *args.gateway_args])
+    # A --script-name among the user's arguments comes last, so it wins.
+    listeners = ["--fcgi", args.fcgi, "--uwsgi", args.uwsgi, "--script-name", UWSGI_MOUNT]
+    gateway = GatewayProcess(scratch, [*listeners, *args.gateway_args])
     nginx = Nginx(scratch, args.port, args.fcgi, args.uwsgi)
     try:
         gateway.start()

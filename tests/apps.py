@@ -60,6 +60,8 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     if path == "/hello":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
         return [b"hello"]
+    if path == "/whoami":  # which gateway (the worker's parent) and worker answered, for several gateways
+        return _json(start_response, {"gateway": os.getppid(), "pid": os.getpid(), "host": environ.get("HTTP_HOST")})
     if path == "/echo" or path.startswith("/unicode/"):
         body = _read_body(environ)
         return _json(
@@ -75,6 +77,7 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 "body_length": len(body),
                 "scheme": environ["wsgi.url_scheme"],
                 "multiprocess": environ["wsgi.multiprocess"],
+                "multithread": environ["wsgi.multithread"],
                 "pid": os.getpid(),
             },
         )
@@ -120,6 +123,14 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if "whole" in query:  # one list item: the worker sends it as a whole response, not streamed
             return [b"".join(pattern(size))]
         return pattern(size)
+    if path == "/file":  # wsgi.file_wrapper over a regular file: the loop sends it (sendfile)
+        handle = open(query["path"][0], "rb")  # noqa: SIM115 - the wrapper closes it with the response
+        handle.seek(int(query.get("skip", ["0"])[0]))
+        size = os.fstat(handle.fileno()).st_size - handle.tell()
+        length = int(query.get("length", [str(size)])[0])
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(length))])
+        wrapper: Callable[..., Iterable[bytes]] = environ["wsgi.file_wrapper"]
+        return wrapper(handle)
     if path == "/grow":
         _HELD.append(bytearray(int(query["mb"][0]) << 20))  # kept: the worker's resident memory grows
         return _json(start_response, {"pid": os.getpid()})

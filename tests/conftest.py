@@ -11,12 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import gateway.protocols
 from devstack.nginx import Nginx
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from devstack.servers import Memcached
+
+# Properties are about what the code does, never how fast: on a loaded machine (CI runners, parallel agents)
+# neither generating inputs nor running one may fail a test for taking long.
+settings.register_profile("gateway", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("gateway")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import configparser
 import os
+import shlex
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
+import pytest
+
+from gateway.config.cli import build_config
 from gateway.protocols.fastcgi import EndRequest, Stdout
 from gateway.protocols.fastcgi.client import ClientConnection, encode_request
 from tests.activation import start_activated
@@ -76,3 +81,39 @@ def test_socket_unit_is_served_as_its_name_says(tmp_path: Path) -> None:
     assert f"socket activation: fastcgi socket unix:{path} named {name!r}" in log_path.read_text()
     # The socket file belongs to the socket unit: the gateway leaves it, with the unit's mode, behind.
     assert stat.S_IMODE(os.stat(path).st_mode) == mode
+
+
+RUNIT_SERVICE = ROOT / "deploy" / "runit" / "gateway"
+
+
+def test_runit_service_runs_the_real_cli_in_the_foreground() -> None:
+    """runsv supervises what ``run`` execs: the gateway itself, in the foreground, with options the CLI accepts."""
+    for script in (RUNIT_SERVICE / "run", RUNIT_SERVICE / "log" / "run"):
+        assert os.access(script, os.X_OK), f"{script} must be executable for runsv"
+        assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0, f"{script}: shell syntax"
+    lines = (RUNIT_SERVICE / "run").read_text().splitlines()
+    command = next(line for line in lines if line.startswith("exec ") and " -m gateway " in line)
+    assert not command.rstrip().endswith("&"), "runsv must supervise the gateway itself"
+    argv = shlex.split(command)
+    config = build_config(argv[argv.index("gateway") + 1 :], environ={})
+    assert config.listeners
+    assert config.app == "myapp.wsgi:application"
+    assert "exec 2>&1" in lines, "stderr joins stdout, so that svlogd keeps the error log too"
+
+
+TEMPLATE_UNIT = ROOT / "deploy" / "systemd" / "gateway@.service"
+
+
+@pytest.mark.parametrize("instance", ["1", "2"])
+def test_template_unit_runs_several_gateways_on_one_port(instance: str) -> None:
+    """gateway@.service: each instance's command line, as systemd expands %i, is what the CLI accepts, shares the
+    port (--reuse-port) and the sessions (memcached), and has stats and metrics ports of its own."""
+    service = _unit(TEMPLATE_UNIT)["Service"]
+    assert service["Type"] == "notify"
+    argv = service["ExecStart"].replace("%i", instance).split()
+    config = build_config(argv[argv.index("gateway") + 1 :])
+    assert config.reuse_port
+    assert config.sessions.startswith("memcached://")
+    assert [str(listen.address) for listen in config.listeners] == ["127.0.0.1:9001"]
+    assert config.stats is not None and config.stats.port == int(f"171{instance}")
+    assert config.metrics is not None and config.metrics.port == int(f"910{instance}")

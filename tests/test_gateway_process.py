@@ -358,7 +358,11 @@ def test_demo_stack_serves_and_stops_on_ctrl_c(tmp_path: Path, sigint: str) -> N
         assert f"Ready: curl http://127.0.0.1:{port}/".encode() in printed
         reply = request(f"http://127.0.0.1:{port}", "GET", "/")
         assert reply.status == 200 and b"It works" in reply.body
-        assert b"It works" in request(f"http://127.0.0.1:{port}", "GET", "/uwsgi/").body
+        # The app sees the same path over both: the stack tells the gateway where nginx mounts uwsgi.
+        for mounted, path in (("", "/admin/login/"), ("/uwsgi", "/admin/login/")):
+            page = request(f"http://127.0.0.1:{port}", "GET", mounted + path).body
+            assert f"<th>SCRIPT_NAME</th><td>{mounted}</td>".encode() in page
+            assert f"<th>PATH_INFO</th><td>{path}</td>".encode() in page
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
     finally:

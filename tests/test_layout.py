@@ -31,6 +31,17 @@ def test_a_worker_never_loads_the_event_loop_side() -> None:
     assert not {name for name in loaded if name.startswith(("gateway.loop", "gateway.master", "gateway.config"))}
 
 
+def test_everything_installed_is_under_the_one_package_gateway() -> None:
+    # What setuptools packs (pyproject's find, which follows the links gateway/protocols and gateway/sessions):
+    # the codecs and the stores as subpackages, so no top-level name of ours can shadow a project's own.
+    from setuptools import find_packages
+
+    packages = set(find_packages(str(ROOT), include=["gateway*"]))
+    assert {"gateway.protocols.fastcgi", "gateway.protocols.uwsgi", "gateway.sessions"} <= packages
+    assert (ROOT / "gateway" / "protocols").resolve() == ROOT / "protocols"
+    assert (ROOT / "gateway" / "sessions").resolve() == ROOT / "sessions"
+
+
 def test_development_tooling_is_not_installed_with_the_package() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'include = ["gateway*"]' in pyproject

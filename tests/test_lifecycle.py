@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import grp
 import json
+import logging
 import os
 import pwd
 import signal
@@ -21,6 +22,8 @@ import pytest
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from gateway.config.cli import build_config
+from gateway.loop.listeners import bind
+from gateway.master.server import Gateway
 from gateway.protocols.uwsgi import encode_request
 from tests.activation import start_activated
 from tests.load import children, load, uwsgi_get
@@ -177,7 +180,8 @@ def test_reload_with_code_that_cannot_be_imported_keeps_the_old_workers(tmp_path
     try:
         (app_dir / "versioned.py").write_text("def application(:\n")  # a syntax error
         os.kill(_pid(gateway), signal.SIGHUP)
-        wait_for(lambda: "reload abandoned" in gateway.log_text(), 15, "the failed reload to be noticed")
+        # Both new workers fail, each on its own time (the second may still be importing when the first gives up).
+        wait_for(lambda: gateway.log_text().count("reload abandoned") == 2, 15, "both new workers to fail")
         with load(port, "/", concurrency=2, requests=200) as result:
             pass
         assert result.failures == 0, (result.statuses, result.errors[:3])
@@ -238,6 +242,19 @@ def test_pool_grows_under_load_and_shrinks_when_idle(tmp_path: Path) -> None:
         assert result.failures == 0, (result.statuses, result.errors[:3])
         wait_for(lambda: len(children(_pid(gateway))) == 1, 10, "the pool to shrink back to its minimum")
         assert "growing the pool to 3" in gateway.log_text()
+    finally:
+        gateway.stop()
+
+
+def test_a_burst_of_slow_requests_grows_the_pool_to_its_maximum(tmp_path: Path) -> None:
+    # Eight 2 s requests at 2:4: with --pipeline 2 (the default) most of them wait inside busy workers rather than
+    # in the queue; the pool must still grow by all of them, while the burst lasts (4 s at 4 workers, 6 s at 3).
+    gateway, port = _start(tmp_path, "--workers", "2:4", "--scale-down-after", "30")
+    try:
+        with load(port, "/sleep?s=2", concurrency=8, requests=8) as result:
+            wait_for(lambda: len(children(_pid(gateway))) == 4, 4, "the pool to grow to 4 during the burst")
+        assert result.failures == 0, (result.statuses, result.errors[:3])
+        assert "growing the pool to 4" in gateway.log_text()
     finally:
         gateway.stop()
 
@@ -358,7 +375,11 @@ def test_user_is_dropped_after_binding(tmp_path: Path) -> None:
     reachable = all(os.stat(parent).st_mode & 0o001 for parent in interpreter.parents)
     tmp_path.chmod(0o777)
     socket_path = tmp_path / "app.sock"
-    args = ["--uwsgi", f"unix:{socket_path}", "--workers", "1", "--user", "nobody", "tests.apps:app"]
+    root_only = tmp_path / "root-only"  # as /run is: nobody cannot remove the socket file from it at exit
+    root_only.mkdir(mode=0o755)
+    kept_path = root_only / "kept.sock"
+    args = ["--uwsgi", f"unix:{socket_path}", "--uwsgi", f"unix:{kept_path}", "--workers", "1", "--user", "nobody"]
+    args.append("tests.apps:app")
     if not reachable:
         result = subprocess.run(
             [sys.executable, "-m", "gateway", *args], env=ENV, capture_output=True, text=True, timeout=30, check=False
@@ -375,8 +396,36 @@ def test_user_is_dropped_after_binding(tmp_path: Path) -> None:
             uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
             assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
         assert socket_path.stat().st_uid == nobody.pw_uid
+        assert f"{kept_path} will stay after exit" in gateway.log_text()
     finally:
         gateway.stop()
+    assert not socket_path.exists() and kept_path.exists()
+    assert "could not remove socket file" not in gateway.log_text()
+    GatewayProcess(tmp_path / "again", args, env=ENV).start().stop()  # the next start replaces the stale file
+
+
+def test_a_socket_file_the_user_cannot_remove_is_named_at_start_and_left_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The decision of the test above, in-process, for machines where nobody cannot reach the interpreter: the
+    privilege calls do nothing here, and the directories answer as they would answer nobody."""
+    root_only, own = tmp_path / "root-only", tmp_path / "own"
+    root_only.mkdir()
+    own.mkdir()
+    kept, removed = root_only / "kept.sock", own / "app.sock"
+    config = build_config(["--uwsgi", f"unix:{kept}", "--uwsgi", f"unix:{removed}", "--user", "nobody"])
+    gateway = Gateway(config)
+    gateway.listeners = [bind(listen, 16, None) for listen in config.listeners]
+    for call in ("setgid", "setuid", "initgroups", "chown"):
+        monkeypatch.setattr(os, call, lambda *args: None)
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != root_only)
+    with caplog.at_level(logging.INFO):
+        gateway._drop_privileges()
+        for listener in gateway.listeners:
+            listener.close()
+    assert f"{kept} will stay after exit" in caplog.text
+    assert "could not remove socket file" not in caplog.text
+    assert kept.exists() and not removed.exists()
 
 
 def test_socket_activation_and_sd_notify(tmp_path: Path) -> None:

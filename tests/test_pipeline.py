@@ -107,3 +107,36 @@ def test_requests_a_dead_worker_held_are_served_by_its_replacement(
         assert "with 2 requests it had not started" in server.log_text()
     finally:
         client.close()
+
+
+def test_every_access_line_says_what_its_client_received(tmp_path: Path) -> None:
+    # Requests handed over ahead of time finish while the next one's frames are already in: each line must still
+    # carry its own response's status and size, not the next one's (reset) accounting.
+    port = free_port()
+    access = tmp_path / "access.log"
+    args = ["--fcgi", f"127.0.0.1:{port}", "--workers", "1", "--pipeline", "2", "--access-log", str(access)]
+    server = GatewayProcess(tmp_path, [*args, "tests.apps:app"], env=ENV).start()
+    client = FastCGIClient(port)
+    ids = range(1, 25)
+    uris = {i: f"/status?code={200 + i}&pad={'x' * i}" if i % 3 else f"/sleep?s=0.01&id={i}" for i in ids}
+    try:
+        requests = []
+        for i in ids:
+            path, _, query = uris[i].partition("?")
+            params = {**_params(path, query), "REQUEST_URI": uris[i]}
+            requests.append(encode_request(i, params, keep_conn=True))
+        client.send(b"".join(requests))
+        client.wait_ended(set(ids))
+        wait_for(lambda: access.exists() and len(access.read_text().splitlines()) == len(ids), 10, "every line")
+    finally:
+        client.close()
+        server.stop()
+    logged = {}
+    for line in access.read_text().splitlines():
+        uri = line.split('"GET ', 1)[1].split(" HTTP/1.1", 1)[0]
+        status, size = line.split('HTTP/1.1" ', 1)[1].split()[:2]
+        logged[uri] = (status, size)
+    for i in ids:
+        head, body = _split_response(bytes(client.stdout[i]))
+        status = head.split("Status: ", 1)[1][:3] if "Status: " in head else "200"
+        assert logged[uris[i]] == (status, str(len(body)) if body else "-"), (uris[i], head)

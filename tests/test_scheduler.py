@@ -29,6 +29,7 @@ class _Sink:
     def send_head(self, head: bytes) -> None: ...
     def send_body(self, data: bytes | memoryview) -> None: ...
     def send_response(self, response: bytes | memoryview) -> None: ...
+    def send_file(self, fd: int, offset: int, length: int) -> None: ...
     def finish(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -50,19 +51,19 @@ class _Lane:
     clock: _Clock
     name: str = "w"
     requests: deque[Request] = field(default_factory=deque)
+    threads: int = 1
     busy_since: float = 0.0
     idle_since: float = 0.0
     served: int = 0
     max_requests: int = 0
     retiring: bool = False
-    head_answered: bool = False
     cancelled: list[Request] = field(default_factory=list)
     closed: bool = False
 
     def hand_over(self, request: Request) -> None:
-        if not self.requests:
-            self.busy_since = self.clock()
         self.requests.append(request)
+        if len(self.requests) <= self.threads:
+            request.started_at = self.busy_since = self.clock()
         self.served += 1
 
     def cancel(self, request: Request) -> None:
@@ -71,11 +72,12 @@ class _Lane:
     def close(self) -> None:
         self.closed = True
 
-    def finish(self) -> Request:
-        """The running request ended; the next one the lane holds starts now."""
-        done = self.requests.popleft()
-        if self.requests:
-            self.busy_since = self.clock()
+    def finish(self, done: Request | None = None) -> Request:
+        """A running request ended (the oldest unless named); the next one the lane holds starts now."""
+        done = done if done is not None else self.requests[0]
+        self.requests.remove(done)
+        if len(self.requests) >= self.threads:
+            self.requests[self.threads - 1].started_at = self.busy_since = self.clock()
         return done
 
     @property
@@ -176,13 +178,13 @@ def test_requests_that_waited_past_the_queue_timeout_expire_oldest_first() -> No
 def test_a_request_running_past_the_timeout_is_overdue_once_answered_for() -> None:
     pool = _Pool(2, timeout=10.0)
     slow, quick = pool.lanes
-    pool.scheduler.submit(_request("/slow"))
+    pool.scheduler.submit(slow_request := _request("/slow"))
     pool.clock.now = 108.0
-    pool.scheduler.submit(_request("/quick"))
+    pool.scheduler.submit(quick_request := _request("/quick"))
     assert pool.scheduler.overdue(110.0) == []
-    assert pool.scheduler.overdue(110.5) == [slow]
-    slow.head_answered = True
-    assert pool.scheduler.overdue(119.0) == [quick]
+    assert pool.scheduler.overdue(110.5) == [(slow, slow_request)]
+    slow_request.answered = True
+    assert pool.scheduler.overdue(119.0) == [(quick, quick_request)]
 
 
 def test_no_timeout_means_nothing_is_ever_overdue() -> None:
@@ -314,20 +316,36 @@ def test_a_retiring_worker_gets_nothing_more_and_is_closed_when_idle() -> None:
     assert lane.closed and not lane.requests and _uris(pool.scheduler.queue) == ["/b"]
 
 
-def test_a_request_that_has_to_queue_asks_for_one_more_worker_below_the_maximum() -> None:
-    pool = _Pool(1, workers=1, workers_max=3)
+def test_the_pool_grows_by_the_requests_waiting_beyond_the_workers_starting() -> None:
+    pool = _Pool(1, workers=1, workers_max=4)
     pool.scheduler.submit(_request("/a"))
     assert pool.grown == 0  # an idle worker took it
     pool.scheduler.submit(_request("/b"))
     assert pool.grown == 1 and pool.scheduler.target == 2
-    pool.scheduler.starting = 1  # the new worker is on its way: no second one for the next request
-    pool.scheduler.submit(_request("/c"))
-    assert pool.grown == 1
-    pool.scheduler.starting = 0
-    pool.scheduler.submit(_request("/d"))
+    pool.scheduler.starting = 1  # the new worker is on its way: it will take /b
+    pool.scheduler.submit(_request("/c"))  # but nobody takes /c
     assert pool.grown == 2 and pool.scheduler.target == 3
+    pool.scheduler.starting = 2
+    pool.scheduler.submit(_request("/d"))
     pool.scheduler.submit(_request("/e"))
-    assert pool.grown == 2 and pool.scheduler.target == 3  # at the maximum
+    assert pool.grown == 3 and pool.scheduler.target == 4  # at the maximum
+    pool.scheduler.submit(_request("/f"))
+    assert pool.grown == 3 and pool.scheduler.target == 4
+
+
+def test_requests_handed_ahead_to_a_busy_worker_count_as_waiting_for_growth() -> None:
+    # --pipeline moves queued requests into the busy workers' channels: the queue looks short, the work is not.
+    pool = _Pool(2, workers=2, workers_max=2, pipeline=2)
+    for uri in ("/a", "/b", "/c", "/d", "/e", "/f"):
+        pool.scheduler.submit(_request(uri))
+    first = pool.lanes[0]
+    first.finish()
+    pool.scheduler.lane_idle(first)
+    assert first.uris == ["/c", "/d", "/e"] and _uris(pool.scheduler.queue) == ["/f"]
+    pool.scheduler.workers_max = 6  # room to grow from here on
+    pool.scheduler.submit(_request("/g"))
+    # Waiting: /f and /g in the queue, /d and /e behind /c: four more workers, not one per queued request.
+    assert pool.grown == 1 and pool.scheduler.target == 6
 
 
 def test_an_idle_worker_beyond_the_minimum_is_retired_after_the_scale_down_delay() -> None:
@@ -359,3 +377,132 @@ def test_more_workers_raises_the_maximum_if_need_be() -> None:
     pool = _Pool(1, workers=1, workers_max=1)
     pool.scheduler.more()
     assert pool.scheduler.target == 2 and pool.scheduler.workers_max == 2
+
+
+# -- --threads: a lane runs several requests at once ----------------------------------------------------------------
+def _threaded_pool(count: int = 1, threads: int = 3, **settings: Any) -> _Pool:
+    pool = _Pool(0, **settings)
+    for number in range(count):
+        lane = _Lane(pool.clock, f"w{number}", threads=threads)
+        pool.lanes.append(lane)
+        pool.scheduler.add(lane)
+        pool.scheduler.lane_idle(lane)
+    return pool
+
+
+def test_a_threaded_worker_takes_as_many_requests_as_it_has_threads_before_any_queue() -> None:
+    pool = _threaded_pool(threads=3, queue_size=100)
+    for number in range(5):
+        pool.scheduler.submit(_request(f"/{number}"))
+    lane = pool.lanes[0]
+    assert lane.uris == ["/0", "/1", "/2"] and _uris(pool.scheduler.queue) == ["/3", "/4"]
+    assert all(request.started_at == 100.0 for request in lane.requests)
+    assert not pool.scheduler.idle
+
+
+def test_free_threads_are_spread_over_the_workers() -> None:
+    pool = _threaded_pool(count=2, threads=2)
+    for number in range(4):
+        pool.scheduler.submit(_request(f"/{number}"))
+    assert [lane.uris for lane in pool.lanes] == [["/0", "/2"], ["/1", "/3"]]
+
+
+def test_a_request_ending_out_of_order_frees_its_thread_for_the_queue() -> None:
+    pool = _threaded_pool(threads=2, queue_size=100)
+    requests = [_request(f"/{number}") for number in range(4)]
+    for request in requests:
+        pool.scheduler.submit(request)
+    lane = pool.lanes[0]
+    pool.clock.now = 101.0
+    lane.finish(requests[1])  # the second one ends first; the first still runs
+    pool.scheduler.lane_has_room(lane)
+    assert lane.uris == ["/0", "/2"] and _uris(pool.scheduler.queue) == ["/3"]
+    assert requests[2].started_at == 101.0
+
+
+def test_a_worker_with_a_free_thread_parks_among_the_idle_ones_while_it_runs_others() -> None:
+    pool = _threaded_pool(threads=2)
+    first, second = _request("/a"), _request("/b")
+    pool.scheduler.submit(first)
+    pool.scheduler.submit(second)
+    lane = pool.lanes[0]
+    assert not pool.scheduler.idle
+    lane.finish(first)
+    pool.scheduler.lane_has_room(lane)
+    assert list(pool.scheduler.idle) == [lane]
+    pool.scheduler.submit(third := _request("/c"))
+    assert lane.uris == ["/b", "/c"] and third.started_at and not pool.scheduler.idle
+
+
+def test_the_pool_grows_only_when_no_thread_is_free() -> None:
+    pool = _threaded_pool(threads=2, workers=1, workers_max=3)
+    pool.scheduler.submit(_request("/a"))
+    pool.scheduler.submit(_request("/b"))
+    assert pool.grown == 0  # both went to the one worker's two threads
+    pool.scheduler.submit(_request("/c"))
+    assert pool.grown == 1 and pool.scheduler.target == 2
+
+
+def test_a_partly_busy_worker_is_not_idle_for_scaling_down() -> None:
+    pool = _threaded_pool(count=2, threads=2, workers=1, workers_max=2, scale_down_after=5.0)
+    pool.scheduler.target = 2
+    pool.scheduler.submit(_request("/a"))  # the first lane runs one request and keeps a free thread
+    busy, idle = pool.lanes
+    assert list(pool.scheduler.idle) == [idle, busy]
+    assert pool.scheduler.idle_surplus(200.0) is idle
+    assert pool.scheduler.idle_surplus(200.0) is None  # at the minimum now
+
+
+def test_pipelining_with_threads_hands_ahead_only_beyond_the_threads() -> None:
+    pool = _threaded_pool(count=2, threads=2, pipeline=1, queue_size=100)
+    requests = [_request(f"/{number}") for number in range(10)]
+    for request in requests:
+        pool.scheduler.submit(request)
+    first = pool.lanes[0]
+    assert first.uris == ["/0", "/2"]  # threads first; nothing ahead until a thread frees up
+    first.finish(requests[0])
+    pool.scheduler.lane_has_room(first)
+    # /4 runs on the freed thread, and one more (--pipeline 1) waits ahead while the queue is as deep as the pool.
+    assert first.uris == ["/2", "/4", "/5"]
+    assert requests[5].started_at == 0.0
+
+
+def test_only_the_overdue_thread_is_overdue() -> None:
+    pool = _threaded_pool(threads=3, timeout=10.0)
+    lane = pool.lanes[0]
+    slow = _request("/slow")
+    pool.scheduler.submit(slow)
+    pool.clock.now = 105.0
+    pool.scheduler.submit(_request("/a"))
+    pool.scheduler.submit(_request("/b"))
+    assert pool.scheduler.overdue(110.5) == [(lane, slow)]
+    slow.answered = True
+    assert pool.scheduler.overdue(110.5) == []
+
+
+def test_a_request_waiting_in_a_workers_channel_is_never_overdue() -> None:
+    pool = _threaded_pool(count=1, threads=1, timeout=10.0, pipeline=2, queue_size=100)
+    lane = pool.lanes[0]
+    lane.requests.extend([running := _request("/running"), waiting := _request("/waiting")])
+    running.started_at = 100.0
+    assert waiting.started_at == 0.0
+    assert pool.scheduler.overdue(200.0) == [(lane, running)]
+
+
+def test_max_requests_counts_requests_on_a_threaded_worker() -> None:
+    pool = _threaded_pool(threads=4)
+    lane = pool.lanes[0]
+    lane.max_requests = 3
+    for number in range(3):
+        pool.scheduler.submit(_request(f"/{number}"))
+    assert pool.retired == [(lane, "served 3 requests (--max-requests)")]
+
+
+def test_fewer_workers_retires_the_least_busy_one() -> None:
+    pool = _threaded_pool(count=2, threads=2, workers=2, workers_max=2)
+    pool.scheduler.target = 2
+    for number in range(3):
+        pool.scheduler.submit(_request(f"/{number}"))
+    busier, lighter = pool.lanes
+    assert len(busier.requests) == 2 and len(lighter.requests) == 1
+    assert pool.scheduler.fewer() is lighter

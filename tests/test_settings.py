@@ -10,7 +10,7 @@ import pytest
 
 from devstack import options_table
 from gateway.config.addresses import Address
-from gateway.config.cli import build_config, build_parser, main
+from gateway.config.cli import META_OPTIONS, build_config, build_parser, main
 from gateway.config.declaration import Setting
 from gateway.config.settings import SETTINGS, Config, ConfigError, config_from, parse_value, setting_named
 from gateway.contract.exits import EXIT_CONFIG
@@ -85,7 +85,8 @@ def test_every_setting_has_its_own_names() -> None:
         assert declared.env_name == "GATEWAY_" + declared.name.upper()
         assert declared.cli.removeprefix("--") == declared.name.replace("_", "-")
     assert len({declared.env_name for declared in SETTINGS}) == len(SETTINGS)
-    parser_dests = {action.dest for action in build_parser()._actions} - {"help", "version"}
+    # The options that say where settings come from (--config, --ini...) are the parser's only others.
+    parser_dests = {action.dest for action in build_parser()._actions} - {"help", "version", *META_OPTIONS}
     assert parser_dests == {declared.name for declared in SETTINGS}
 
 
@@ -176,7 +177,7 @@ def test_config_from_spreads_a_setting_over_its_fields() -> None:
 
 def test_readme_options_tables_are_generated() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme.count("<!-- options:start") == readme.count("<!-- options:end -->") == 2
+    assert readme.count("<!-- options:start") == readme.count("<!-- options:end -->") == 3
     assert options_table.render(readme) == readme, "README.md is stale: run python -m devstack.options_table --write"
 
 

@@ -34,7 +34,7 @@ from gateway.protocols.uwsgi import (
     encode_request,
     encode_vars,
 )
-from gateway.protocols.uwsgi.codec import _decode_vars_checked
+from gateway.protocols.uwsgi.codec import SUBSCRIBE, UNSUBSCRIBE, _decode_vars_checked, encode_subscription
 
 #: modifier1, vars block size (little-endian u16), modifier2.
 HEADER = struct.Struct("<BHB")
@@ -531,3 +531,29 @@ def test_any_input_parses_or_raises_a_remote_error_and_then_fails_for_good(
     stream = VALID[:prefix] + garbage + VALID
     chunks = chunks_of(stream, split_points(data, len(stream)))
     assert_only_remote_errors(ServerConnection(limits(max_vars=5, max_body_size=100)), chunks + [b""] * eof)
+
+
+# -- uWSGI's subscription packet (--subscribe) ------------------------------------------------------------------
+def _decode_subscription(packet: bytes) -> tuple[int, int, list[tuple[str, str]]]:
+    modifier1, size, modifier2 = HEADER.unpack_from(packet)
+    assert size == len(packet) - HEADER.size
+    return modifier1, modifier2, decode_vars(packet[HEADER.size :], 100)
+
+
+def test_packet_is_uwsgis_subscription() -> None:
+    packet = encode_subscription("example.com", "127.0.0.1:3031", cores=4, load=2, weight=4)
+    modifier1, modifier2, pairs = _decode_subscription(packet)
+    assert (modifier1, modifier2) == (224, SUBSCRIBE)
+    assert pairs == [
+        ("key", "example.com"),
+        ("address", "127.0.0.1:3031"),
+        ("modifier1", "0"),
+        ("modifier2", "0"),
+        ("cores", "4"),
+        ("load", "2"),
+        ("weight", "4"),
+    ]
+    _, modifier2, _ = _decode_subscription(encode_subscription("k", "a:1", cores=1, load=0, weight=1, unsubscribe=True))
+    assert modifier2 == UNSUBSCRIBE
+    with pytest.raises(ValueError, match="key and an address"):
+        encode_subscription("", "a:1", cores=1, load=0, weight=1)

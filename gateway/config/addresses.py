@@ -69,6 +69,39 @@ class Listen:
     address: Address
 
 
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """``--subscribe SERVER=KEY``: a uWSGI FastRouter's subscription server (UDP) and the domain it routes to us.
+
+    Only the text is checked here; the host is resolved when the gateway starts, where a name that does not
+    resolve is a start-up error naming it.
+    """
+
+    host: str
+    port: int
+    key: str
+
+    @classmethod
+    def parse(cls, text: str) -> Subscription:
+        server, sep, key = text.partition("=")
+        host, colon, port_text = server.rpartition(":")
+        if not sep or not key or not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(
+                f"--subscribe {text!r} is not SERVER=KEY, e.g. 127.0.0.1:2626=example.com (the router's "
+                "subscription address, then the domain it routes)"
+            )
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return cls(host=host, port=int(port_text), key=key)
+
+    @property
+    def server(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.server}={self.key}"
+
+
 def parse_networks(items: Iterable[str]) -> tuple[IPNetwork, ...]:
     """Parse allow-list entries (addresses or CIDR networks, each item possibly comma-separated), naming the bad one."""
     networks = []

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.config.addresses import Address, IPNetwork, Listen, parse_networks
+from gateway.config.addresses import Address, IPNetwork, Listen, Subscription, parse_networks
 from gateway.config.declaration import (
     AT_LEAST_ONE,
     BYTES,
@@ -38,8 +38,11 @@ from gateway.config.declaration import (
     within,
 )
 from gateway.config.errors import ConfigError
+from gateway.config.static_dirs import StaticMount, parse_static
 from gateway.loop.accesslog import ATOMS as ACCESS_ATOMS
 from gateway.loop.accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
+from gateway.loop.accesslog import UWSGI_VARIABLES
+from gateway.loop.accesslog import format_error as access_format_error
 
 __all__ = ["DEMO_APP", "SECTIONS", "SETTINGS", "Config", "ConfigError", "config_from", "parse_value", "setting_named"]
 
@@ -58,6 +61,7 @@ SECTIONS: dict[str, str] = {
     "operations": "",
     "sessions": "environ['gateway.session'], loaded and stored by the event loop, never by a worker",
     "worker lifecycle": "",
+    "many gateways": "subscription to a uWSGI FastRouter, shared ports, stats and metrics",
 }
 
 
@@ -82,7 +86,9 @@ _WORKERS = Kind(
     from_toml=lambda value: (value, value),
 )
 _ADDRESSES = Kind("HOST:PORT, :PORT, [IPV6]:PORT or unix:PATH", lambda text: (Address.parse(text),), str)
+_STATIC = Kind("URL=DIR or URL=package:dir", parse_static, str)
 _NETWORKS = Kind("a list of IP addresses or networks", lambda text: parse_networks([text]), str)
+_DIRECTORIES = Kind("a directory", lambda text: (text,), str)
 
 _APP = Check(lambda app: ":" in app, "must be MODULE:CALLABLE, e.g. myproject.wsgi:application")
 _PREFIX = Check(
@@ -94,7 +100,19 @@ _STORE = Check(
     "must be memory, memcached://HOST:PORT or off",
 )
 
+_SUBSCRIPTIONS = Kind(
+    "SERVER=KEY, the router's subscription address and the domain it routes, e.g. 127.0.0.1:2626=example.com",
+    lambda text: (Subscription.parse(text),),
+    str,
+)
+_STATS_ADDRESS = Kind("HOST:PORT, :PORT, [IPV6]:PORT or unix:PATH", Address.parse, str)
+_ACCESS_FORMAT = Check(
+    lambda text: access_format_error(text) is None,
+    "is not a log format: gunicorn atoms (%(h)s), uWSGI variables (%(addr)) or json; see --help",
+)
+
 _ATOMS_HELP = ", ".join(f"%({atom})s {meaning}" for atom, meaning in ACCESS_ATOMS.items())
+_UWSGI_HELP = ", ".join(f"%({name})" for name in UWSGI_VARIABLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +197,20 @@ class Config:
     )
     #: The MAX of ``--workers MIN:MAX`` (0 or ``workers``: a fixed pool); the pool grows up to it under load.
     workers_max: int = 0
+    static: tuple[StaticMount, ...] = setting(
+        _STATIC,
+        default=(),
+        section="application",
+        metavar="URL=DIR",
+        repeatable=True,
+        help="serve the files of DIR (or package:dir, a directory inside an installed package) under URL from the "
+        "event loop, never a worker; `rules` makes the web server serve them instead",
+        doc="serve the files of DIR (or `package:dir`, a directory inside an installed Python package) under URL "
+        "from the event loop itself, never a worker: sendfile, Content-Type, Last-Modified/If-Modified-Since, "
+        "HEAD, Range; nothing outside DIR (`..`, symlinks out, encoded slashes: 404). `python -m gateway rules` "
+        "makes the web server serve the same mappings",
+        example="/static=/tmp",
+    )
     debug: bool = setting(
         FLAG,
         default=False,
@@ -189,8 +221,29 @@ class Config:
         FLAG,
         default=False,
         section="application",
-        help="restart the workers when a Python file under the current directory changes (development)",
-        doc="restart the workers when a `.py` file under the current directory changes (development; watchfiles)",
+        help="restart the workers when a Python file under the app's directory or a --pythonpath changes "
+        "(development; virtualenvs inside them are not watched)",
+        doc="restart the workers when a `.py` file under the app's directory or a `--pythonpath` changes "
+        "(development; watchfiles); a virtualenv kept inside them is not watched",
+    )
+    chdir: str = setting(
+        TEXT,
+        default="",
+        section="application",
+        metavar="DIR",
+        help="change to DIR before anything else: the app is imported from it, and relative paths in other "
+        "options are read from it (as gunicorn's and uWSGI's chdir)",
+        default_text="the directory the gateway starts in",
+        example="/srv/mysite",
+    )
+    pythonpath: tuple[str, ...] = setting(
+        _DIRECTORIES,
+        default=(),
+        section="application",
+        metavar="DIR",
+        repeatable=True,
+        help="put DIR on the app's import path, ahead of the app's directory (as gunicorn's and uWSGI's pythonpath)",
+        example="/srv/lib",
     )
     script_name: str = setting(
         TEXT,
@@ -377,8 +430,12 @@ class Config:
         default=DEFAULT_ACCESS_FORMAT,
         section="operations",
         metavar="FORMAT",
-        help=f"gunicorn-style atoms: {_ATOMS_HELP}",
-        doc="gunicorn's atoms, e.g. `%(h)s %(r)s %(s)s %(b)s %(f)s %(a)s %(M)s %(p)s` (every atom in `--help`)",
+        help=f"json (one object per line), gunicorn-style atoms: {_ATOMS_HELP}; or uWSGI logformat variables: "
+        f"{_UWSGI_HELP}",
+        doc="gunicorn's atoms, e.g. `%(h)s %(r)s %(s)s %(b)s %(f)s %(a)s %(M)s %(p)s`, uWSGI's logformat variables "
+        "(`%(addr) %(method) %(uri) %(status) %(msecs)`), or `json`: one object per line with every atom (every "
+        "atom and variable in `--help`)",
+        checks=(_ACCESS_FORMAT,),
         example="%(h)s %(r)s %(s)s",
     )
     pidfile: str | None = setting(
@@ -613,6 +670,70 @@ class Config:
         doc="with `--workers MIN:MAX`, retire a worker idle this long, never below MIN",
         checks=(NOT_NEGATIVE,),
         example="120",
+    )
+    subscribe: tuple[Subscription, ...] = setting(
+        _SUBSCRIPTIONS,
+        default=(),
+        section="many gateways",
+        metavar="SERVER=KEY",
+        repeatable=True,
+        help="announce the first uwsgi listener to a uWSGI FastRouter's subscription server SERVER under the domain "
+        "KEY (uWSGI's subscription packet over UDP), once the workers are ready and then every "
+        "--subscribe-interval; unsubscribed first on SIGTERM, SIGINT and SIGQUIT",
+        doc="announce the first uwsgi listener to a uWSGI FastRouter's subscription server SERVER under the domain "
+        "KEY (uWSGI's `subscribe2 = server=...,key=...`: its subscription packet over UDP), once the workers are "
+        "ready and then every `--subscribe-interval`; unsubscribed first on SIGTERM, SIGINT and SIGQUIT, kept on "
+        "SIGHUP",
+        example="127.0.0.1:2626=example.com",
+    )
+    subscribe_interval: float = setting(
+        SECONDS,
+        default=10.0,
+        section="many gateways",
+        metavar="SECONDS",
+        help="how often the subscription is renewed; keep it below the router's subscription-tolerance (17 s)",
+        doc="how often the subscription is renewed; keep it below the router's `subscription-tolerance` (17 s)",
+        checks=(POSITIVE_SECONDS,),
+        example="5",
+    )
+    reuse_port: bool = setting(
+        FLAG,
+        default=False,
+        section="many gateways",
+        help="bind TCP listeners with SO_REUSEPORT, so several gateways share a port and the kernel spreads "
+        "connections among them",
+    )
+    stats: Address | None = setting(  # noqa: RUF009 - a field() with metadata, as for log_level
+        _STATS_ADDRESS,
+        default=None,
+        section="many gateways",
+        metavar="ADDR",
+        help="serve uWSGI-compatible stats JSON (what uwsgitop reads) on ADDR: one document per connection",
+        example="127.0.0.1:1717",
+    )
+    metrics: Address | None = setting(  # noqa: RUF009 - a field() with metadata, as for log_level
+        _STATS_ADDRESS,
+        default=None,
+        section="many gateways",
+        metavar="ADDR",
+        help="serve Prometheus metrics over HTTP on ADDR (GET /metrics)",
+        example="127.0.0.1:9100",
+    )
+    # -- issue #21: real applications (threads in workers) -------------------------------------------------------
+    threads: int = setting(
+        INTEGER,
+        default=1,
+        section="worker lifecycle",
+        metavar="N",
+        help="run up to N requests at once in each worker, on N threads (for apps that wait on I/O)",
+        doc="run up to N requests at once in each worker process, on N threads (`wsgi.multithread` is then true): "
+        "for apps that wait on databases or services. Every per-request rule stays per request: a client that "
+        "leaves cancels its own request, `--timeout` answers 504 for the overdue request alone (the worker is then "
+        "retired: its other threads get `--graceful-timeout` to finish before it is killed), `--max-requests` "
+        "counts requests, and a worker that dies fails only the requests it was running (502) and gives back the "
+        "ones it had not started; `--workers MIN:MAX` grows the pool only when no thread is free",
+        checks=(AT_LEAST_ONE,),
+        example="4",
     )
     #: What to bind: ``fcgi`` then ``uwsgi``, derived so that each protocol stays one setting of its own.
     listeners: tuple[Listen, ...] = field(default=(), init=False)

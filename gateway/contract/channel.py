@@ -5,10 +5,20 @@ frame whose payload is the environ serialised with orjson followed by the body (
 holding it); responses travel back as a HEAD frame (status line and header block, already encoded, so the loop
 only prefixes ``Status:`` or ``HTTP/1.1``), BODY frames as the app produces them, and END. A response the app
 produced whole (the usual list of one string) travels as one RESPONSE frame instead: head, body and end together,
-so the loop decodes and relays one frame, and frames it for the web server in one record. A worker runs one
-request at a time and answers in order, so response frames need no request id; the loop may hand a busy worker
-its next request ahead of time (``--pipeline``), and both sides number requests by their order on the channel
-(1, 2, ...), which is what a CANCEL names. This module does no I/O: both sides wrap it with their own.
+so the loop decodes and relays one frame, and frames it for the web server in one record. A worker with one thread
+runs one request at a time and answers in order, so its response frames need no request id; the loop may hand a
+busy worker its next request ahead of time (``--pipeline``), and both sides number requests by their order on the
+channel (1, 2, ...), which is what a CANCEL names. A worker with --threads answers several requests at once: a
+SELECT frame naming a request's number comes before its frames whenever they follow another request's, and an
+END or ABORT ends the selection. It starts requests in their order, a thread taking the next only after sending
+its END, so the first ``threads`` requests not finished are the ones running. This module does no I/O: both sides
+wrap it with their own.
+
+A file response (``wsgi.file_wrapper`` over a regular file) travels as HEAD, then FILE (offset and length), then
+END; the open file itself is passed as a descriptor (``SCM_RIGHTS``) over a second socket pair, the files socket,
+before the FILE frame is written: the loop reads the channel through an asyncio transport, which has no way to
+receive a descriptor, and reads the files socket (a SOCK_SEQPACKET pair, one descriptor per message) when a FILE
+frame says one is there.
 """
 
 from __future__ import annotations
@@ -43,6 +53,8 @@ class Kind(IntEnum):
     END = 13  # the response is complete; payload is JSON extras for the loop (empty when none)
     ABORT = 14  # the app failed after its head was sent: the loop must cut the client's response short
     RESPONSE = 15  # HEAD, BODY and END in one: see encode_response
+    SELECT = 16  # payload: a request's number; the frames that follow, up to its END or ABORT, are for it
+    FILE = 17  # payload: offset and length (u64 each); the open file itself came first over the files socket
 
 
 #: A RESPONSE payload starts with the lengths of the END extras and of the head; the body is the rest.
@@ -82,6 +94,32 @@ def decode_response(payload: bytes | memoryview) -> tuple[memoryview, int, bytes
 
 def encode_cancel(number: int) -> bytes:
     return encode_frame(Kind.CANCEL, CANCEL_PAYLOAD.pack(number))
+
+
+#: A FILE frame's payload: where the range starts in the file and how long it is.
+FILE_PAYLOAD = struct.Struct("<QQ")
+
+
+def encode_file(offset: int, length: int) -> bytes:
+    return encode_frame(Kind.FILE, FILE_PAYLOAD.pack(offset, length))
+
+
+def decode_file(payload: bytes | memoryview) -> tuple[int, int]:
+    if len(payload) != FILE_PAYLOAD.size:
+        raise ChannelError(f"FILE frame of {len(payload)} bytes, not {FILE_PAYLOAD.size}")
+    offset, length = FILE_PAYLOAD.unpack(payload)
+    return offset, length
+
+
+def encode_select(number: int) -> bytes:
+    return encode_frame(Kind.SELECT, CANCEL_PAYLOAD.pack(number))
+
+
+def decode_select(payload: bytes | memoryview) -> int:
+    if len(payload) != CANCEL_PAYLOAD.size:
+        raise ChannelError(f"SELECT frame of {len(payload)} bytes, not {CANCEL_PAYLOAD.size}")
+    number: int = CANCEL_PAYLOAD.unpack(payload)[0]
+    return number
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,12 +28,14 @@ class WorkerSessionSettings:
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     app: str  # MODULE:CALLABLE
-    app_dir: str  # prepended to sys.path before the import
+    app_dir: str  # the master's directory (after --chdir): prepended to sys.path before the import
+    python_path: tuple[str, ...]  # --pythonpath, absolute, put ahead of app_dir
     script_name: str
     log_level: str
     debug: bool
     scheduling: SchedulingPolicy
     session: WorkerSessionSettings  # used only for requests that carry a session (not with --sessions off)
+    threads: int = 1  # requests run at once (--threads); above 1 the worker answers through SELECT frames
 
     def encode(self) -> str:
         return orjson.dumps(asdict(self)).decode()
@@ -42,5 +44,6 @@ class WorkerSettings:
     def decode(cls, text: str) -> WorkerSettings:
         fields = orjson.loads(text)
         session = fields.pop("session")
+        fields["python_path"] = tuple(fields["python_path"])
         cookie = CookieSettings(**session["cookie"])
         return cls(session=WorkerSessionSettings(cookie, float(session["max_age"]), int(session["max_size"])), **fields)

@@ -59,15 +59,25 @@ class Pool(Protocol):
         """``request``'s client is gone: drop it from the queue, or tell the worker that holds it."""
 
 
+class StaticServer(Protocol):
+    def serve(self, request: Request) -> bool:
+        """Answer ``request`` from the loop (True), or leave it for a worker (False)."""
+        ...
+
+
 class Dispatcher:
-    def __init__(self, pool: Pool, hooks: Sequence[RequestHook] = ()) -> None:
+    def __init__(self, pool: Pool, hooks: Sequence[RequestHook] = (), static: StaticServer | None = None) -> None:
         self.pool = pool
         self.hooks = tuple(hooks)
+        #: ``--static`` mappings: answered in the loop before any hook or worker sees the request.
+        self.static = static
         pool.on_request_done = self.request_done
         self._tasks: set[asyncio.Task[None]] = set()
         self._after_at_once = all(hook.at_once for hook in self.hooks)
 
     def submit(self, request: Request) -> None:
+        if self.static is not None and self.static.serve(request):
+            return
         hooks = self.hooks
         if len(hooks) == 1:
             must_wait = hooks[0].prepare(request)

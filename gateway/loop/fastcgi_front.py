@@ -7,7 +7,9 @@ answered on its own; their output records interleave on the one connection in th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request, respond_error
 from gateway.loop.spool import RequestBody
@@ -23,10 +25,15 @@ from gateway.protocols.fastcgi import (
     RequestHead,
     ServerConnection,
 )
+from gateway.protocols.fastcgi.records import HEADER, VERSION, RecordType
 
 log = logging.getLogger("gateway.front")
 
 _STATUS_PREFIX = b"Status: "
+#: A STDOUT record's header (version, type, request id, content length, padding), for file responses.
+_RECORD_HEADER = HEADER
+_FCGI_VERSION = 1
+_STDOUT = int(RecordType.STDOUT)
 
 
 class _Exchange:
@@ -68,8 +75,22 @@ class _Exchange:
         else:
             connection.write(records)
 
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        request_id = self.request_id
+
+        def stdout_header(size: int) -> bytes:
+            return _RECORD_HEADER.pack(_FCGI_VERSION, _STDOUT, request_id, size, 0)
+
+        self.connection.send_segment(FileSegment(fd, offset, length, stdout_header))
+
     def finish(self) -> None:
         self.connection.end(self, app_status=0)
+
+    def file_stream(self) -> tuple[FrontConnection, Callable[[int], bytes]]:
+        """For the loop's static files (gateway/loop/static.py): the connection whose socket a file is sent into,
+        and the bytes that must precede each piece of it (a STDOUT record header of exactly that length)."""
+        request_id = self.request_id
+        return self.connection, lambda size: HEADER.pack(VERSION, RecordType.STDOUT, request_id, size, 0)
 
     def abort(self) -> None:
         # FastCGI has no way to say "this response failed" except cutting the connection; with other requests

@@ -19,7 +19,9 @@ from typing import cast
 from gateway.config.addresses import IPNetwork
 from gateway.config.settings import Config
 from gateway.loop.budget import MemoryBudget
+from gateway.loop.counters import COUNTERS
 from gateway.loop.dispatch import Dispatcher
+from gateway.loop.filesend import FileSegment
 from gateway.loop.request import ResponseSink, respond_error
 from gateway.loop.spool import OutputBuffer, RequestBody
 
@@ -150,6 +152,14 @@ class FrontConnection(asyncio.Protocol):
         output = self.output or self._open_output()
         if output is not None:
             output.writelines(pieces)
+
+    def send_segment(self, segment: FileSegment) -> None:
+        """A file's range, sent by the kernel after what was written before (gateway/loop/filesend.py)."""
+        output = self.output or self._open_output()
+        if output is None:
+            segment.close()
+        else:
+            output.send_file(segment)
 
     def close_when_drained(self, last: bytes = b"") -> None:
         """Write ``last``, then close once everything written has been handed to the transport (which sends it
@@ -316,11 +326,13 @@ class FrontConnection(asyncio.Protocol):
         since = self.input_since
         if since is not None:
             if self.head_pending and now - since > config.header_timeout:
-                self._timed_out(f"params not complete {now - since:.1f} s after the request began (--header-timeout)")
+                self._timed_out(
+                    f"params not complete {now - since:.1f} s after the request began (--header-timeout)", "header"
+                )
             elif not self.head_pending and now - self.last_input > config.body_timeout:
-                self._timed_out(f"no body data for {now - self.last_input:.1f} s (--body-timeout)")
+                self._timed_out(f"no body data for {now - self.last_input:.1f} s (--body-timeout)", "body")
             elif now - since > config.read_timeout:
-                self._timed_out(f"request still incomplete after {now - since:.1f} s (--read-timeout)")
+                self._timed_out(f"request still incomplete after {now - since:.1f} s (--read-timeout)", "read")
         elif now - self.idle_since > config.keepalive_timeout and not self.busy():
             if self.output is not None and self.output.pending:
                 return  # still writing a response to a slow reader
@@ -330,10 +342,12 @@ class FrontConnection(asyncio.Protocol):
                 self.peer,
                 now - self.idle_since,
             )
+            COUNTERS.client_timeout("keepalive")
             if self.transport is not None:
                 self.transport.close()
 
-    def _timed_out(self, reason: str) -> None:
+    def _timed_out(self, reason: str, kind: str) -> None:
+        COUNTERS.client_timeout(kind)
         log.warning("%s %s: %s; connection closed", self.protocol_name, self.peer, reason)
         self.abort_connection()
 

@@ -57,18 +57,21 @@ def adopt(listen: Listen, sock: socket.socket) -> BoundListener:
     return BoundListener(listen, sock, owns_path=False)
 
 
-def bind(listen: Listen, backlog: int, socket_mode: int | None) -> BoundListener:
+def bind(listen: Listen, backlog: int, socket_mode: int | None, *, reuse_port: bool = False) -> BoundListener:
+    """Bind and listen; a TCP port 0 is the kernel's choice, and the listener's address then names that port."""
     address = listen.address
     try:
-        sock = _bind_unix(address, socket_mode) if address.is_unix else _bind_tcp(address)
+        sock = _bind_unix(address, socket_mode) if address.is_unix else _bind_tcp(address, reuse_port)
         sock.listen(backlog)
     except OSError as err:
         raise ConfigError(f"cannot listen for {listen.protocol} on {address}: {err.strerror or err}") from err
     sock.setblocking(False)
+    if address.port == 0:
+        listen = Listen(listen.protocol, Address(host=address.host, port=sock.getsockname()[1]))
     return BoundListener(listen, sock)
 
 
-def _bind_tcp(address: Address) -> socket.socket:
+def _bind_tcp(address: Address, reuse_port: bool) -> socket.socket:
     assert address.host is not None
     assert address.port is not None
     family, kind, proto, _, sockaddr = socket.getaddrinfo(
@@ -77,6 +80,9 @@ def _bind_tcp(address: Address) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # --reuse-port: several gateways bind this port and the kernel spreads new connections among them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(sockaddr)
     except OSError:

@@ -3,16 +3,23 @@
 A :class:`Relay` is the asyncio protocol of the channel. It sends the requests the scheduler hands it (frames
 queued in one turn of the loop leave in one write), decodes the worker's frames, passes RESPONSE, HEAD and BODY to
 the running request's sink, and on END or ABORT writes the access log line from its per-response accounting,
-finishes the request and tells the scheduler the worker has room again. It is the scheduler's :class:`Lane` for
-that worker; what the relay cannot decide (the worker is ready, or gone) goes to its :class:`RelayHub`.
+finishes the request and tells the scheduler the worker has room again. A worker with --threads runs several
+requests at once: its frames for one request follow a SELECT frame naming it (a worker with one thread never
+sends one: its frames are for the oldest request it holds), and the first ``threads`` requests it holds are the
+ones running, since it starts them in order and a thread takes the next only after its END. It is the
+scheduler's :class:`Lane` for that worker; what the relay cannot decide (the worker is ready, or gone) goes to its
+:class:`RelayHub`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import os
+import socket
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
@@ -22,14 +29,16 @@ from gateway.contract.channel import (
     FrameDecoder,
     Kind,
     Payload,
+    decode_file,
     decode_response,
+    decode_select,
     encode_cancel,
     encode_request,
 )
 from gateway.loop.request import Request
 
 if TYPE_CHECKING:
-    from gateway.loop.accesslog import AccessLog
+    from gateway.loop.accesslog import ResponseLog
     from gateway.loop.scheduler import Scheduler
 
 #: Called with a finished request and the worker's END payload; it finishes the sink (after session hooks).
@@ -49,14 +58,16 @@ class State(enum.Enum):
 class RelayHub(Protocol):
     """What relays share and report to: the supervisor."""
 
-    access_log: AccessLog | None
+    #: Told every response: the access log, the counters of --stats and --metrics, or both (or None).
+    access_log: ResponseLog | None
     on_request_done: RequestDone | None
 
     def relay_ready(self, relay: Relay, info: dict[str, Any]) -> None:
         """The worker imported the app (its READY frame)."""
 
-    def relay_lost(self, relay: Relay, running: Request | None, waiting: list[Request]) -> None:
-        """The channel closed: ``running`` (unless already answered) will never finish, ``waiting`` never started."""
+    def relay_lost(self, relay: Relay, running: list[Request], waiting: list[Request]) -> None:
+        """The channel closed: ``running`` (those not answered already) will never finish, ``waiting`` never
+        started."""
 
     def relay_broken(self, relay: Relay, error: ChannelError) -> None:
         """The worker sent something that is not a frame: it must be stopped."""
@@ -68,12 +79,12 @@ class Relay(asyncio.Protocol):
     __slots__ = (
         "_call_soon",
         "_clock",
-        "_head_sent",
         "_outgoing",
+        "_selected",
         "busy_since",
         "decoder",
         "dispatched",
-        "head_answered",
+        "files",
         "hub",
         "idle_since",
         "max_requests",
@@ -81,10 +92,9 @@ class Relay(asyncio.Protocol):
         "requests",
         "retiring",
         "scheduler",
-        "sent",
         "served",
         "state",
-        "status",
+        "threads",
         "transport",
     )
 
@@ -95,6 +105,7 @@ class Relay(asyncio.Protocol):
         pid: int,
         *,
         max_requests: int = 0,
+        threads: int = 1,
         clock: Callable[[], float],
         call_soon: Callable[[Callable[[], None]], object],
     ) -> None:
@@ -105,48 +116,51 @@ class Relay(asyncio.Protocol):
         self._call_soon = call_soon
         self.state = State.STARTING
         self.transport: asyncio.Transport | None = None
+        #: The files socket: descriptors of file responses (FILE frames) arrive here, non-blocking.
+        self.files: socket.socket | None = None
         self.decoder = FrameDecoder()
-        #: Requests handed to this worker, in order: the first one runs, the others wait in its channel.
+        #: Requests handed to this worker and not finished, in order: the first ``threads`` run, the others wait
+        #: in its channel.
         self.requests: deque[Request] = deque()
+        self.threads = threads
         #: How many requests were ever handed over; the worker numbers them the same way (CANCEL names one).
         self.dispatched = 0
-        #: The running request was already answered by the pool (--timeout): its late output is dropped.
-        self.head_answered = False
-        self._head_sent = False
+        #: The request the worker's last SELECT frame named (threads only); None: the oldest one held.
+        self._selected: Request | None = None
         self._outgoing: list[bytes | bytearray | memoryview] | None = None
         self.busy_since = 0.0
         self.idle_since = clock()
         self.served = 0
         self.max_requests = max_requests
         self.retiring = False
-        #: The running response's status and body bytes, for its access log line.
-        self.status = 0
-        self.sent = 0
 
     @property
     def request(self) -> Request | None:
-        """The request this worker runs now."""
+        """The request the worker's next frames are for: the one SELECT named, else the oldest one it holds."""
+        selected = self._selected
+        if selected is not None:
+            return selected
         return self.requests[0] if self.requests else None
+
+    @property
+    def running(self) -> list[Request]:
+        """The requests the worker runs now (at most ``threads``)."""
+        return list(islice(self.requests, self.threads))
 
     # -- requests out ------------------------------------------------------------------------------------------
     def hand_over(self, request: Request) -> None:
         """Queue ``request``'s frames: it runs at once if the worker is idle, else after those before it."""
-        if not self.requests:
+        requests = self.requests
+        if not requests:
             self.state = State.BUSY
-            self._started(self._clock())
-        self.requests.append(request)
+        requests.append(request)
+        if len(requests) <= self.threads:
+            request.started_at = self.busy_since = self._clock()
         self.served += 1
-        self.dispatched += 1
+        request.number = self.dispatched = self.dispatched + 1
         body = request.body
         for piece in encode_request(request.params, body.finish(), body.path, request.protocol, request.session):
             self._send(piece)
-
-    def _started(self, now: float) -> None:
-        self._head_sent = False
-        self.head_answered = False
-        self.status = 0
-        self.sent = 0
-        self.busy_since = now
 
     def _send(self, frame: bytes | bytearray | memoryview) -> None:
         # Frames queued in one turn of the loop (requests for a pipelining worker, cancels) leave in one write.
@@ -171,10 +185,8 @@ class Relay(asyncio.Protocol):
         """``request``'s client is gone: the worker stops its output, or skips it if it has not started."""
         if self.transport is None or self.state is not State.BUSY:
             return
-        for position, waiting in enumerate(self.requests):
-            if waiting is request:
-                self._send(encode_cancel(self.dispatched - len(self.requests) + 1 + position))
-                return
+        if request in self.requests:
+            self._send(encode_cancel(request.number))
 
     def close(self) -> None:
         """EOF on the worker's channel: it finishes what it runs, then exits."""
@@ -198,48 +210,92 @@ class Relay(asyncio.Protocol):
 
     def _on_frames(self, frames: list[tuple[int, Payload]]) -> None:
         for kind, payload in frames:
-            request = self.request
-            if kind == Kind.RESPONSE:
+            request = self._selected
+            if request is None and self.requests:
+                request = self.requests[0]
+            if request is None:
+                self._on_frame(kind, bytes(payload), request)  # READY, or a frame with no request to answer
+            elif kind == Kind.RESPONSE:
                 response, head_length, extras = decode_response(payload)
-                self._head_sent = True
-                self.status = _status_code(response[:3].tobytes())
-                self.sent += len(response) - head_length
-                if request is not None and not self.head_answered and not request.sink.client_gone:
+                request.head_sent = True
+                request.status = _status_code(response[:3].tobytes())
+                request.sent += len(response) - head_length
+                if not request.answered and not request.sink.client_gone:
                     request.sink.send_response(response)
                 self._ended(request, Kind.END, extras)
             elif kind == Kind.BODY:
-                self.sent += len(payload)
-                if request is not None and not self.head_answered and not request.sink.client_gone:
+                request.sent += len(payload)
+                if not request.answered and not request.sink.client_gone:
                     request.sink.send_body(payload)
             else:
                 # A head or END extras come as a view only from 16 KiB on (rare); bytes() returns bytes as they are.
                 self._on_frame(kind, bytes(payload), request)
 
     def _on_frame(self, kind: int, payload: bytes, request: Request | None) -> None:
-        if kind == Kind.HEAD:
-            self._head_sent = True
-            self.status = _status_code(payload)
-            if request is not None and not self.head_answered and not request.sink.client_gone:
-                request.sink.send_head(payload)
-        elif kind in (Kind.END, Kind.ABORT):
-            self._ended(request, kind, payload)
+        if kind == Kind.SELECT:
+            self._select(payload)
         elif kind == Kind.READY:
             self.state = State.IDLE
             self.hub.relay_ready(self, orjson.loads(payload))
+        elif request is None:
+            raise ChannelError(f"worker {self.pid} sent frame kind {kind} with no request to answer")
+        elif kind == Kind.HEAD:
+            request.head_sent = True
+            request.status = _status_code(payload)
+            if not request.answered and not request.sink.client_gone:
+                request.sink.send_head(payload)
+        elif kind in (Kind.END, Kind.ABORT):
+            self._ended(request, kind, payload)
+        elif kind == Kind.FILE:
+            self._file(request, payload)
         else:
             raise ChannelError(f"worker {self.pid} sent an unknown frame kind {kind}")
 
-    def _ended(self, request: Request | None, kind: int, extras: bytes) -> None:
-        """The running request's response is complete (END) or cut short (ABORT): on to the next one."""
-        answered = self.head_answered
+    def _file(self, request: Request, payload: bytes) -> None:
+        """FILE: a range of the open file the worker passed over the files socket is the response's next bytes."""
+        offset, length = decode_file(payload)
+        files = self.files
+        if files is None:
+            raise ChannelError(f"worker {self.pid} sent a FILE frame, but it has no files socket")
+        try:
+            _, fds, _, _ = socket.recv_fds(files, 1, 1)
+        except BlockingIOError:
+            raise ChannelError(f"worker {self.pid} sent a FILE frame without its descriptor") from None
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise ChannelError(f"worker {self.pid} passed {len(fds)} descriptors for one FILE frame")
+        request.sent += length
+        if request.answered or request.sink.client_gone:
+            os.close(fds[0])
+        else:
+            request.sink.send_file(fds[0], offset, length)
+
+    def _select(self, payload: bytes) -> None:
+        """SELECT: the frames that follow are for the request of that number (a worker with --threads)."""
+        number = decode_select(payload)
+        for request in self.requests:
+            if request.number == number:
+                self._selected = request
+                return
+        raise ChannelError(f"worker {self.pid} selected request {number}, which it does not hold")
+
+    def _ended(self, request: Request, kind: int, extras: bytes) -> None:
+        """A running request's response is complete (END) or cut short (ABORT): on to the next one."""
         requests = self.requests
-        if requests:
+        if requests[0] is request:
             requests.popleft()
-        if requests:
-            self._started(self._clock())
-        elif self.state is State.BUSY:
+        else:
+            requests.remove(request)
+        threads = self.threads
+        if threads > 1:
+            self._selected = None
+        if len(requests) >= threads:
+            # The thread that ran it takes the first request still waiting in the channel.
+            requests[threads - 1].started_at = self.busy_since = self._clock()
+        elif not requests and self.state is State.BUSY:
             self.state = State.IDLE
-        if request is not None and not answered:
+        if not request.answered:
             self._finish(request, kind == Kind.ABORT, extras)
         if self.state is State.IDLE:
             self.scheduler.lane_idle(self)
@@ -250,7 +306,7 @@ class Relay(asyncio.Protocol):
         request.body.discard()
         hub = self.hub
         if hub.access_log is not None:
-            hub.access_log.write(request, self.status, self.sent, self.pid, self._clock())
+            hub.access_log.write(request, request.status, request.sent, self.pid, self._clock())
         if aborted:
             request.release()
             if not request.sink.client_gone:
@@ -269,14 +325,14 @@ class Relay(asyncio.Protocol):
         self.state = State.GONE
         requests = list(self.requests)
         self.requests.clear()
+        self._selected = None
+        if self.files is not None:
+            self.files.close()
+            self.files = None
         if requests:
-            running = None if self.head_answered else requests[0]
-            self.hub.relay_lost(self, running, requests[1:])
-
-    @property
-    def head_sent(self) -> bool:
-        """The running response's head is out: a failure can only cut it short now."""
-        return self._head_sent
+            threads = self.threads
+            running = [request for request in requests[:threads] if not request.answered]
+            self.hub.relay_lost(self, running, requests[threads:])
 
 
 def _status_code(head: bytes) -> int:

@@ -31,6 +31,10 @@ class ResponseSink(Protocol):
         """A whole response: the head (as for ``send_head``) directly followed by all of the body; ``finish`` still
         follows. One call, so a sink frames it for its web server in one piece."""
 
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        """``length`` bytes of the open regular file ``fd`` from ``offset`` as the next body bytes, sent by the
+        kernel; the sink owns ``fd`` from here on and closes it however the response ends."""
+
     def finish(self) -> None:
         """The response is complete."""
 
@@ -68,6 +72,17 @@ class Request:
     session: tuple[str | None, dict[str, Any] | None] | None = None
     #: Run once when the request is over, however it ended (a session lock's release, for instance).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    # What the worker pool keeps per request once a worker holds it (one worker runs several with --threads):
+    #: Its number on the worker's channel (1, 2, ...): what CANCEL and SELECT frames name.
+    number: int = 0
+    #: When it started running on a worker's thread (the loop's clock); 0 while it waits in the worker's channel.
+    started_at: float = 0.0
+    #: Already answered on the pool's behalf (504 past --timeout): the worker's late output is dropped.
+    answered: bool = False
+    #: Its response's head went out (a failure can only cut it short now); status and body bytes, for the log.
+    head_sent: bool = False
+    status: int = 0
+    sent: int = 0
 
     def release(self) -> None:
         """The request is over: remove its body's temporary file, if any, and run its cleanups."""

@@ -6,8 +6,12 @@ for a request. It decides what to hand over (one at a time, or ahead of time wit
 shrink. Time comes from an injected clock, and each worker is a :class:`Lane`: handing a request over is the lane's
 business (the relay writes the frames), so the scheduler runs unchanged against fakes in the unit tests.
 
+A worker runs up to ``lane.threads`` requests at once (--threads): the first ``threads`` requests a lane holds run,
+the others wait in its channel. A lane with a free thread is in ``idle`` (for one thread: a lane with nothing to
+run), so "an idle worker" reads "a free thread" everywhere, and the pool grows only when no thread is free.
+
 Its effects on the pool's shape go out through three callbacks the supervisor gives it: ``refuse`` (answer 503),
-``retire`` (a worker reached --max-requests) and ``grow`` (a request had to queue while the pool can grow). They
+``retire`` (a worker reached --max-requests) and ``grow`` (requests wait while the pool can grow). They
 are called, not returned, because they arise in the middle of the per-request path, which must allocate nothing.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -28,9 +33,12 @@ PIPELINE_BEHIND = 0.05
 class Lane(Protocol):
     """What the scheduler knows of one worker: the requests it holds, its clock marks and its budget."""
 
-    #: Requests handed over, in order: the first one runs, the others wait in the worker's channel.
+    #: Requests handed over and not finished, in order: the first ``threads`` run, the others wait in the
+    #: worker's channel. Each running one has its ``started_at``.
     requests: deque[Request]
-    #: When the running request started (the clock's time).
+    #: How many requests the worker runs at once (--threads).
+    threads: int
+    #: When the request that started last began running (the clock's time).
     busy_since: float
     #: When the worker last had nothing to run.
     idle_since: float
@@ -39,8 +47,6 @@ class Lane(Protocol):
     max_requests: int
     #: Out of rotation: it gets nothing more, and its channel is closed once it is idle.
     retiring: bool
-    #: The running request was already answered on the pool's behalf (--timeout): it is not overdue again.
-    head_answered: bool
 
     def hand_over(self, request: Request) -> None:
         """Send ``request`` to the worker; it runs after those the worker already holds."""
@@ -59,8 +65,8 @@ class Scheduler(Generic[L]):
     """The queue, the idle workers and the pool's target size; every decision on them.
 
     ``lanes`` is every worker the pool has (starting, serving or retiring): the pipelining rule compares the
-    queue's depth with it. ``starting`` counts the workers asked for and not ready yet, kept by the supervisor, so
-    a pool under load grows one worker at a time rather than one per queued request.
+    queue's depth with it. ``starting`` counts the workers asked for and not ready yet, kept by the supervisor: a
+    pool under load grows by the requests waiting beyond those, not again for requests a starting worker will take.
     """
 
     def __init__(
@@ -105,14 +111,29 @@ class Scheduler(Generic[L]):
         """An idle worker gets ``request`` at once; else it waits at the queue's tail, or is refused when full."""
         idle = self.idle
         if idle:
-            self._hand(idle.popleft(), request)
+            lane = idle.popleft()
+            self._hand(lane, request)
+            if len(lane.requests) < lane.threads and not lane.retiring:
+                idle.append(lane)  # a thread is still free; the other workers' free threads come first
             return
         if len(self.queue) >= self.queue_size:
             self.refuse(request)
             return
         self.queue.append(request)
-        if self.target < self.workers_max and not self.starting:
-            self.target += 1
+        if self.target < self.workers_max:
+            self._grow_for_waiting()
+
+    def _grow_for_waiting(self) -> None:
+        """Raise the target by the requests that wait with no worker to run them, up to --workers MAX.
+
+        Waiting are the queued requests and those handed ahead of time to a worker whose threads are all busy
+        (--pipeline moves queued requests there, so the queue alone looks short); each worker already starting
+        will take one of them.
+        """
+        ahead = sum(len(lane.requests) - lane.threads for lane in self.lanes if len(lane.requests) > lane.threads)
+        more = min(self.workers_max - self.target, len(self.queue) + ahead - self.starting)
+        if more > 0:
+            self.target += more
             self.grow()
 
     def _hand(self, lane: L, request: Request) -> None:
@@ -126,13 +147,18 @@ class Scheduler(Generic[L]):
         if lane.retiring:
             lane.close()
             return
-        if not self.feed(lane):
-            self.idle.append(lane)
+        if not self.feed(lane) or len(lane.requests) < lane.threads:
+            idle = self.idle
+            if lane not in idle:  # a lane of several threads may already be there
+                idle.append(lane)
 
     def lane_has_room(self, lane: L) -> None:
-        """``lane`` finished one request and runs the next it was handed: top it up from the queue."""
+        """``lane`` finished one request and still runs (or holds) others: top it up from the queue, and park it
+        among the free threads if one of its threads is still free."""
         if not lane.retiring:
             self.feed(lane)
+            if lane.threads > 1 and len(lane.requests) < lane.threads and lane not in self.idle:
+                self.idle.append(lane)
 
     def feed(self, lane: L) -> bool:
         """Hand ``lane`` the next queued request if it has none; True if it got one.
@@ -145,10 +171,13 @@ class Scheduler(Generic[L]):
         """
         queue = self.queue
         fed = False
+        threads = lane.threads
         while queue:
             held = len(lane.requests)
-            if held and (
-                held > self.pipeline or len(queue) < len(self.lanes) or lane.busy_since < self.clock() - PIPELINE_BEHIND
+            if held >= threads and (
+                held >= threads + self.pipeline
+                or len(queue) < len(self.lanes)
+                or lane.busy_since < self.clock() - PIPELINE_BEHIND
             ):
                 break
             request = queue.popleft()
@@ -176,7 +205,11 @@ class Scheduler(Generic[L]):
         """Requests a lost worker never started go back to the head of the queue, in their order."""
         self.queue.extendleft(reversed(requests))
         while self.queue and self.idle:
-            self.lane_idle(self.idle.popleft())
+            lane = self.idle.popleft()
+            if lane.requests:
+                self.lane_has_room(lane)
+            else:
+                self.lane_idle(lane)
 
     # -- the pool's members ------------------------------------------------------------------------------------
     def add(self, lane: L) -> None:
@@ -209,14 +242,20 @@ class Scheduler(Generic[L]):
             expired.append(queue.popleft())
         return expired
 
-    def overdue(self, now: float) -> list[L]:
-        """The workers whose running request has run past --timeout and was not answered for already."""
+    def overdue(self, now: float) -> list[tuple[L, Request]]:
+        """The running requests (with their workers) that have run past --timeout and were not answered already.
+
+        Each is overdue alone: a worker's other threads are not.
+        """
         timeout = self.timeout
         if not timeout:
             return []
-        return [
-            lane for lane in self.lanes if lane.requests and not lane.head_answered and now - lane.busy_since > timeout
-        ]
+        found = []
+        for lane in self.lanes:
+            for request in islice(lane.requests, lane.threads):
+                if not request.answered and request.started_at and now - request.started_at > timeout:
+                    found.append((lane, request))
+        return found
 
     def idle_surplus(self, now: float) -> L | None:
         """A worker idle for longer than --scale-down-after while the pool is above its minimum, if any.
@@ -227,7 +266,7 @@ class Scheduler(Generic[L]):
             return None
         after = self.scale_down_after
         for lane in self.idle:
-            if now - lane.idle_since > after:
+            if not lane.requests and now - lane.idle_since > after:
                 self.target -= 1
                 return lane
         return None
@@ -238,7 +277,7 @@ class Scheduler(Generic[L]):
             return None
         self.target -= 1
         self.workers_min = min(self.workers_min, self.target)
-        candidates = sorted(self.in_rotation(), key=lambda lane: lane not in self.idle)
+        candidates = sorted(self.in_rotation(), key=lambda lane: len(lane.requests))
         return candidates[0] if candidates else None
 
     def more(self) -> None:

@@ -14,6 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO
 
+from gateway.loop.counters import COUNTERS
+from gateway.loop.filesend import FileSegment, Push
+
 #: How much of a spooled response is read back from its file per write to the client.
 _DRAIN_CHUNK = 1 << 18
 #: A turn's pieces smaller than this together are joined into one buffer; larger ones are written vectored.
@@ -58,6 +61,7 @@ class RequestBody:
         self.size += len(data)
         if self._file is not None:
             self._file.write(data)
+            COUNTERS.spooled_request_bytes += len(data)
             return
         if len(data) < _PACK_BELOW:
             self._tail += data
@@ -85,6 +89,7 @@ class RequestBody:
         self._file, self.path = file, file.name
         file.writelines(self._chunks)
         file.write(self._tail)
+        COUNTERS.spooled_request_bytes += self.size
         self._chunks = []
         self._tail = bytearray()
 
@@ -141,11 +146,14 @@ class OutputBuffer:
         "_file",
         "_file_read",
         "_file_write",
+        "_limits",
         "_memory",
         "_memory_limit",
         "_memory_size",
         "_paused",
+        "_segment_bytes",
         "_spool_dir",
+        "_watching",
         "transport",
     )
 
@@ -159,8 +167,14 @@ class OutputBuffer:
         self.transport = transport
         self._memory_limit = memory_limit
         self._spool_dir = spool_dir
-        self._memory: deque[bytes | memoryview] = deque()
+        self._memory: deque[bytes | memoryview | FileSegment] = deque()
         self._memory_size = 0
+        #: What the file segments held in ``_memory`` still have to send (they are not in ``_memory_size``).
+        self._segment_bytes = 0
+        #: The transport's (low, high) write limits while a segment has them at zero; None otherwise.
+        self._limits: tuple[int, int] | None = None
+        #: The descriptor a blocked segment waits on to be writable (-1: none).
+        self._watching = -1
         self._file: IO[bytes] | None = None
         self._file_read = 0
         self._file_write = 0
@@ -172,7 +186,7 @@ class OutputBuffer:
     @property
     def pending(self) -> int:
         """Bytes held here (not counting the transport's own buffer)."""
-        return self._memory_size + self._file_write - self._file_read
+        return self._memory_size + self._segment_bytes + self._file_write - self._file_read
 
     def write(self, data: bytes | memoryview) -> None:
         if not self._paused and not self._memory and self._file is None:
@@ -192,10 +206,30 @@ class OutputBuffer:
             self._file.seek(self._file_write)
             self._file.write(data)
             self._file_write += len(data)
+            COUNTERS.spooled_response_bytes += len(data)
 
     def writelines(self, pieces: list[bytes | memoryview]) -> None:
         for piece in pieces:
             self.write(piece)
+
+    def send_file(self, segment: FileSegment) -> None:
+        """A file's range after everything written so far, sent by the kernel (see gateway/loop/filesend.py).
+
+        Behind a response already spooled to a file (a slow reader), the range is read into the spool instead:
+        ordering comes first, and the worker is free either way."""
+        self._flush_batch()
+        if self._file is not None:
+            try:
+                pieces = segment.read_all()
+            except OSError:
+                self.transport.abort()
+                return
+            self.writelines(pieces)  # type: ignore[arg-type]
+            return
+        self._memory.append(segment)
+        self._segment_bytes += segment.left
+        if not self._paused:
+            self._drain()
 
     def flush(self) -> None:
         """Hand what this turn of the loop wrote to the transport now (before a reset, for instance)."""
@@ -232,18 +266,75 @@ class OutputBuffer:
     def discard(self) -> None:
         """The client is gone: drop what it will never read, and the file holding it."""
         self._batch = None
+        self._stop_watching()
+        self._restore_limits()
+        for item in self._memory:
+            if type(item) is FileSegment:
+                item.close()
         self._memory.clear()
-        self._memory_size = 0
+        self._memory_size = self._segment_bytes = 0
         if self._file is not None:
             self._file.close()
             self._file = None
         self._file_read = self._file_write = 0
 
+    def _push(self, segment: FileSegment) -> bool:
+        """Send what the socket takes of ``segment``; True once it is all sent (and closed)."""
+        transport = self.transport
+        before = segment.left
+        try:
+            state = segment.push(transport)
+        except OSError:
+            self.discard()
+            transport.abort()
+            return False
+        finally:
+            self._segment_bytes -= before - segment.left
+        if state is Push.TRANSPORT:
+            if self._limits is None:
+                # Bytes written before the file still wait in the transport: told to pause until it is empty,
+                # then resumed (which drains on, into the segment).
+                self._limits = transport.get_write_buffer_limits()
+                transport.set_write_buffer_limits(high=0)
+            return False
+        self._restore_limits()
+        if state is Push.SOCKET:
+            self._stop_watching()
+            self._watching = segment.writable_fd
+            asyncio.get_running_loop().add_writer(self._watching, self._writable)
+            self._paused = True
+            return False
+        self._memory.popleft()
+        segment.close()
+        return True
+
+    def _writable(self) -> None:
+        self._stop_watching()
+        self._paused = False
+        self._drain()
+
+    def _stop_watching(self) -> None:
+        if self._watching >= 0:
+            asyncio.get_running_loop().remove_writer(self._watching)
+            self._watching = -1
+
+    def _restore_limits(self) -> None:
+        if self._limits is not None:
+            low, high = self._limits
+            self._limits = None
+            self.transport.set_write_buffer_limits(high=high, low=low)
+
     def _drain(self) -> None:
         transport = self.transport
         while not self._paused:
             if self._memory:
-                data = self._memory.popleft()
+                data = self._memory[0]
+                if type(data) is FileSegment:
+                    if not self._push(data):
+                        return
+                    continue
+                self._memory.popleft()
+                assert not isinstance(data, FileSegment)
                 self._memory_size -= len(data)
                 transport.write(data)
             elif self._file is not None:

@@ -36,6 +36,8 @@ from gateway.loop.dispatch import Dispatcher
 from gateway.loop.front import FrontContext
 from gateway.loop.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.loop.session_hook import SessionHook
+from gateway.loop.static import StaticFiles
+from gateway.master.cluster import ClusterServices, CountingStore, response_log
 from gateway.master.supervisor import AppLoadFailed, Supervisor
 from gateway.master.systemd import inherited_sockets, notify
 from gateway.sessions import open_store
@@ -68,6 +70,8 @@ def session_hook_for(config: Config) -> SessionHook | None:
     if store is None:
         return None
     log.info("sessions: %s store (idle %g s)", config.sessions, config.session_ttl)
+    if config.stats or config.metrics:
+        store = CountingStore(store)
     return SessionHook(store, config)
 
 
@@ -120,6 +124,24 @@ class PoolControls(Protocol):
     def remove_worker(self) -> None: ...
 
 
+def virtualenvs_under(roots: list[str], depth: int = 2) -> list[str]:
+    """Virtualenvs (a ``pyvenv.cfg`` at their top) within ``depth`` levels of ``roots``: a project often keeps one
+    inside its directory, and a ``pip install`` there must not reload the workers."""
+    found: list[str] = []
+    for root in roots:
+        level = [root]
+        for _ in range(depth + 1):
+            deeper: list[str] = []
+            for directory in level:
+                if os.path.isfile(os.path.join(directory, "pyvenv.cfg")):
+                    found.append(directory)
+                    continue
+                with contextlib.suppress(OSError):
+                    deeper += [entry.path for entry in os.scandir(directory) if entry.is_dir(follow_symlinks=False)]
+            level = deeper
+    return sorted(found)
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -134,6 +156,8 @@ class Gateway:
         self.pool: PoolControls | None = None
         #: What incomplete requests may hold, across every listener (--max-connection-buffer, --max-buffered).
         self.budget = MemoryBudget(config.max_connection_buffer, config.max_buffered)
+        #: --subscribe, --stats, --metrics.
+        self.cluster = ClusterServices(config)
 
     def _record_signal(self, signum: int) -> None:
         self.pending_signals.append(signum)
@@ -147,21 +171,24 @@ class Gateway:
         try:
             session_hook = session_hook_for(self.config)
             self.listeners = self._bind()
+            self.cluster.prepare(self.listeners)
             if config.access_log:
                 self.access_log = AccessLog(config.access_log, config.access_log_format or DEFAULT_FORMAT)
+            static = StaticFiles(config.static) if config.static else None
             self._drop_privileges()
             self._write_pidfile()
         except (ConfigError, ValueError, OSError) as err:
             log.critical("%s", err)
             self._close_listeners()
+            self.cluster.close()
             return EXIT_CONFIG
         setproctitle.setproctitle(
             f"gateway master [{config.app}] {' '.join(str(b.listen.address) for b in self.listeners)}"
         )
         spool_dir = tempfile.mkdtemp(prefix="gateway-spool-", dir=config.spool_dir)
-        pool = Supervisor(config, access_log=self.access_log)
+        pool = Supervisor(config, access_log=response_log(config, self.access_log))
         self.pool = pool
-        dispatcher = Dispatcher(pool, [session_hook] if session_hook is not None else [])
+        dispatcher = Dispatcher(pool, [session_hook] if session_hook is not None else [], static)
         watcher: asyncio.Task[None] | None = None
         sweeper: asyncio.Task[None] | None = None
         raise_file_limit()
@@ -188,11 +215,18 @@ class Gateway:
             )
             log.info("%s workers serving %s", sizes, config.app)
             log_codec_build()
+            try:
+                await self.cluster.start(pool, self.contexts, self.listeners)
+            except ConfigError as err:
+                log.critical("%s", err)
+                await self._shutdown(pool, immediate=True)
+                return EXIT_CONFIG
             notify("READY=1\nSTATUS=serving")
             if config.reload:
                 watcher = loop.create_task(self._watch_sources())
             status, stop = await self._until_stopped(pool)
             notify("STOPPING=1")
+            await self.cluster.leave(immediate=stop is Stop.IMMEDIATE)
             await self._shutdown(pool, immediate=stop is Stop.IMMEDIATE)
             return status
         finally:
@@ -202,6 +236,7 @@ class Gateway:
             for signum in HANDLED_SIGNALS:
                 loop.remove_signal_handler(signum)
             self._close_listeners()
+            self.cluster.close()
             shutil.rmtree(spool_dir, ignore_errors=True)
             if self.access_log is not None:
                 self.access_log.close()
@@ -221,7 +256,10 @@ class Gateway:
             log.info("socket activation: %s socket %s named %r", protocol, address, name)
             listeners.append(adopt(Listen(protocol, address), sock))
         try:
-            listeners += [bind(listen, config.backlog, config.socket_mode) for listen in config.listeners]
+            listeners += [
+                bind(listen, config.backlog, config.socket_mode, reuse_port=config.reuse_port)
+                for listen in config.listeners
+            ]
         except ConfigError:
             for listener in listeners:
                 listener.close()
@@ -251,6 +289,16 @@ class Gateway:
             os.initgroups(user.pw_name, gid)
             os.setuid(user.pw_uid)
         log.info("running as user %s, group %d", user.pw_name if user else os.getuid(), gid)
+        for listener in self.listeners:
+            path = listener.listen.address.path
+            if path is not None and listener.owns_path and not os.access(os.path.dirname(path) or ".", os.W_OK):
+                # Unlinking needs the directory, which stays root's; the next start replaces the stale file.
+                listener.owns_path = False
+                log.info(
+                    "%s will stay after exit: its directory is not writable by the --user/--group we run as "
+                    "(harmless, the next start replaces it; README: unix sockets and --user)",
+                    path,
+                )
 
     def _write_pidfile(self) -> None:
         if self.config.pidfile:
@@ -376,8 +424,15 @@ class Gateway:
         import watchfiles  # noqa: PLC0415 - a development feature; production never pays for the import
 
         root = os.getcwd()
-        log.info("--reload: watching Python files under %s", root)
-        async for changes in watchfiles.awatch(root, watch_filter=watchfiles.PythonFilter(), debounce=200):
+        roots = [root, *(os.path.abspath(directory) for directory in self.config.pythonpath)]
+        virtualenvs = virtualenvs_under(roots)
+        log.info(
+            "--reload: watching Python files under %s%s",
+            ", ".join(roots),
+            f" but not in the virtualenvs {', '.join(virtualenvs)}" if virtualenvs else "",
+        )
+        python_files = watchfiles.PythonFilter(ignore_paths=virtualenvs)
+        async for changes in watchfiles.awatch(*roots, watch_filter=python_files, debounce=200):
             log.info("--reload: %s changed", ", ".join(sorted({os.path.relpath(path, root) for _, path in changes})))
             self._record_signal(signal.SIGHUP)
 

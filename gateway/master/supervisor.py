@@ -29,7 +29,8 @@ from gateway.config.settings import Config
 from gateway.contract.channel import ChannelError
 from gateway.contract.exits import EXIT_APP_LOAD
 from gateway.contract.startup import WorkerSettings
-from gateway.loop.accesslog import AccessLog
+from gateway.loop.accesslog import ResponseLog
+from gateway.loop.counters import COUNTERS
 from gateway.loop.relay import Relay, RequestDone, State
 from gateway.loop.request import Request, respond_error
 from gateway.loop.scheduler import Scheduler
@@ -57,7 +58,7 @@ class AppLoadFailed(Exception):
 class WorkerProcess:
     """One worker's process: its handle, when and with which code generation it started, and how it ends."""
 
-    __slots__ = ("generation", "killed", "pid", "process", "ready", "relay", "started_at")
+    __slots__ = ("generation", "kill_at", "killed", "pid", "process", "ready", "relay", "started_at")
 
     def __init__(self, process: asyncio.subprocess.Process, relay: Relay, started_at: float, generation: int) -> None:
         self.process = process
@@ -67,8 +68,10 @@ class WorkerProcess:
         self.generation = generation
         #: It sent READY: the app imported.
         self.ready = False
-        #: Killed for running past --timeout.
+        #: Retired for running a request past --timeout; it is stopped (SIGTERM) at ``kill_at`` or as soon as
+        #: only answered requests are left running on it (its other threads finished), whichever comes first.
         self.killed = False
+        self.kill_at = 0.0
 
     def rss(self) -> int:
         """Resident memory in bytes, from /proc (0 where unavailable)."""
@@ -86,7 +89,7 @@ class Supervisor:
     own methods, so a request goes from the dispatcher to the scheduler in one call.
     """
 
-    def __init__(self, config: Config, access_log: AccessLog | None = None) -> None:
+    def __init__(self, config: Config, access_log: ResponseLog | None = None) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self.config = config
         self.access_log = access_log
@@ -94,7 +97,7 @@ class Supervisor:
         self.scheduler: Scheduler[Relay] = Scheduler(
             clock=loop.time,
             refuse=self._refuse,
-            retire=self._retire,
+            retire=self._recycle,
             grow=self._grow,
             workers=config.workers,
             workers_max=config.workers_max,
@@ -118,11 +121,13 @@ class Supervisor:
         self.worker_settings = WorkerSettings(
             app=config.app,
             app_dir=os.getcwd(),
+            python_path=tuple(os.path.abspath(directory) for directory in config.pythonpath),
             script_name=config.script_name,
             log_level=config.log_level,
             debug=config.debug,
             scheduling=config.worker_scheduling,
             session=worker_session_settings(config),
+            threads=config.threads,
         )
         self._encoded_settings = self.worker_settings.encode()
         self.fatal: asyncio.Future[str] = loop.create_future()
@@ -167,10 +172,12 @@ class Supervisor:
             self.scheduler,
             process.pid,
             max_requests=self.draw_max_requests(),
+            threads=self.config.threads,
             clock=loop.time,
             call_soon=loop.call_soon,
         )
         self.workers[relay] = WorkerProcess(process, relay, loop.time(), self.generation)
+        COUNTERS.worker_started(process.pid)
         self.scheduler.add(relay)
         self.scheduler.starting += 1  # until its READY frame, or its death
         return relay
@@ -182,6 +189,9 @@ class Supervisor:
         for sock in (parent, child):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _CHANNEL_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _CHANNEL_BUFFER)
+        # File responses' descriptors: one per message (see gateway/contract/channel.py).
+        files_parent, files_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        files_parent.setblocking(False)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -189,12 +199,18 @@ class Supervisor:
                 "gateway.worker",
                 str(child.fileno()),
                 self._encoded_settings,
-                pass_fds=(child.fileno(),),
+                str(files_child.fileno()),
+                pass_fds=(child.fileno(), files_child.fileno()),
                 stdin=asyncio.subprocess.DEVNULL,
             )
+        except BaseException:
+            files_parent.close()
+            raise
         finally:
             child.close()
+            files_child.close()
         relay = self.attach(process)
+        relay.files = files_parent
         await loop.connect_accepted_socket(lambda: relay, parent)
         self._background(self._reap(self.workers[relay]))
 
@@ -235,6 +251,7 @@ class Supervisor:
         relay.lost()
         self.workers.pop(relay, None)
         self.scheduler.remove(relay)
+        COUNTERS.worker_gone(worker.pid)
         was_starting = not worker.ready
         if was_starting:
             self.scheduler.starting -= 1
@@ -246,6 +263,7 @@ class Supervisor:
         if not relay.retiring:
             describe = f"signal {-status}" if status < 0 else f"status {status}"
             log.warning("worker %d exited with %s; starting a replacement", worker.pid, describe)
+            COUNTERS.worker_restarted("died")
             if self._loop.time() - worker.started_at < _STABLE_AFTER:
                 self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), _MAX_BACKOFF)
             else:
@@ -276,9 +294,16 @@ class Supervisor:
         old = [w for w in self._serving() if w.generation < ready.generation]
         if old:
             old.sort(key=lambda w: (w.relay.state is not State.IDLE, w.generation))
+            COUNTERS.worker_restarted("reload")
             self._retire(old[0].relay, "replaced by a reloaded worker", replace=False)
         elif ready.generation < self.generation and len(self.scheduler.in_rotation()) > self.scheduler.target:
             self._retire(ready.relay, "its code was reloaded again before it was ready", replace=False)
+
+    def _recycle(self, relay: Relay, reason: str) -> None:
+        """The scheduler's retirement: a worker that served its --max-requests."""
+        if not relay.retiring:
+            COUNTERS.worker_restarted("max-requests")
+        self._retire(relay, reason)
 
     def _retire(self, relay: Relay, reason: str, *, replace: bool = True) -> None:
         if relay.retiring:
@@ -335,7 +360,7 @@ class Supervisor:
         if not relay.retiring:
             self.scheduler.lane_idle(relay)
 
-    def relay_lost(self, relay: Relay, running: Request | None, waiting: list[Request]) -> None:
+    def relay_lost(self, relay: Relay, running: list[Request], waiting: list[Request]) -> None:
         if waiting:
             log.warning("worker %d is gone with %d requests it had not started: they wait for another worker",
                         relay.pid, len(waiting))  # fmt: skip
@@ -344,15 +369,14 @@ class Supervisor:
             else:
                 for request in waiting:
                     self.answer(request, "503 Service Unavailable", retry_after=True)
-        if running is None:
-            return
-        log.error(
-            "worker %d died while running %s %s",
-            relay.pid,
-            running.params.get("REQUEST_METHOD"),
-            running.params.get("REQUEST_URI", ""),
-        )
-        self._fail(relay, running, "502 Bad Gateway")
+        for request in running:
+            log.error(
+                "worker %d died while running %s %s",
+                relay.pid,
+                request.params.get("REQUEST_METHOD"),
+                request.params.get("REQUEST_URI", ""),
+            )
+            self._fail(request, "502 Bad Gateway", relay.pid)
 
     def relay_broken(self, relay: Relay, error: ChannelError) -> None:
         log.error("worker %d: %s; stopping it", relay.pid, error)
@@ -361,15 +385,15 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.kill()
 
-    def _fail(self, relay: Relay, request: Request, status: str) -> None:
-        """End ``request``, which ``relay``'s worker will never finish: ``status`` if its head is not out, else cut."""
+    def _fail(self, request: Request, status: str, pid: int) -> None:
+        """End ``request``, which worker ``pid`` will never finish: ``status`` if its head is not out, else cut."""
         if request.sink.client_gone:
             request.release()
-        elif relay.head_sent:
+        elif request.head_sent:
             request.release()
             request.sink.abort()
         else:
-            self.answer(request, status, pid=relay.pid)
+            self.answer(request, status, pid=pid)
 
     # -- operator actions (signals) ----------------------------------------------------------------------------
     def reload(self) -> None:
@@ -403,8 +427,9 @@ class Supervisor:
     def tick(self, now: float) -> None:
         """One look at running requests (--timeout), memory (--max-rss), the queue and idle workers."""
         scheduler = self.scheduler
-        for relay in scheduler.overdue(now):
-            self._kill_overdue(relay, now - relay.busy_since)
+        for relay, request in scheduler.overdue(now):
+            self._answer_overdue(relay, request, now)
+        self._stop_overdue_workers(now)
         self._enforce_max_rss()
         for request in scheduler.expired(now):
             log.warning(
@@ -420,28 +445,44 @@ class Supervisor:
             after = scheduler.scale_down_after
             self._retire(surplus, f"idle for {after:g} s (pool target {scheduler.target})", replace=False)
 
-    def _kill_overdue(self, relay: Relay, elapsed: float) -> None:
+    def _answer_overdue(self, relay: Relay, request: Request, now: float) -> None:
+        """``request`` ran past --timeout: it alone is answered 504; its worker leaves the pool and is stopped
+        once its other threads are done (at once with one thread), or after --graceful-timeout."""
         worker = self.workers.get(relay)
-        if worker is None or worker.killed:
+        if worker is None:
             return
-        request = relay.request
-        worker.killed = True
-        relay.head_answered = True  # requests waiting behind it are requeued once the process is gone
-        params = request.params if request is not None else {}
+        request.answered = True  # its late output is dropped; requests behind it are requeued if the process goes
+        params = request.params
         log.error(
-            "worker %d ran %s %s for %.1f s, over --timeout %g s: answered 504, killing and replacing the worker",
+            "worker %d ran %s %s for %.1f s, over --timeout %g s: answered 504, %s",
             worker.pid,
             params.get("REQUEST_METHOD", "-"),
             params.get("REQUEST_URI", "-"),
-            elapsed,
+            now - request.started_at,
             self.config.timeout,
+            "killing and replacing the worker"
+            if relay.threads == 1
+            else "retiring the worker once its other "
+            f"threads are done (within --graceful-timeout {self.config.graceful_timeout:g} s)",
         )
-        if request is not None:
-            self._fail(relay, request, "504 Gateway Timeout")
-        self._retire(relay, "killed after --timeout")
-        with contextlib.suppress(ProcessLookupError):
-            worker.process.terminate()
-        self._loop.call_later(_KILL_GRACE, self._kill, worker)
+        self._fail(request, "504 Gateway Timeout", worker.pid)
+        if not worker.killed:
+            COUNTERS.worker_restarted("timeout", worker.pid)
+            worker.killed = True
+            worker.kill_at = now + (self.config.graceful_timeout if relay.threads > 1 else 0.0)
+            self._retire(relay, "a request ran past --timeout")
+
+    def _stop_overdue_workers(self, now: float) -> None:
+        """SIGTERM (then SIGKILL) the workers retired for --timeout whose other requests are done, or late."""
+        for worker in list(self.workers.values()):
+            if not worker.killed or worker.kill_at < 0:
+                continue
+            relay = worker.relay
+            if now >= worker.kill_at or all(request.answered for request in relay.running):
+                worker.kill_at = -1.0  # stopped: not again
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.terminate()
+                self._loop.call_later(_KILL_GRACE, self._kill, worker)
 
     @staticmethod
     def _kill(worker: WorkerProcess) -> None:
@@ -457,6 +498,7 @@ class Supervisor:
             return
         for worker in self._serving():
             if worker.relay.state in (State.IDLE, State.BUSY) and (rss := worker.rss()) > max_rss << 20:
+                COUNTERS.worker_restarted("max-rss")
                 self._retire(worker.relay, f"resident memory {rss >> 20} MiB over --max-rss {max_rss} MiB")
 
     def _grow(self) -> None:

@@ -1,4 +1,4 @@
-"""The worker process: imports the app once, then runs one buffered request at a time.
+"""The worker process: imports the app once, then runs buffered requests one at a time (or on N threads).
 
 Started by the master as ``python -m gateway.worker FD SETTINGS`` (a fresh interpreter, never a fork of the event
 loop's process). FD is this worker's end of a unix socket pair; the request arrives whole, body included, so the
@@ -30,21 +30,19 @@ from gateway.contract.channel import (
     Kind,
     Payload,
     WorkerRequest,
-    encode_frame,
-    encode_response,
 )
 from gateway.contract.exits import EXIT_APP_LOAD
 from gateway.contract.startup import WorkerSettings
 from gateway.log import configure_logging
 from gateway.memory import tune_malloc
+from gateway.worker.frames import ResponseFrames
 from gateway.worker.scheduling import use_batch_scheduling
 from gateway.worker.session import WorkerSession
-from gateway.worker.wsgi import WSGIApp, body_stream, build_environ, run_app
+from gateway.worker.threads import ThreadedServer
+from gateway.worker.wsgi import WSGIApp, body_stream, build_environ, run_app, use_threads
 
 log = logging.getLogger("gateway.worker")
 
-#: Below this a body chunk waits for the next one, so a list response leaves in one write.
-_COALESCE = 1 << 16
 _FRAME_HEADER_SIZE = FRAME_HEADER.size
 #: What one read asks for (more when the frame being assembled lacks more).
 _READ_SIZE = 1 << 16
@@ -56,12 +54,21 @@ class AppImportError(Exception):
     """The application named on the command line cannot be imported or is not callable."""
 
 
-def load_app(spec: str) -> WSGIApp:
+def load_app(spec: str, settings: WorkerSettings | None = None) -> WSGIApp:
+    """The WSGI callable ``spec`` (MODULE:CALLABLE) names; an AppImportError says why not, and where a missing
+    module was looked for (the app's directory and ``--pythonpath``), since that is what a newcomer gets wrong."""
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as err:
-        raise AppImportError(f"cannot import module {module_name!r} of application {spec!r}: {err!r}") from err
+        message = f"cannot import module {module_name!r} of application {spec!r}: {err!r}"
+        if isinstance(err, ModuleNotFoundError) and settings is not None:
+            path = ", ".join([*settings.python_path, settings.app_dir]) + f" and {sys.prefix}'s installed packages"
+            message += (
+                f"; looked up from {settings.app_dir} with the import path {path}"
+                " (give the project's directory with --chdir DIR, or add one with --pythonpath DIR)"
+            )
+        raise AppImportError(message) from err
     app: Any = module
     for part in attribute.split("."):
         try:
@@ -75,7 +82,7 @@ def load_app(spec: str) -> WSGIApp:
     return app  # type: ignore[no-any-return]
 
 
-class Channel:
+class Channel(ResponseFrames):
     """The worker's end of the socket pair: blocking reads of requests, batched writes of responses.
 
     Requests are numbered in the order they arrive (the loop counts the same way); ``number`` is the one running.
@@ -86,16 +93,14 @@ class Channel:
     (the loop may send ahead: ``--pipeline``) wait in ``_frames``, in order.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, files: socket.socket | None = None) -> None:
+        super().__init__()
         self.sock = sock
+        #: The files socket, over which file responses' descriptors go to the loop (None: not given one).
+        self.file_socket = files
+        self.files = files is not None
         self._decoder = FrameDecoder()
         self._frames: deque[tuple[int, Payload]] = deque()
-        self._out: list[bytes] = []
-        self._out_size = 0
-        # The head and the body chunks sent after it, held until the response ends (they leave as one RESPONSE
-        # frame) or until something must go out now (a flush, or more than _COALESCE bytes).
-        self._head: bytes | None = None
-        self._held: list[bytes] = []
         self.number = 0
         self._cancelled: set[int] = set()
 
@@ -179,67 +184,19 @@ class Channel:
             else:
                 frames.append(frame)
 
-    # ResponseOutput
-    def send_head(self, head: bytes) -> None:
-        self._release_head()
-        self._head = head
-
-    def send_body(self, data: bytes, flush: bool) -> None:
-        if self._head is not None:
-            self._held.append(data)
-            self._out_size += len(data)
-            if flush or self._out_size >= _COALESCE:
-                self._release_head()
-                self.flush()
-            return
-        self._queue(FRAME_HEADER.pack(len(data), Kind.BODY))
-        self._queue(data)
-        if flush or self._out_size >= _COALESCE:
-            self.flush()
-
-    def _take_held(self) -> tuple[bytes, list[bytes]]:
-        """The held head and body chunks, no longer held (nor counted as queued)."""
-        head, held = self._head, self._held
-        assert head is not None
-        self._head, self._held = None, []
-        self._out_size -= sum(map(len, held))
-        return head, held
-
-    def _release_head(self) -> None:
-        """The held head and body go out as HEAD and BODY frames: the response continues after them."""
-        if self._head is None:
-            return
-        head, held = self._take_held()
-        self._queue(encode_frame(Kind.HEAD, head))
-        for data in held:
-            self._queue(FRAME_HEADER.pack(len(data), Kind.BODY))
-            self._queue(data)
-
     def cancelled(self) -> bool:
         """Whether the loop said the running request's client is gone; a non-blocking read per call."""
         if self.number not in self._cancelled:
             self._poll_cancels()
         return self.number in self._cancelled
 
-    def finish(self, kind: Kind, payload: bytes = b"") -> None:
-        if kind == Kind.END and self._head is not None:
-            head, held = self._take_held()
-            for piece in encode_response(head, held, payload):
-                self._queue(piece)
-        else:
-            self._release_head()
-            self._queue(encode_frame(kind, payload))
-        self.flush()
+    def _write(self, data: bytes, end: bool) -> None:
+        self.sock.sendall(data)
 
-    def _queue(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_size += len(data)
-
-    def flush(self) -> None:
-        if self._out:
-            self.sock.sendall(b"".join(self._out) if len(self._out) > 1 else self._out[0])
-            self._out.clear()
-            self._out_size = 0
+    def _write_file(self, data: bytes, fd: int) -> None:
+        assert self.file_socket is not None
+        socket.send_fds(self.file_socket, [b"F"], [fd])
+        self.sock.sendall(data)
 
 
 def serve(channel: Channel, app: WSGIApp, settings: WorkerSettings) -> None:
@@ -250,8 +207,8 @@ def serve(channel: Channel, app: WSGIApp, settings: WorkerSettings) -> None:
         run_request(channel, app, settings, frame[1])
 
 
-def run_request(channel: Channel, app: WSGIApp, settings: WorkerSettings, payload: bytes | memoryview) -> None:
-    """One REQUEST frame through the app, its response sent on ``channel``."""
+def run_request(channel: ResponseFrames, app: WSGIApp, settings: WorkerSettings, payload: bytes | memoryview) -> None:
+    """One REQUEST frame through the app, its response sent on ``channel`` (or one thread's part of it)."""
     request = WorkerRequest.decode(payload)
     body = body_stream(request.body, request.body_path)
     try:
@@ -293,11 +250,11 @@ def main(argv: list[str]) -> int:
     setproctitle.setproctitle(f"gateway worker [{settings.app}]")
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
-    channel = Channel(sock)
-    if settings.app_dir:
-        sys.path.insert(0, settings.app_dir)
+    files = socket.socket(fileno=int(argv[2])) if len(argv) > 2 else None
+    channel = Channel(sock, files)
+    sys.path[:0] = [*settings.python_path, settings.app_dir]
     try:
-        app = load_app(settings.app)
+        app = load_app(settings.app, settings)
     except AppImportError as err:
         log.critical("%s", err)
         log.debug("%s", traceback.format_exc())
@@ -307,5 +264,10 @@ def main(argv: list[str]) -> int:
     # left to answer.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         channel.finish(Kind.READY, orjson.dumps({"pid": os.getpid()}))
-        serve(channel, app, settings)
+        if settings.threads > 1:
+            use_threads()
+            server = ThreadedServer(channel, settings.threads, sock.sendall, files)
+            server.serve(lambda output, payload: run_request(output, app, settings, payload))
+        else:
+            serve(channel, app, settings)
     return 0

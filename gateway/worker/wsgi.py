@@ -1,15 +1,18 @@
 """PEP 3333 inside a worker: the environ, ``start_response``, ``write`` and the response iteration.
 
-Everything here runs in a worker process, synchronously, one request at a time. Output leaves through a
-:class:`ResponseOutput` (the worker's channel), which decides when bytes are actually sent: a list response is
-sent in one write; a generator's chunks are sent as produced, so streaming apps stream.
+Everything here runs in a worker process, synchronously, one request at a time per thread (one thread unless
+--threads). Output leaves through a :class:`ResponseOutput` (the worker's channel), which decides when bytes are
+actually sent: a list response is sent in one write; a generator's chunks are sent as produced, so streaming apps
+stream.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -82,6 +85,11 @@ _WSGI_CONSTANTS: dict[str, Any] = {
     "wsgi.run_once": False,
     "wsgi.file_wrapper": FileWrapper,
 }
+
+
+def use_threads() -> None:
+    """This worker runs requests on several threads (--threads): apps see ``wsgi.multithread`` true."""
+    _WSGI_CONSTANTS["wsgi.multithread"] = True
 
 
 def build_environ(
@@ -163,16 +171,7 @@ class _Response:
                 raise InvalidResponse(f"the application yielded {type(data).__name__}, not bytes")
             data = bytes(data)
         if not self.head_sent:
-            if self.status is None:
-                raise InvalidResponse("the application sent body data before calling start_response")
-            head = self.head
-            if self.head_hook is not None:
-                # Headers the gateway adds (the session cookie); raising here is still a clean 500.
-                extra = self.head_hook()
-                if extra:
-                    head = head[:-2] + extra + b"\r\n"
-            self.head_sent = True
-            self.output.send_head(head)
+            self._send_head()
         if self.content_length is not None:
             room = self.content_length - self.sent
             if len(data) > room:
@@ -184,6 +183,29 @@ class _Response:
         if data:
             self.sent += len(data)
             self.output.send_body(data, flush)
+
+    def _send_head(self) -> None:
+        if self.status is None:
+            raise InvalidResponse("the application sent body data before calling start_response")
+        head = self.head
+        if self.head_hook is not None:
+            # Headers the gateway adds (the session cookie); raising here is still a clean 500.
+            extra = self.head_hook()
+            if extra:
+                head = head[:-2] + extra + b"\r\n"
+        self.head_sent = True
+        self.output.send_head(head)
+
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        """The body is ``length`` bytes of a regular file from ``offset``: the loop sends them (sendfile), no
+        byte passes through here. A Content-Length is honoured as for any body."""
+        if not self.head_sent:
+            self._send_head()
+        if self.content_length is not None:
+            length = min(length, self.content_length - self.sent)
+        if length > 0:
+            self.sent += length
+            self.output.send_file(fd, offset, length)  # type: ignore[attr-defined]
 
 
 _head_cache: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[bytes, int | None]] = {}
@@ -268,7 +290,10 @@ def run_app(
     try:
         try:
             result = app(environ, response.start_response)
-            if type(result) is list or type(result) is tuple:
+            found = _file_range(result) if getattr(output, "files", False) else None
+            if found is not None:
+                response.send_file(*found)
+            elif type(result) is list or type(result) is tuple:
                 for chunk in result:
                     response.send(chunk, flush=False)
             else:
@@ -324,6 +349,29 @@ def _close(close: Callable[[], object], environ: dict[str, Any]) -> None:
             environ.get("REQUEST_METHOD"),
             environ.get("REQUEST_URI", environ.get("PATH_INFO")),
         )
+
+
+def _file_range(result: Iterable[bytes]) -> tuple[int, int, int] | None:
+    """(descriptor, offset, length) when the response is ``wsgi.file_wrapper`` over a regular file (or such a
+    file object itself), from its current position to its end; None for anything else, which is iterated."""
+    filelike: Any
+    if type(result) is FileWrapper:
+        filelike = result.filelike
+    elif isinstance(result, io.BufferedReader | io.FileIO):
+        filelike = result
+    else:
+        return None
+    try:
+        fd = filelike.fileno()
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        offset = filelike.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+    if type(fd) is not int or type(offset) is not int:
+        return None
+    return fd, offset, max(status.st_size - offset, 0)
 
 
 def _debug_page(err: BaseException) -> bytes:

@@ -3,7 +3,10 @@
 from gateway.protocols.uwsgi.codec import (
     MAX_VARS_BLOCK,
     MODIFIER_PING,
+    MODIFIER_SUBSCRIPTION,
     MODIFIER_WSGI,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
     BodyData,
     BodyTooLarge,
     Event,
@@ -16,13 +19,18 @@ from gateway.protocols.uwsgi.codec import (
     encode_ping,
     encode_pong,
     encode_request,
+    encode_subscription,
     encode_vars,
+    is_pong,
 )
 
 __all__ = [
     "MAX_VARS_BLOCK",
     "MODIFIER_PING",
+    "MODIFIER_SUBSCRIPTION",
     "MODIFIER_WSGI",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
     "BodyData",
     "BodyTooLarge",
     "Event",
@@ -35,5 +43,7 @@ __all__ = [
     "encode_ping",
     "encode_pong",
     "encode_request",
+    "encode_subscription",
     "encode_vars",
+    "is_pong",
 ]

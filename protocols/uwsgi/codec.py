@@ -25,6 +25,11 @@ _VAR_LENGTH = struct.Struct("<H")
 #: modifier1 values: a WSGI request, and uWSGI's ping (modifier2 0 asks, 1 answers).
 MODIFIER_WSGI = 0
 MODIFIER_PING = 100
+#: modifier1 of uWSGI's subscription packet (sent over UDP to a router's subscription server); its modifier2 says
+#: which way: SUBSCRIBE or UNSUBSCRIBE.
+MODIFIER_SUBSCRIPTION = 224
+SUBSCRIBE = 0
+UNSUBSCRIBE = 1
 
 #: The header's size field is a u16: no vars block can be larger, whatever the limit says.
 MAX_VARS_BLOCK = 0xFFFF
@@ -330,3 +335,44 @@ def encode_ping() -> bytes:
 def encode_pong() -> bytes:
     """What uWSGI answers to a ping: the same header with modifier2 1 and no payload."""
     return HEADER.pack(MODIFIER_PING, 0, 1)
+
+
+def is_pong(data: bytes) -> bool:
+    """Whether ``data`` (what a server sent back to ``encode_ping()``) is uWSGI's pong."""
+    return len(data) >= HEADER_SIZE and HEADER.unpack_from(data) == (MODIFIER_PING, 0, 1)
+
+
+# -- a node's side of uWSGI's subscription system (a FastRouter's subscription server) -------------------------
+def encode_subscription(
+    key: str,
+    address: str,
+    *,
+    cores: int,
+    load: int,
+    weight: int,
+    unsubscribe: bool = False,
+    modifier1: int = MODIFIER_WSGI,
+    modifier2: int = 0,
+) -> bytes:
+    """One subscription datagram: "route ``key`` to ``address``" (or stop, with ``unsubscribe``).
+
+    The vars and their order are those of uWSGI's own subscriber (core/subscription.c): ``key``, ``address``,
+    ``modifier1`` and ``modifier2`` (what the router must send us), ``cores``, ``load``, ``weight``, every value
+    as decimal text. The router keys its nodes by ``address`` and forgets one that is not announced again within
+    its subscription tolerance.
+    """
+    if not key or not address:
+        raise ValueError("a subscription needs a key and an address")
+    return encode_request(
+        (
+            ("key", key),
+            ("address", address),
+            ("modifier1", str(modifier1)),
+            ("modifier2", str(modifier2)),
+            ("cores", str(cores)),
+            ("load", str(load)),
+            ("weight", str(weight)),
+        ),
+        modifier1=MODIFIER_SUBSCRIPTION,
+        modifier2=UNSUBSCRIBE if unsubscribe else SUBSCRIBE,
+    )
