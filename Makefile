@@ -8,7 +8,7 @@ BUILT := $(VENV)/.built
 CODEC_SOURCES := $(filter-out %/__init__.py,$(wildcard protocols/*.py protocols/*/*.py))
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: run test lint build bench bench-slow system-deps bench-deps test-deps peers clean
+.PHONY: run test lint build bench bench-slow fuzz system-deps bench-deps test-deps peers clean
 
 # Installed uncompiled (GATEWAY_PURE_PYTHON=1); $(BUILT) then compiles the codecs in place with the venv's mypyc.
 $(STAMP): pyproject.toml
@@ -70,6 +70,17 @@ bench: $(BUILT) bench-deps
 
 bench-slow: $(BUILT) bench-deps
 	$(PY) -m benchmarks --slow $(ARGS)
+
+# Fuzzing, bounded: each codec target for FUZZ_SECONDS under atheris (coverage-guided), then the mutation fuzzer
+# against a running gateway with its byte-exact checker, FUZZ_REQUESTS mutated requests per protocol (fuzz/).
+FUZZ_SECONDS ?= 60
+FUZZ_REQUESTS ?= 100000
+fuzz: $(BUILT)
+	mkdir -p .run
+	for target in fastcgi uwsgi channel; do \
+		$(PY) -m fuzz.codecs $$target -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=.run/fuzz-$$target- || exit 1; \
+	done
+	$(PY) -m fuzz.gateway --requests $(FUZZ_REQUESTS) --seconds 1200
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache build gateway/protocols__mypyc.*.so protocols__mypyc.*.so

@@ -41,3 +41,17 @@ def tune_malloc() -> bool:
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; musl's stub returns 0 and changes nothing.
     return bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the kernel (glibc's ``malloc_trim(0)``, which also releases free pages
+    inside the heap, not only at its top); False where there is no such call. Costs a pass over the heap: for after
+    a burst (gateway/loop/budget.py), never per request."""
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True

@@ -22,6 +22,7 @@ from gateway.sessions.cookies import (
     delete_cookie_value,
     request_is_https,
     session_id_from_cookies,
+    session_ids_from_cookies,
     set_cookie_value,
 )
 from gateway.sessions.ids import is_valid_session_id, new_session_id
@@ -57,6 +58,7 @@ __all__ = [
     "open_store",
     "request_is_https",
     "session_id_from_cookies",
+    "session_ids_from_cookies",
     "set_cookie_value",
 ]
 

@@ -55,12 +55,20 @@ class CookieSettings:
             raise ValueError("same_site='None' needs a Secure cookie: use secure='auto' or 'always'")
 
 
-def session_id_from_cookies(cookie_header: str, settings: CookieSettings) -> str | None:
-    """The first well-formed session id among the cookies named ``settings.name``, or None.
+#: Well-formed session ids of one request tried against the store, at most: each costs a load.
+MAX_SESSION_CANDIDATES = 4
+
+
+def session_ids_from_cookies(cookie_header: str, settings: CookieSettings) -> list[str]:
+    """The distinct well-formed session ids among the cookies named ``settings.name``, in order, at most
+    ``MAX_SESSION_CANDIDATES``.
 
     A browser sends several cookies of the same name when they were set for different paths or domains (most
-    specific first), so a malformed or stale one must not hide a good one behind it.
+    specific first), and anyone who can set a cookie on a sibling domain can add one in front of ours
+    (``gwsession=forged; gwsession=real``). So neither a malformed nor a well-formed but unknown id may hide a
+    good one behind it: the gateway uses the first that loads, and starts a new session only when none does.
     """
+    found: list[str] = []
     for pair in cookie_header.split(";"):
         name, equals, value = pair.partition("=")
         if not equals or name.strip() != settings.name:
@@ -68,9 +76,17 @@ def session_id_from_cookies(cookie_header: str, settings: CookieSettings) -> str
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':  # RFC 6265 allows a quoted cookie-value
             value = value[1:-1]
-        if is_valid_session_id(value):
-            return value
-    return None
+        if is_valid_session_id(value) and value not in found:
+            found.append(value)
+            if len(found) == MAX_SESSION_CANDIDATES:
+                break
+    return found
+
+
+def session_id_from_cookies(cookie_header: str, settings: CookieSettings) -> str | None:
+    """The first well-formed session id among the cookies named ``settings.name``, or None."""
+    found = session_ids_from_cookies(cookie_header, settings)
+    return found[0] if found else None
 
 
 def request_is_https(params: Mapping[str, str]) -> bool:

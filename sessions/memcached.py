@@ -103,6 +103,10 @@ class MemcachedStore:
         self._touch_slack = min(idle_ttl * _TOUCH_SLACK_SHARE, _TOUCH_SLACK_MAX)
         self._memcache = MemcacheConnections(host, port, size=pool_size)
 
+    @property
+    def where(self) -> str:
+        return f"memcached at {self._memcache.host}:{self._memcache.port}"
+
     def __repr__(self) -> str:
         return f"<MemcachedStore {self._memcache.host}:{self._memcache.port} prefix={self._prefix!r}>"
 

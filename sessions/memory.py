@@ -40,6 +40,10 @@ class MemoryStore:
 
     answers_at_once = True  # load and save await nothing (lock may wait for another holder)
 
+    @property
+    def where(self) -> str:
+        return "the gateway's memory"
+
     def __init__(
         self,
         *,

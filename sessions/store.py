@@ -76,6 +76,11 @@ class SessionStore(Protocol):
     #: instead of in a task, which is most of what a session costs the event loop with the memory store.
     answers_at_once: bool
 
+    @property
+    def where(self) -> str:
+        """Where the sessions live, for log lines: "memcached at HOST:PORT", "the gateway's memory"."""
+        ...
+
     async def load(self, session_id: str) -> SessionRecord | None:
         """The stored session, or None when absent, idle for longer than the idle TTL, or past its max age.
 

@@ -82,6 +82,29 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 "pid": os.getpid(),
             },
         )
+    if path == "/read-all":
+        # Reads wsgi.input to its end, ignoring CONTENT_LENGTH (as PEP 3333 forbids, and careless apps do): what
+        # comes back is everything the server let through to the app.
+        chunks = []
+        while chunk := environ["wsgi.input"].read(CHUNK):
+            chunks.append(chunk)
+        return _json(
+            start_response,
+            {
+                "content_length": environ.get("CONTENT_LENGTH"),
+                "http_content_length": environ.get("HTTP_CONTENT_LENGTH"),
+                "body": b"".join(chunks).decode("latin-1"),
+            },
+        )
+    if path == "/mirror":
+        # The query, a bar, then the body: a response a checker can predict byte for byte (fuzz/gateway.py).
+        mirrored = environ.get("QUERY_STRING", "").encode("latin-1") + b"|" + _read_body(environ)
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(mirrored)))])
+        return [mirrored]
+    if path == "/close-raises":
+        # A complete, valid response whose close() fails: the failure is the app's clean-up, not the response's.
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
+        return _CloseRaises([b"complete"])
     if path == "/form":
         form = parse_qs(_read_body(environ).decode())
         return _json(start_response, form)
@@ -206,6 +229,11 @@ validated_app = validator(app)
 
 #: Memory the /grow route holds on to, so a worker's RSS grows across requests.
 _HELD: list[bytearray] = []
+
+
+class _CloseRaises(list[bytes]):
+    def close(self) -> None:
+        raise RuntimeError("close() failed on purpose")
 
 
 class _NotJSON:

@@ -92,6 +92,8 @@ class FakeTransport(asyncio.Transport):
         self.aborted = False
         self.lost = False
         self.paused = False
+        #: pause_reading was called and resume_reading not since.
+        self.reading_paused = False
         self.limits: tuple[int | None, int | None] = (None, None)
 
     # -- asyncio.Transport ---------------------------------------------------------------------------------
@@ -118,6 +120,15 @@ class FakeTransport(asyncio.Transport):
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+    def is_reading(self) -> bool:
+        return not self.reading_paused
 
     def is_paused(self) -> bool:
         """The transport has asked its protocol to stop writing and not yet to resume."""

@@ -24,7 +24,9 @@ from gateway.protocols.fastcgi import (
     FCGI_MAX_REQS,
     FCGI_MPXS_CONNS,
     MAX_CONTENT,
+    BodyBeyondLength,
     BodyData,
+    BodyIncomplete,
     BodyTooLarge,
     ClientConnection,
     ClientEvent,
@@ -421,10 +423,88 @@ def test_abort_of_an_active_request_is_reported(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_abort_before_params_ended_is_reported(mode: str) -> None:
+def test_abort_while_params_arrive_is_answered_by_the_codec(mode: str) -> None:
+    """The application never heard of the request: the codec ends it itself, and the slot is free again."""
     conn = ServerConnection(limits())
-    events = feed(conn, encode_begin(4) + encode_abort(4), mode)
-    assert events == [RequestAborted(4)]
+    partial_params = encode_params(4, PARAMS)[:-8]  # the params stream without its empty end record
+    events = feed(conn, encode_begin(4) + partial_params + encode_abort(4), mode)
+    assert events == []
+    assert not conn.is_active(4)
+    assert conn.buffered == (len(NEXT_PREFIX) if mode == "trailing" else 0)
+    assert decode_output(conn.data_to_send()) == [EndRequest(4, 0, ProtocolStatus.REQUEST_COMPLETE)]
+    assert not conn.head_pending or mode == "trailing"
+
+
+def _phase_after(conn: ServerConnection, data: bytes) -> str | None:
+    conn.receive_data(data)
+    return conn.phase(1)
+
+
+@pytest.mark.parametrize(
+    ("stage", "data", "phase"),
+    [
+        ("params", encode_begin(1) + encode_params(1, PARAMS)[:-8], "receiving params"),
+        ("body", encode_begin(1) + encode_params(1, PARAMS) + encode_stdin(1, b"hel", end=False), "receiving the body"),
+        ("complete", encode_request(1, PARAMS, BODY), "input complete, awaiting the response"),
+        (
+            "refused",
+            encode_begin(1) + encode_params(1, {**PARAMS, "CONTENT_LENGTH": str(1 << 31)}),
+            "dropping a refused body",
+        ),
+    ],
+)
+def test_abort_in_every_phase_gets_exactly_one_end_request(stage: str, data: bytes, phase: str) -> None:
+    """Whatever phase an id is in, ABORT_REQUEST leads to one END_REQUEST for it: from the codec (params) or
+    from the application after one RequestAborted (every later phase); a second abort changes nothing."""
+    conn = ServerConnection(limits())
+    assert _phase_after(conn, data) == phase
+    events = conn.receive_data(encode_abort(1) + encode_abort(1))
+    if stage == "params":
+        assert events == []
+        assert decode_output(conn.data_to_send()) == [EndRequest(1, 0, ProtocolStatus.REQUEST_COMPLETE)]
+        assert not conn.is_active(1)
+        return
+    assert events == [RequestAborted(1)]
+    assert conn.phase(1) == "aborted by the web server, awaiting END_REQUEST"
+    assert conn.receive_data(encode_stdin(1, b"more")) == []  # input for an aborted request is moot
+    assert not conn.input_pending
+    assert decode_output(conn.end_request(1)) == [Stdout(1, b""), EndRequest(1, 0, ProtocolStatus.REQUEST_COMPLETE)]
+
+
+def test_buffered_counts_the_params_of_every_incomplete_request_and_a_cut_record() -> None:
+    conn = ServerConnection(limits())
+    block = encode_params(1, PARAMS)[:-8]
+    conn.receive_data(encode_begin(1) + block + encode_begin(2) + encode_params(2, PARAMS)[:-8])
+    one = len(block) - 8  # the record's content, without its header
+    assert conn.buffered == 2 * one
+    conn.receive_data(encode_params(1, {}) + b"\x01")  # request 1's params end; a record starts
+    assert conn.buffered == one + 1
+    conn.receive_data(encode_abort(2)[1:])
+    assert conn.buffered == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stdin_beyond_content_length_never_reaches_the_application(mode: str) -> None:
+    conn = ServerConnection(limits())
+    data = head_of(1, {**PARAMS, "CONTENT_LENGTH": "3"}) + encode_stdin(1, b"abc" + b"x" * 18, end=False)
+    data += encode_stdin(1, b"more")
+    events = feed(conn, data, mode)
+    body = b"".join(bytes(event.data) for event in events if isinstance(event, BodyData))
+    assert body == b"abc"
+    assert [event for event in events if not isinstance(event, BodyData | RequestHead)] == [
+        BodyBeyondLength(1, 3),
+        RequestComplete(1),
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stdin_shorter_than_content_length_is_not_a_complete_request(mode: str) -> None:
+    conn = ServerConnection(limits())
+    events = feed(conn, encode_request(1, {**PARAMS, "CONTENT_LENGTH": "30"}, BODY), mode)
+    assert events[-1] == BodyIncomplete(1, 30, len(BODY))
+    assert not any(isinstance(event, RequestComplete) for event in events)
+    assert conn.phase(1) == "input complete, awaiting the response"
+    assert conn.input_pending is (mode == "trailing")  # only the next request's cut record is still owed
 
 
 @pytest.mark.parametrize("mode", MODES)

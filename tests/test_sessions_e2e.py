@@ -25,6 +25,7 @@ from devstack.processes import GatewayProcess
 from devstack.servers import Memcached, Nutcracker
 from gateway.protocols.fastcgi import encode_request as encode_fcgi_request
 from gateway.protocols.uwsgi import encode_request
+from gateway.sessions.ids import new_session_id
 from tests.http import request
 from tests.load import load, wait_for
 from tests.waiting import Gate
@@ -152,6 +153,20 @@ def test_forged_or_malformed_ids_are_never_adopted(gateway_port: tuple[GatewayPr
     assert reply.json()["new"] is True
     assert reply.cookie_id not in (None, presented)
     assert "Traceback" not in gateway.log_text()
+
+
+def test_a_forged_cookie_in_front_of_ours_never_logs_the_user_out(gateway_port: tuple[GatewayProcess, int]) -> None:
+    """``gwsession=forged; gwsession=real`` (a cookie set on a sibling domain comes first): the id that loads wins,
+    and no new session is minted over it."""
+    _, port = gateway_port
+    real = call(port, "/session/set", "user=ada").cookie_id
+    assert real is not None
+    forged = new_session_id()  # well-formed, but never issued
+    for cookie in (f"gwsession={forged}; gwsession={real}", f"gwsession=bad; gwsession={forged}; gwsession={real}"):
+        reply = call(port, "/session/set", "visit=1", cookie)
+        assert reply.status == 200
+        assert reply.json()["data"]["user"] == "ada"
+        assert reply.set_cookie is None, "a new session was minted over a valid one"
 
 
 def test_regenerate_moves_the_session_and_the_old_id_stops_working(gateway_port: tuple[GatewayProcess, int]) -> None:
@@ -315,7 +330,11 @@ def test_memcached_stopped_killed_and_restarted_under_load(tmp_path: Path) -> No
         assert background.failures == 0, (background.statuses, background.errors[:3])
         # After the restart the memory of memcached is empty: the old id is not adopted, a new session starts.
         assert call(port, "/session/set", "n=3").status == 200
-        assert "session store unavailable" in gateway.log_text()
+        # The pause is named for what it is: a timeout, how long, and which server (never an empty reason).
+        log = gateway.log_text()
+        assert f"session store unavailable: memcached at 127.0.0.1:{server.port} did not" in log
+        assert "within 1 s" in log
+        assert "session store unavailable: ;" not in log
     finally:
         gateway.stop()
         server.stop()

@@ -418,6 +418,33 @@ class Config:
         default_text="the system temporary directory",
         example="/srv/spool",
     )
+    # -- memory budgets against hostile peers (issue #16): gateway/loop/budget.py -------------------------------
+    max_connection_buffer: int = setting(
+        BYTES,
+        default=2 << 20,
+        section="limits",
+        metavar="BYTES",
+        help="memory the incomplete requests of one connection may hold (params, bodies not yet spooled); "
+        "beyond it the connection is closed",
+        doc="memory the incomplete requests of one connection may hold together (the params of every FastCGI "
+        "request id, and the in-memory part of their bodies); beyond it that connection is closed with one log "
+        "line. At least `--max-params-size` plus `--body-spool-threshold`, so one request of each largest size fits",
+        checks=(POSITIVE,),
+        example="4194304",
+    )
+    max_buffered: int = setting(
+        BYTES,
+        default=32 << 20,
+        section="limits",
+        metavar="BYTES",
+        help="memory the incomplete requests of all connections may hold together; beyond it bodies go to "
+        "temporary files and reading pauses on the connections holding the most",
+        doc="memory the incomplete requests of all connections may hold together; beyond it the bodies being "
+        "received go to temporary files and the loop stops reading from the connections holding more than their "
+        "share until the total is back under three quarters of it, so well-behaved requests keep being served",
+        checks=(POSITIVE,),
+        example="134217728",
+    )
     graceful_timeout: float = setting(
         SECONDS,
         default=30.0,
@@ -762,6 +789,12 @@ class Config:
             declared.check(getattr(self, declared.name))
         if self.workers_max and self.workers_max < self.workers:
             raise ConfigError(f"--workers {self.workers}:{self.workers_max}: MAX must not be below MIN")
+        if self.max_connection_buffer < self.max_params_size + self.body_spool_threshold:
+            raise ConfigError(
+                f"--max-connection-buffer {self.max_connection_buffer} must be at least --max-params-size plus "
+                f"--body-spool-threshold ({self.max_params_size + self.body_spool_threshold}), so that one request "
+                "of the largest params and an in-memory body fits"
+            )
         if self.session_samesite == "None" and self.session_secure == "never":
             raise ConfigError("--session-samesite None requires a Secure cookie: drop --session-secure never")
         listeners = tuple(Listen("fastcgi", address) for address in self.fcgi)

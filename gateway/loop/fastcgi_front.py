@@ -6,15 +6,18 @@ answered on its own; their output records interleave on the one connection in th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
-from gateway.loop.request import Request
+from gateway.loop.request import Request, respond_error
 from gateway.loop.spool import RequestBody
 from gateway.protocols.errors import RemoteProtocolError
 from gateway.protocols.fastcgi import (
+    BodyBeyondLength,
     BodyData,
+    BodyIncomplete,
     BodyTooLarge,
     Limits,
     RequestAborted,
@@ -23,6 +26,8 @@ from gateway.protocols.fastcgi import (
     ServerConnection,
 )
 from gateway.protocols.fastcgi.records import HEADER, VERSION, RecordType
+
+log = logging.getLogger("gateway.front")
 
 _STATUS_PREFIX = b"Status: "
 #: A STDOUT record's header (version, type, request id, content length, padding), for file responses.
@@ -101,6 +106,8 @@ class _Exchange:
 
 class FastCGIConnection(FrontConnection):
     protocol_name = "fastcgi"
+    #: In-memory bytes of the bodies of exchanges not dispatched yet (their part of ``held``); a class default.
+    body_held = 0
 
     def __init__(self, context: FrontContext) -> None:
         super().__init__(context)
@@ -136,7 +143,10 @@ class FastCGIConnection(FrontConnection):
                 assert isinstance(event, BodyData)
                 exchange = self.exchanges.get(event.request_id)
                 if exchange is not None:
-                    exchange.body.write(event.data)
+                    body = exchange.body
+                    before = body.memory
+                    body.write(event.data)
+                    self.body_held += body.memory - before
             elif event_type is RequestHead:
                 assert isinstance(event, RequestHead)
                 self.exchanges[event.request_id] = _Exchange(
@@ -151,6 +161,22 @@ class FastCGIConnection(FrontConnection):
                 exchange = self.exchanges.get(event.request_id)
                 if exchange is not None:
                     self.body_too_large(exchange, event.limit)
+            elif event_type is BodyBeyondLength:
+                assert isinstance(event, BodyBeyondLength)
+                log.warning(
+                    "fastcgi %s: request %d: STDIN goes on past its CONTENT_LENGTH %d; the excess is dropped",
+                    self.peer,
+                    event.request_id,
+                    event.declared,
+                )
+            elif event_type is BodyIncomplete:
+                assert isinstance(event, BodyIncomplete)
+                self._incomplete(event)
+        if self.closed:
+            return
+        held = codec.buffered + self.body_held
+        if held != self.held:
+            self.account(held)
 
     def eof_received(self) -> bool | None:
         try:
@@ -165,10 +191,30 @@ class FastCGIConnection(FrontConnection):
         # transport reports the loss on a later turn, so that no worker's answer arriving meanwhile writes to it.
         self.release_requests()
 
+    def _incomplete(self, event: BodyIncomplete) -> None:
+        """STDIN ended short of CONTENT_LENGTH: not a complete request. 400, and the connection carries on."""
+        exchange = self.exchanges.get(event.request_id)
+        if exchange is None:
+            return
+        log.warning(
+            "fastcgi %s: request %d: STDIN ended after %d of its CONTENT_LENGTH %d bytes; answered 400",
+            self.peer,
+            event.request_id,
+            event.received,
+            event.declared,
+        )
+        respond_error(exchange, "400 Bad Request")
+
     def _dispatch(self, request_id: int) -> None:
         exchange = self.exchanges.get(request_id)
         if exchange is None:
             return
+        if self.body_held:
+            self.body_held -= exchange.body.memory  # complete: no longer the connection's to answer for
+        if exchange.body.size and not exchange.params.get("CONTENT_LENGTH"):
+            # STDIN is the framing: a body sent without CONTENT_LENGTH (nginx passing a chunked request
+            # unbuffered) is whole now, and the app learns its length where PEP 3333 says to look for it.
+            exchange.params["CONTENT_LENGTH"] = str(exchange.body.size)
         exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", self.context.clock())
         self.context.dispatcher.submit(exchange.request)
 
@@ -180,8 +226,6 @@ class FastCGIConnection(FrontConnection):
         exchange.held = b""
         if exchange.request is not None:
             self.context.dispatcher.cancel(exchange.request)
-        else:
-            exchange.body.discard()
         self.end(exchange, app_status=0)
 
     def end(self, exchange: _Exchange, app_status: int) -> None:
@@ -192,6 +236,7 @@ class FastCGIConnection(FrontConnection):
             self.idle_since = self.context.clock()
         exchange.gone = True
         if exchange.request is None:
+            self.body_held -= exchange.body.memory
             exchange.body.discard()
         if self.closed:
             return
@@ -205,9 +250,19 @@ class FastCGIConnection(FrontConnection):
     def busy(self) -> bool:
         return bool(self.exchanges)
 
+    def spool_bodies(self) -> None:
+        if not self.body_held:
+            return
+        for exchange in self.exchanges.values():
+            if exchange.request is None:
+                exchange.body.spool()
+        self.body_held = 0
+        self.set_held(self.codec.buffered)
+
     def release_requests(self) -> None:
         exchanges = list(self.exchanges.values())
         self.exchanges.clear()
+        self.body_held = 0
         for exchange in exchanges:
             exchange.gone = True
             if exchange.request is not None:

@@ -19,6 +19,7 @@ from typing import cast
 
 from gateway.config.addresses import IPNetwork
 from gateway.config.settings import Config
+from gateway.loop.budget import MemoryBudget
 from gateway.loop.counters import COUNTERS
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.filesend import FileSegment
@@ -52,8 +53,12 @@ class FrontContext:
     tls: ssl.SSLContext | None = None
     #: The listener's codec limits, built from the config by its first connection and shared by the rest.
     codec_limits: object = None
+    #: What incomplete requests may hold, loop-wide: one for every listener (the gateway passes it); made from the
+    #: config when not given (a context of its own, as in-process tests build).
+    shared_budget: MemoryBudget | None = None
     # The loop's bound methods, looked up once: asyncio.get_running_loop() costs a getpid() syscall per call.
     clock: Callable[[], float] = field(init=False)
+    budget: MemoryBudget = field(init=False)
     call_soon: Callable[..., object] = field(init=False)
 
     def new_body(self) -> RequestBody:
@@ -63,6 +68,10 @@ class FrontContext:
         loop = asyncio.get_running_loop()
         self.clock = loop.time
         self.call_soon = loop.call_soon
+        budget = self.shared_budget
+        if budget is None:
+            budget = MemoryBudget(self.config.max_connection_buffer, self.config.max_buffered)
+        self.budget = budget
 
     def sweep(self, now: float) -> None:
         for connection in list(self.connections):
@@ -73,6 +82,11 @@ class FrontConnection(asyncio.Protocol):
     """Base of the per-connection protocols."""
 
     protocol_name = "?"
+    #: Bytes this connection's incomplete requests hold (its share of ``context.budget``), and whether the budget
+    #: paused its reading. Class defaults, shadowed per instance once they change: a connection that never holds
+    #: anything (a request whole in one read) never pays for setting them.
+    held = 0
+    input_paused = False
 
     def __init__(self, context: FrontContext) -> None:
         self.context = context
@@ -227,6 +241,67 @@ class FrontConnection(asyncio.Protocol):
         if self.output is not None:
             self.output.discard()
         self.release_requests()
+        if self.held or self.input_paused:
+            self.release_held()
+
+    # -- memory budgets (gateway/loop/budget.py) ----------------------------------------------------------------
+    def account(self, held: int) -> None:
+        """After a read: this connection's incomplete requests now hold ``held`` bytes (a change)."""
+        budget = self.context.budget
+        before, self.held = self.held, held
+        budget.change(self, before, held)
+        if held > budget.per_connection:
+            log.warning(
+                "%s %s: incomplete requests hold %d bytes, over --max-connection-buffer (%d); connection closed",
+                self.protocol_name,
+                self.peer,
+                held,
+                budget.per_connection,
+            )
+            self.abort_connection()
+            self.release_requests()
+            self.release_held()
+        elif held > before:
+            if budget.total > budget.limit:
+                budget.pressure(self)
+        elif budget.paused:
+            budget.relieve()
+
+    def release_held(self) -> None:
+        """This connection holds nothing any more (closed, or its requests released)."""
+        budget = self.context.budget
+        if self.held:
+            budget.change(self, self.held, 0)
+            self.held = 0
+        if self.input_paused:
+            self.input_paused = False
+            budget.forget(self)
+        if budget.paused:
+            budget.relieve()
+
+    def spool_bodies(self) -> None:
+        """Move the bodies of incomplete requests to their files now (the loop-wide budget is exceeded), and
+        account for what that freed (``set_held``)."""
+
+    def set_held(self, held: int) -> None:
+        """``held`` without the checks of ``account``: it only went down (bodies spooled)."""
+        self.context.budget.change(self, self.held, held)
+        self.held = held
+
+    def pause_input(self) -> bool:
+        """Stop reading from this connection (the loop-wide budget); False if it cannot be paused."""
+        transport = self.transport
+        if self.input_paused or self.closed or transport is None or transport.is_closing():
+            return False
+        transport.pause_reading()
+        self.input_paused = True
+        return True
+
+    def resume_input(self) -> None:
+        transport = self.transport
+        if self.input_paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+        self.input_paused = False
 
     def release_requests(self) -> None:
         """Release whatever requests this connection had in flight."""

@@ -26,7 +26,7 @@ from gateway.sessions import (
     SessionError,
     SessionRecord,
     SessionStore,
-    session_id_from_cookies,
+    session_ids_from_cookies,
 )
 from gateway.sessions.store import run_at_once
 
@@ -61,14 +61,18 @@ class SessionHook:
         """Synchronous part: True when the request carries a session id, so ``before_dispatch`` must run (unless
         the store answers at once: then the session is loaded here)."""
         cookie = request.params.get("HTTP_COOKIE")
-        session_id = session_id_from_cookies(cookie, self.cookie) if cookie else None
-        if session_id is None:
+        session_ids = session_ids_from_cookies(cookie, self.cookie) if cookie else None
+        if not session_ids:
             request.session = (None, None)
             return False
-        request.state["session_id"] = session_id
+        request.state["session_ids"] = session_ids
         if self.at_once:
+            record = None
             try:
-                record = run_at_once(self.store.load(session_id))
+                for session_id in session_ids:  # the first that loads (see session_ids_from_cookies)
+                    record = run_at_once(self.store.load(session_id))
+                    if record is not None:
+                        break
             except Exception:  # before_dispatch loads again and answers 503 naming the error
                 return True
             _loaded(request, session_id, record)
@@ -76,14 +80,33 @@ class SessionHook:
         return True
 
     async def before_dispatch(self, request: Request) -> None:
-        session_id: str = request.state["session_id"]
+        session_ids: list[str] = request.state["session_ids"]
+        session_id = session_ids[0]
+        record: SessionRecord | None = None
+        loaded = False
         try:
+            if len(session_ids) > 1:
+                # Several ids (a forged or stale cookie in front of ours): the first that loads is the session.
+                async with asyncio.timeout(self.config.session_timeout):
+                    for candidate in session_ids:
+                        record = await self.store.load(candidate)
+                        if record is not None:
+                            session_id = candidate
+                            break
+                loaded = True
             if self.config.session_serialize:
                 await self._lock(request, session_id)
-            async with asyncio.timeout(self.config.session_timeout):
-                record = await self.store.load(session_id)
-        except (SessionError, TimeoutError) as err:
-            raise HookRefused("503 Service Unavailable", f"session store unavailable: {err or 'timed out'}") from err
+                loaded = False  # loaded again under the lock
+            if not loaded:
+                async with asyncio.timeout(self.config.session_timeout):
+                    record = await self.store.load(session_id)
+        except TimeoutError as err:
+            # The bound fired before the store said why (an exception without a message): name what timed out.
+            reason = f"{self.store.where} did not load the session within {self.config.session_timeout:g} s"
+            raise HookRefused("503 Service Unavailable", f"session store unavailable: {reason}") from err
+        except SessionError as err:
+            reason = str(err) or f"{type(err).__name__} from {self.store.where}"
+            raise HookRefused("503 Service Unavailable", f"session store unavailable: {reason}") from err
         _loaded(request, session_id, record)
 
     async def _lock(self, request: Request, session_id: str) -> None:

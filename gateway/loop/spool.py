@@ -71,15 +71,27 @@ class RequestBody:
             self._seal_tail()
             self._chunks.append(self._keepable(data) if type(data) is memoryview else data)
         if self.size > self._threshold:
-            file = tempfile.NamedTemporaryFile(  # noqa: SIM115  # lives as long as the request
-                prefix="body-", dir=self._spool_dir, delete=False
-            )
-            self._file, self.path = file, file.name
-            file.writelines(self._chunks)
-            file.write(self._tail)
-            COUNTERS.spooled_request_bytes += self.size
-            self._chunks = []
-            self._tail = bytearray()
+            self.spool()
+
+    @property
+    def memory(self) -> int:
+        """Bytes of this body held in memory (0 once it went to its file)."""
+        return self.size if self.path is None else 0
+
+    def spool(self) -> None:
+        """Move the body to its temporary file now (past the threshold, or when the loop's memory budget says so);
+        what arrives later is appended there."""
+        if self.path is not None:
+            return
+        file = tempfile.NamedTemporaryFile(  # noqa: SIM115  # lives as long as the request
+            prefix="body-", dir=self._spool_dir, delete=False
+        )
+        self._file, self.path = file, file.name
+        file.writelines(self._chunks)
+        file.write(self._tail)
+        COUNTERS.spooled_request_bytes += self.size
+        self._chunks = []
+        self._tail = bytearray()
 
     def _keepable(self, view: memoryview) -> bytes | memoryview:
         """``view`` itself, or a copy if keeping it would pin too much of reads that are not this body."""

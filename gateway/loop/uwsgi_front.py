@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from gateway.loop.filesend import FileSegment
@@ -19,6 +20,8 @@ from gateway.protocols.uwsgi import (
     ServerConnection,
     encode_pong,
 )
+
+log = logging.getLogger("gateway.front")
 
 
 class UwsgiConnection(FrontConnection):
@@ -61,6 +64,8 @@ class UwsgiConnection(FrontConnection):
             elif event_type is RequestHead:
                 assert isinstance(event, RequestHead)
                 self.params = event.params
+                if self.codec.unframed_length:
+                    self._unframed_length(self.codec.unframed_length)
                 if event.params.get("SERVER_PROTOCOL") == "HTTP/1.0":
                     self.http_version = b"HTTP/1.0 "
                 self.body = self.context.new_body()
@@ -75,6 +80,24 @@ class UwsgiConnection(FrontConnection):
             elif event_type is BodyTooLarge:
                 assert isinstance(event, BodyTooLarge)
                 self.body_too_large(self, event.limit)
+        held = self.codec.buffered
+        if self.request is None:
+            body = self.body
+            if body is not None and self.codec.input_pending:
+                held += body.memory
+        if held != self.held:
+            self.account(held)
+
+    def _unframed_length(self, header: str) -> None:
+        """A client's Content-Length without the web server's CONTENT_LENGTH: the body is what CONTENT_LENGTH
+        frames (none), whatever the header says. One line per such request: it points at the web server's
+        configuration."""
+        log.warning(
+            "uwsgi %s: HTTP_CONTENT_LENGTH %r without CONTENT_LENGTH; the body is framed by CONTENT_LENGTH "
+            "alone (none: an empty body), so the app sees no CONTENT_LENGTH",
+            self.peer,
+            header,
+        )
 
     def eof_received(self) -> bool | None:
         try:
@@ -88,6 +111,11 @@ class UwsgiConnection(FrontConnection):
 
     def busy(self) -> bool:
         return self.request is not None
+
+    def spool_bodies(self) -> None:
+        if self.body is not None and self.request is None and self.body.memory:
+            self.body.spool()
+            self.set_held(self.codec.buffered)
 
     def release_requests(self) -> None:
         if self.request is not None:

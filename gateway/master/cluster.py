@@ -50,6 +50,10 @@ class CountingStore:
         self.store = store
         self.answers_at_once = store.answers_at_once
 
+    @property
+    def where(self) -> str:
+        return self.store.where
+
     async def load(self, session_id: str) -> SessionRecord | None:
         try:
             record = await self.store.load(session_id)

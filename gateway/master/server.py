@@ -32,6 +32,7 @@ from gateway.config.addresses import Address, Listen, ProtocolName, parse_networ
 from gateway.config.settings import Config, ConfigError
 from gateway.contract.exits import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_OK, EXIT_WORKERS_GONE
 from gateway.loop.accesslog import DEFAULT_FORMAT, AccessLog
+from gateway.loop.budget import MemoryBudget
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.front import FrontContext
 from gateway.loop.http_front import tls_context
@@ -156,6 +157,8 @@ class Gateway:
         self._stopping = False
         #: The pool the signal handlers act on, once it exists.
         self.pool: PoolControls | None = None
+        #: What incomplete requests may hold, across every listener (--max-connection-buffer, --max-buffered).
+        self.budget = MemoryBudget(config.max_connection_buffer, config.max_buffered)
         #: --subscribe, --stats, --metrics.
         self.cluster = ClusterServices(config)
 
@@ -313,7 +316,8 @@ class Gateway:
             if listener.listen.protocol == "fastcgi" and web_server_addrs:
                 allowed = allowed + parse_networks([web_server_addrs])
             tcp = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
-            context = FrontContext(config, dispatcher, spool_dir, str(listener.listen.address), allowed, tcp=tcp)
+            address = str(listener.listen.address)
+            context = FrontContext(config, dispatcher, spool_dir, address, allowed, tcp=tcp, shared_budget=self.budget)
             if listener.listen.protocol == "http":
                 context.tls = self.tls
             context.on_count_changed = self._connections_changed
@@ -329,6 +333,7 @@ class Gateway:
             now = loop.time()
             for context in self.contexts:
                 context.sweep(now)
+            self.budget.sweep()
 
     def _connections_changed(self) -> None:
         """--max-connections: stop accepting at the cap (the backlog holds new connections), resume below it."""

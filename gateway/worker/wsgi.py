@@ -112,13 +112,13 @@ def build_environ(
         if full_path == script_name or full_path.startswith(script_name + "/"):
             environ["SCRIPT_NAME"] = script_name
             environ["PATH_INFO"] = full_path[len(script_name) :]
-    # CGI carries these two as CONTENT_*; a copy under HTTP_* confuses apps and fails wsgiref.validate.
+    # CGI carries these two as CONTENT_*; a copy under HTTP_* confuses apps and fails wsgiref.validate. The
+    # client's Content-Length header never stands in for CONTENT_LENGTH: the body the app reads is the one the
+    # framing delivered (FastCGI's STDIN, uwsgi's CONTENT_LENGTH), and CONTENT_LENGTH is its length.
     content_type = environ.pop("HTTP_CONTENT_TYPE", None)
-    content_length = environ.pop("HTTP_CONTENT_LENGTH", None)
+    environ.pop("HTTP_CONTENT_LENGTH", None)
     if not environ.get("CONTENT_TYPE") and content_type is not None:
         environ["CONTENT_TYPE"] = content_type
-    if not environ.get("CONTENT_LENGTH") and content_length is not None:
-        environ["CONTENT_LENGTH"] = content_length
     environ.setdefault("REQUEST_METHOD", "GET")
     environ.setdefault("QUERY_STRING", "")
     environ.setdefault("SERVER_NAME", "localhost")
@@ -283,7 +283,7 @@ def run_app(
 
     An exception before any output becomes a 500 with the traceback in the log only (or in the page when
     ``debug``); after the head was sent it propagates, and the caller cuts the response short. The app's
-    ``close()`` is always called.
+    ``close()`` is always called; an exception from it is logged and never changes the response.
     """
     response = _Response(output, head_hook)
     result: Iterable[bytes] | None = None
@@ -308,7 +308,7 @@ def run_app(
         finally:
             close = getattr(result, "close", None)
             if close is not None:
-                close()
+                _close(close, environ)
         if not response.head_sent:
             # An empty body: the head still has to go out.
             response.send(b"", flush=False)
@@ -333,6 +333,22 @@ def run_app(
         output.send_body(body, flush=False)
         return 500
     return int(response.head[:3])
+
+
+def _close(close: Callable[[], object], environ: dict[str, Any]) -> None:
+    """Call the response's ``close()``; an exception from it is logged and changes nothing.
+
+    By then the response is what the iteration made it: complete and valid (it goes out as it is, rather than being
+    reset for a failure in the app's clean-up), or already failing (that first error is the one that counts).
+    """
+    try:
+        close()
+    except Exception:
+        log.exception(
+            "%s %s: the response's close() raised; the response is sent as the app produced it",
+            environ.get("REQUEST_METHOD"),
+            environ.get("REQUEST_URI", environ.get("PATH_INFO")),
+        )
 
 
 def _file_range(result: Iterable[bytes]) -> tuple[int, int, int] | None:

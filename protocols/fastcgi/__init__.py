@@ -13,7 +13,9 @@ from gateway.protocols.fastcgi.client import (
     encode_stdin,
 )
 from gateway.protocols.fastcgi.events import (
+    BodyBeyondLength,
     BodyData,
+    BodyIncomplete,
     BodyTooLarge,
     ClientEvent,
     EndRequest,
@@ -45,7 +47,9 @@ __all__ = [
     "FCGI_MAX_REQS",
     "FCGI_MPXS_CONNS",
     "MAX_CONTENT",
+    "BodyBeyondLength",
     "BodyData",
+    "BodyIncomplete",
     "BodyTooLarge",
     "ClientConnection",
     "ClientEvent",

@@ -46,7 +46,28 @@ class BodyTooLarge:
     limit: int
 
 
-ServerEvent = RequestHead | BodyData | RequestComplete | RequestAborted | BodyTooLarge
+@dataclass(frozen=True, slots=True)
+class BodyBeyondLength:
+    """STDIN went on past the request's CONTENT_LENGTH: the excess is dropped (the application gets exactly
+    ``declared`` bytes). Reported once per request, when the first excess byte arrives."""
+
+    request_id: int
+    declared: int
+
+
+@dataclass(frozen=True, slots=True)
+class BodyIncomplete:
+    """STDIN ended before the CONTENT_LENGTH it declared: not a complete request, never dispatched. The input is
+    over; the application owes END_REQUEST (after answering 400)."""
+
+    request_id: int
+    declared: int
+    received: int
+
+
+ServerEvent = (
+    RequestHead | BodyData | RequestComplete | RequestAborted | BodyTooLarge | BodyBeyondLength | BodyIncomplete
+)
 
 
 # -- web-server side (ClientConnection) ------------------------------------------------------------------------

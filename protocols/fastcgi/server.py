@@ -19,7 +19,9 @@ from typing import Final
 from gateway.protocols.cgi import content_length, merge_params
 from gateway.protocols.errors import LocalProtocolError, RemoteProtocolError
 from gateway.protocols.fastcgi.events import (
+    BodyBeyondLength,
     BodyData,
+    BodyIncomplete,
     BodyTooLarge,
     RequestAborted,
     RequestComplete,
@@ -67,16 +69,51 @@ class Limits:
     max_connections: int
 
 
+class _Phase(Enum):
+    """Where one request id stands. Every phase says who owes what, so that no record (an ABORT_REQUEST above
+    all) can arrive in a phase that has no answer for it.
+
+    ==========  ====================================  ============================================================
+    phase       the web server owes                   ABORT_REQUEST
+    ==========  ====================================  ============================================================
+    PARAMS      the rest of the params stream         answered END_REQUEST by the codec: the app never heard of it
+    BODY        STDIN up to its empty record          RequestAborted; the app owes END_REQUEST
+    DRAINING    STDIN, read and dropped (refused)     RequestAborted; the app owes END_REQUEST
+    ANSWERING   nothing: the app owes END_REQUEST     RequestAborted; the app owes END_REQUEST
+    ABORTED     nothing that counts                   ignored (reported once); the app owes END_REQUEST
+    ==========  ====================================  ============================================================
+
+    ``end_request`` removes the id in every phase after PARAMS; after that, records for it are moot and dropped.
+    """
+
+    PARAMS = "receiving params"
+    BODY = "receiving the body"
+    DRAINING = "dropping a refused body"
+    ANSWERING = "input complete, awaiting the response"
+    ABORTED = "aborted by the web server, awaiting END_REQUEST"
+
+
+_P_PARAMS: Final = _Phase.PARAMS
+_P_BODY: Final = _Phase.BODY
+_P_DRAINING: Final = _Phase.DRAINING
+_P_ANSWERING: Final = _Phase.ANSWERING
+_P_ABORTED: Final = _Phase.ABORTED
+
+
 class _Request:
-    __slots__ = ("body_size", "keep_conn", "params", "params_done", "refused_body")
+    __slots__ = ("beyond", "body_size", "declared", "keep_conn", "params", "phase")
 
     def __init__(self, keep_conn: bool) -> None:
         self.keep_conn = keep_conn
+        self.phase: _Phase = _P_PARAMS
+        #: In PARAMS: the params stream so far (counted in ``ServerConnection._held_params``).
         self.params = bytearray()
-        self.params_done = False
+        #: Body bytes passed on to the application.
         self.body_size = 0
-        #: Set once the body went over the limit: the rest of it is read and dropped.
-        self.refused_body = False
+        #: CONTENT_LENGTH, once the params are complete; -1 when the request declared none.
+        self.declared = -1
+        #: STDIN went past ``declared`` (reported once; the excess is dropped).
+        self.beyond = False
 
 
 class _State(Enum):
@@ -138,6 +175,8 @@ class ServerConnection:
         #: In ERROR: the message of the error that put us there.
         self._failure = ""
         self._requests: dict[int, _Request] = {}
+        #: Bytes of params streams not yet complete, every request's together (see ``buffered``).
+        self._held_params = 0
         self._outgoing: list[bytes] = []
         #: A request arrived without FCGI_KEEP_CONN: the web server expects us to close once it is answered.
         self.close_after_response = False
@@ -149,6 +188,18 @@ class ServerConnection:
     def is_active(self, request_id: int) -> bool:
         return request_id in self._requests
 
+    def phase(self, request_id: int) -> str | None:
+        """The phase of an active request, as words (for tests and log lines); None when it is not active."""
+        request = self._requests.get(request_id)
+        return None if request is None else request.phase.value
+
+    @property
+    def buffered(self) -> int:
+        """Input bytes the codec holds for requests that are not complete: their params streams so far, and the
+        start of a record cut by a read. What a client can make the codec hold is this; body bytes are never held
+        (they are passed on as views)."""
+        return self._held_params + len(self._buffer)
+
     @property
     def input_pending(self) -> bool:
         """Part of a record, or a request whose params or body have not ended: the web server owes us bytes."""
@@ -156,13 +207,18 @@ class ServerConnection:
         # Identity tests, not a set of states: hashing an Enum member runs Python code, and this runs per read.
         if state is _PARTIAL or state is _STDIN_CONTENT or state is _STDIN_PADDING:
             return True
-        return any(not request.refused_body for request in self._requests.values())
+        for request in self._requests.values():
+            phase = request.phase
+            if phase is _P_PARAMS or phase is _P_BODY:
+                return True
+        return False
 
     @property
     def head_pending(self) -> bool:
         """A request (or a record) has started whose params are not complete yet."""
-        if any(not request.params_done for request in self._requests.values()):
-            return True
+        for request in self._requests.values():
+            if request.phase is _P_PARAMS:
+                return True
         return self._state is _PARTIAL and not self._requests
 
     # -- input -------------------------------------------------------------------------------------------------
@@ -235,6 +291,7 @@ class ServerConnection:
         self._state, self._failure = _ERROR, str(err)
         self._buffer = bytearray()
         self._requests.clear()
+        self._held_params = 0
         self._outgoing.clear()
 
     def _end_of_input(self) -> list[ServerEvent]:
@@ -327,8 +384,9 @@ class ServerConnection:
         elif record_type == _BEGIN_REQUEST:
             self._begin(request_id, content)
         elif record_type == _ABORT_REQUEST:
-            if request_id in self._requests:
-                events.append(RequestAborted(request_id))
+            request = self._requests.get(request_id)
+            if request is not None:
+                self._abort(request_id, request, events)
         elif record_type == _DATA:
             return  # the FILTER role's second stream; we serve RESPONDER only, which has none
         elif record_type == _GET_VALUES:
@@ -354,18 +412,34 @@ class ServerConnection:
         else:
             self._requests[request_id] = _Request(bool(flags & FCGI_KEEP_CONN))
 
+    def _abort(self, request_id: int, request: _Request, events: list[ServerEvent]) -> None:
+        """ABORT_REQUEST, answered in every phase (see ``_Phase``)."""
+        phase = request.phase
+        if phase is _P_PARAMS:
+            # The application never heard of this request: the codec answers it and forgets it.
+            self._held_params -= len(request.params)
+            del self._requests[request_id]
+            self._outgoing.append(self._end_record(request_id, 0, ProtocolStatus.REQUEST_COMPLETE))
+        elif phase is not _P_ABORTED:
+            request.phase = _P_ABORTED
+            events.append(RequestAborted(request_id))
+
     def _params(self, request_id: int, request: _Request, content: bytes, events: list[ServerEvent]) -> None:
-        if request.params_done:
+        if request.phase is not _P_PARAMS:
+            if request.phase is _P_ABORTED:
+                return
             raise RemoteProtocolError(f"PARAMS for request {request_id} after its params stream ended")
         if content:
             request.params += content
+            self._held_params += len(content)
             if len(request.params) > self.limits.max_params_size:
                 raise RemoteProtocolError(
                     f"params of request {request_id} exceed {self.limits.max_params_size} bytes "
                     "(raise --max-params-size if this is legitimate)"
                 )
             return
-        request.params_done = True
+        self._held_params -= len(request.params)
+        request.phase = _P_BODY
         params = merge_params(decode_pairs(request.params, self.limits.max_params))
         request.params = bytearray()
         events.append(RequestHead(request_id, params, request.keep_conn))
@@ -373,28 +447,50 @@ class ServerConnection:
             declared = content_length(params)
         except ValueError as err:
             raise RemoteProtocolError(str(err)) from None
-        if declared is not None and declared > self.limits.max_body_size:
-            request.refused_body = True
-            events.append(BodyTooLarge(request_id, self.limits.max_body_size))
+        if declared is not None:
+            request.declared = declared
+            if declared > self.limits.max_body_size:
+                request.phase = _P_DRAINING
+                events.append(BodyTooLarge(request_id, self.limits.max_body_size))
 
     def _stdin(
         self, request_id: int, request: _Request, content: bytes | memoryview, events: list[ServerEvent]
     ) -> None:
-        if not request.params_done:
-            raise RemoteProtocolError(f"STDIN for request {request_id} before its params stream ended")
-        if request.refused_body:
-            return
+        phase = request.phase
+        if phase is not _P_BODY:
+            if phase is _P_PARAMS:
+                raise RemoteProtocolError(f"STDIN for request {request_id} before its params stream ended")
+            if phase is _P_DRAINING and not content:
+                request.phase = _P_ANSWERING  # the refused body is over; its answer is the application's
+            return  # dropped: refused, aborted, or (ANSWERING) past an end the request already had
         if content:
-            request.body_size += len(content)
+            size = len(content)
+            declared = request.declared
+            if declared >= 0 and request.body_size + size > declared:
+                # CONTENT_LENGTH is the one truth about the body (PEP 3333): what goes beyond it never reaches
+                # the application. The excess is reported once and dropped; the body ends with its STDIN stream.
+                room = declared - request.body_size
+                if room:
+                    request.body_size = declared
+                    events.append(BodyData(request_id, content[:room]))
+                if not request.beyond:
+                    request.beyond = True
+                    events.append(BodyBeyondLength(request_id, declared))
+                return
+            request.body_size += size
             if request.body_size > self.limits.max_body_size:
-                request.refused_body = True
+                request.phase = _P_DRAINING
                 events.append(BodyTooLarge(request_id, self.limits.max_body_size))
                 return
             events.append(BodyData(request_id, content))
         else:
-            # Input is complete; the request stays active until the application ends it.
-            request.refused_body = True
-            events.append(RequestComplete(request_id))
+            # Input is complete; the request stays active until the application ends it. A body shorter than its
+            # CONTENT_LENGTH is not a complete request: reported, never dispatched.
+            request.phase = _P_ANSWERING
+            if request.body_size < request.declared:
+                events.append(BodyIncomplete(request_id, request.declared, request.body_size))
+            else:
+                events.append(RequestComplete(request_id))
 
     def _management(self, record_type: int, content: bytes) -> None:
         if record_type != _GET_VALUES:
@@ -435,8 +531,11 @@ class ServerConnection:
 
     def end_request(self, request_id: int, app_status: int = 0) -> bytes:
         """Close the STDOUT stream and end the request; nothing may be sent for this id afterwards."""
-        if self._requests.pop(request_id, None) is None:
+        request = self._requests.pop(request_id, None)
+        if request is None:
             raise self._inactive("END_REQUEST", request_id)
+        if request.phase is _P_PARAMS:
+            self._held_params -= len(request.params)
         return record(_STDOUT, request_id) + self._end_record(request_id, app_status, ProtocolStatus.REQUEST_COMPLETE)
 
     def _inactive(self, what: str, request_id: int) -> LocalProtocolError:

@@ -166,7 +166,11 @@ class ServerConnection:
         self._buffer = bytearray()
         self._vars_size = 0
         self._body_left = 0
+        self._declared = 0
         self._discard_body = False
+        #: The vars carried HTTP_CONTENT_LENGTH (a client's header) and no CONTENT_LENGTH: named when bytes
+        #: follow the request, since the header never frames the body.
+        self._unframed_header = ""
         #: In ERROR: the message of the error that put us there.
         self._failure = ""
 
@@ -174,6 +178,17 @@ class ServerConnection:
     def input_pending(self) -> bool:
         """The request (header, vars or body) is not complete: the web server owes us bytes."""
         return self._state is not _State.DONE and self._state is not _State.ERROR
+
+    @property
+    def unframed_length(self) -> str:
+        """The request's HTTP_CONTENT_LENGTH (at most 40 characters) when it carried no CONTENT_LENGTH, else "":
+        a client's header that never frames the body, worth a log line (it points at the web server's setup)."""
+        return self._unframed_header
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a header and vars block cut across reads, held until they are whole (body bytes never are)."""
+        return len(self._buffer)
 
     @property
     def head_pending(self) -> bool:
@@ -205,7 +220,7 @@ class ServerConnection:
         if state is _State.BODY:
             return self._body(data, [])
         if state is _State.DONE:
-            raise RemoteProtocolError(f"{len(data)} bytes after the end of the request (uwsgi carries one request)")
+            raise self._beyond(f"{len(data)} bytes after the end of the request")
         # A header and vars block that arrive in one read (the common case) are parsed straight out of it, and
         # the body bytes behind them are passed on as a view; only a head cut across reads is buffered.
         buffer = self._buffer
@@ -252,17 +267,31 @@ class ServerConnection:
             declared = content_length(params) or 0
         except ValueError as err:
             raise RemoteProtocolError(str(err)) from None
-        self._body_left = declared
+        self._body_left = self._declared = declared
+        if not declared:
+            header = params.get("HTTP_CONTENT_LENGTH", "0")
+            if header and header != "0":
+                self._unframed_header = header[:40]
         if declared > self.limits.max_body_size:
             self._discard_body = True
             events.append(BodyTooLarge(self.limits.max_body_size))
         self._state = _State.BODY
         return self._body(rest, events)
 
+    def _beyond(self, what: str) -> RemoteProtocolError:
+        """Bytes past the body that CONTENT_LENGTH framed (uwsgi carries one request per connection)."""
+        reason = f"{what} (uwsgi carries one request)"
+        if self._unframed_header:
+            reason += (
+                f"; the vars carry HTTP_CONTENT_LENGTH {self._unframed_header!r}, a client's header, which never "
+                "frames the body: the web server must send CONTENT_LENGTH (nginx's uwsgi_params does)"
+            )
+        return RemoteProtocolError(reason)
+
     def _body(self, data: bytes | memoryview, events: list[Event]) -> list[Event]:
         left = self._body_left
         if len(data) > left:
-            raise RemoteProtocolError(f"{len(data) - left} bytes beyond CONTENT_LENGTH (uwsgi carries one request)")
+            raise self._beyond(f"{len(data) - left} bytes beyond CONTENT_LENGTH {self._declared}")
         if data and not self._discard_body:
             events.append(BodyData(data))
         left -= len(data)

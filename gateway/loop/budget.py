@@ -1,0 +1,134 @@
+"""What clients can make the loop hold before their requests are complete: bounded per connection and in all.
+
+A request is read whole before a worker sees it, so until it is complete its params and the in-memory part of its
+body live in the loop's process. A FastCGI connection may open ``--max-requests-per-connection`` ids and send up
+to ``--max-params-size`` of params for each without ever ending one; many such connections, or many uploads
+still under the spool threshold, add up. Two budgets bound that:
+
+- per connection (``--max-connection-buffer``): a connection whose incomplete requests hold more is closed, with
+  one log line. Nothing a well-behaved web server sends comes near it (nginx multiplexes nothing: one request of
+  at most ``--max-params-size`` plus ``--body-spool-threshold`` at a time, which the setting must allow).
+- in all (``--max-buffered``): beyond it, the connection whose read went over spools its bodies to temporary
+  files, and if it still holds more than its share (the budget divided among the connections holding anything)
+  the loop stops reading from it. Small requests keep being read and served; a paused connection still counts
+  against ``--header-timeout`` and ``--body-timeout``, so a peer that never completes its requests is closed on
+  time, and its kernel buffers, not the loop's heap, hold what it sends meanwhile. Reading resumes once the total
+  is back under three quarters of the budget.
+
+The accounting costs a request whose params and body arrive in one read nothing but one comparison: a
+connection reports what it holds after each read (``FrontConnection.account``) only when that changed.
+
+Freed memory: the heap keeps up to 32 MiB of free memory (gateway/memory.py), and a burst of small params
+buffers fragments it, so that what the hostile connections held stays resident after they close. Once a second
+the sweep trims the heap (``malloc_trim``) when what incomplete requests hold has fallen from a peak of at least
+``TRIM_AFTER`` to a quarter of it: only after a burst, never on a steady load.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from gateway.memory import trim_heap
+
+if TYPE_CHECKING:
+    from gateway.loop.front import FrontConnection
+
+log = logging.getLogger("gateway.front")
+
+#: A peak of held bytes at least this large, once fallen to a quarter, is followed by a heap trim.
+TRIM_AFTER = 8 << 20
+
+
+class MemoryBudget:
+    """The loop-wide account of bytes held by incomplete requests, shared by every listener's connections."""
+
+    __slots__ = ("_low_water", "_peak", "holders", "limit", "paused", "per_connection", "pressed", "total", "trims")
+
+    def __init__(self, per_connection: int, limit: int) -> None:
+        self.per_connection = per_connection
+        self.limit = limit
+        self._low_water = limit * 3 // 4
+        #: Bytes held now, and the connections holding any.
+        self.total = 0
+        self.holders: set[FrontConnection] = set()
+        #: Connections whose reading the budget paused.
+        self.paused: set[FrontConnection] = set()
+        #: Over the budget since the last time it fell back under its low water (logged once per episode).
+        self.pressed = False
+        self._peak = 0
+        #: Heap trims done (for tests and stats).
+        self.trims = 0
+
+    def change(self, connection: FrontConnection, before: int, after: int) -> None:
+        """``connection``'s holding went from ``before`` to ``after`` bytes."""
+        self.total += after - before
+        if not before:
+            self.holders.add(connection)
+        elif not after:
+            self.holders.discard(connection)
+        self._peak = max(self._peak, self.total)
+
+    @property
+    def over(self) -> bool:
+        return self.total > self.limit
+
+    def fair_share(self) -> int:
+        return self.limit // max(len(self.holders), 1)
+
+    def pressure(self, connection: FrontConnection) -> None:
+        """``connection``'s read took the total over the budget.
+
+        The first time (entering pressure): every holder's bodies go to their files, then every holder still
+        above its share stops being read. While the pressure lasts, only the connection whose read grew is
+        looked at, so a read costs no pass over the connections.
+        """
+        if not self.pressed:
+            self.pressed = True
+            log.warning(
+                "incomplete requests hold %d bytes in all, over --max-buffered (%d): spooling their bodies and "
+                "pausing reads from the connections holding the most",
+                self.total,
+                self.limit,
+            )
+            holders = list(self.holders)
+            for holder in holders:
+                holder.spool_bodies()
+            for holder in holders:
+                self._pause_if_above_share(holder)
+        else:
+            connection.spool_bodies()
+            self._pause_if_above_share(connection)
+
+    def _pause_if_above_share(self, connection: FrontConnection) -> None:
+        if self.total > self.limit and connection.held > self.fair_share() and connection.pause_input():
+            self.paused.add(connection)
+
+    def relieve(self) -> None:
+        """Resume the paused connections once the total is back under the low water."""
+        if self.total >= self._low_water:
+            return
+        paused, self.paused = self.paused, set()
+        for connection in paused:
+            connection.resume_input()
+        if self.pressed:
+            self.pressed = False
+            log.info(
+                "incomplete requests hold %d bytes in all, under --max-buffered again: reading resumed on %d "
+                "connections",
+                self.total,
+                len(paused),
+            )
+
+    def forget(self, connection: FrontConnection) -> None:
+        self.paused.discard(connection)
+
+    def sweep(self) -> None:
+        """Once a second: resume what can be, and trim the heap after a burst."""
+        if self.paused:
+            self.relieve()
+        peak = self._peak
+        if peak >= TRIM_AFTER and self.total <= peak // 4:
+            self._peak = self.total
+            self.trims += 1
+            trim_heap()
