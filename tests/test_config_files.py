@@ -56,9 +56,22 @@ ROWS: list[tuple[str, list[str], str]] = [
      'script_name = "/app"\napp = "tests.apps:app"'),
     (
         'logformat = %(addr) [%(ltime)] "%(method) %(uri) %(proto)" %(status) %(size) %(msecs)',
-        ["--access-log-format", '%(h)s [%(t)s] "%(r)s" %(s)s %(B)s %(M)s'],
-        'access_log_format = "%(h)s [%(t)s] \\"%(r)s\\" %(s)s %(B)s %(M)s"',
+        ["--access-log-format", '%(addr) [%(ltime)] "%(method) %(uri) %(proto)" %(status) %(size) %(msecs)'],
+        'access_log_format = "%(addr) [%(ltime)] \\"%(method) %(uri) %(proto)\\" %(status) %(size) %(msecs)"',
     ),
+    (
+        "subscribe2 = server=127.0.0.1:2626,key=foo.com",
+        ["--subscribe", "127.0.0.1:2626=foo.com"],
+        'subscribe = ["127.0.0.1:2626=foo.com"]',
+    ),
+    ("subscribe-to = 127.0.0.1:2626:foo.com", ["--subscribe", "127.0.0.1:2626=foo.com"],
+     'subscribe = ["127.0.0.1:2626=foo.com"]'),
+    ("threads = 4", ["--threads", "4"], "threads = 4"),
+    ("http = 127.0.0.1:8001", ["--http", "127.0.0.1:8001"], 'http = ["127.0.0.1:8001"]'),
+    ("subscribe-freq = 5", ["--subscribe-interval", "5"], "subscribe_interval = 5"),
+    ("http-socket = 127.0.0.1:8000", ["--http", "127.0.0.1:8000"], 'http = ["127.0.0.1:8000"]'),
+    ("stats = 127.0.0.1:1717", ["--stats", "127.0.0.1:1717"], 'stats = "127.0.0.1:1717"'),
+    ("reuse-port = true", ["--reuse-port"], "reuse_port = true"),
     ("buffer-size = 32768", ["--max-params-size", "32768"], "max_params_size = 32768"),
     ("limit-post = 1048576", ["--max-body-size", "1048576"], "max_body_size = 1048576"),
     ("reload-mercy = 15", ["--graceful-timeout", "15"], "graceful_timeout = 15"),
@@ -196,7 +209,8 @@ def test_ini_rules_placeholders_sections_and_repeats(tmp_path: Path) -> None:
         "socket = %(base).sock\nsocket = $(GW_TEST_ADDR)\nprocesses = %k\nunknown-thing = 1\n"
         "logformat = %(addr) %(notanoption)\n"
     )
-    with pytest.raises(ConfigError, match=r"logformat variable %\(notanoption\) has no equivalent"):
+    refused = r"\(logformat\): --access-log-format '%\(addr\) %\(notanoption\)': is not a log"
+    with pytest.raises(ConfigError, match=refused):
         load(["--ini", str(ini)], environ={"GW_TEST_ADDR": "127.0.0.1:3999"})
     ini.write_text(ini.read_text().replace(" %(notanoption)", ""))
     loaded = load(["--ini", str(ini)], environ={"GW_TEST_ADDR": "127.0.0.1:3999"})
