@@ -115,3 +115,16 @@ def test_a_missing_directory_is_a_configuration_error(tmp_path: Path, option: st
     result = _run(tmp_path, option, "missing", "mysite.wsgi:application")
     assert result.returncode == EXIT_CONFIG
     assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reload_leaves_out_the_virtualenvs_kept_inside_the_project(tmp_path: Path) -> None:
+    # What --reload hands watchfiles as paths to ignore: a pip install into the project's venv reloads nothing.
+    from gateway.master.server import virtualenvs_under
+
+    for venv in ("env", "tools/venv", "a/b/c/too-deep"):
+        (tmp_path / venv).mkdir(parents=True)
+        (tmp_path / venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (tmp_path / "env" / "inner").mkdir()
+    (tmp_path / "env" / "inner" / "pyvenv.cfg").write_text("")  # inside a venv already left out
+    (tmp_path / "mysite").mkdir()
+    assert virtualenvs_under([str(tmp_path)]) == [str(tmp_path / "env"), str(tmp_path / "tools" / "venv")]
