@@ -132,6 +132,21 @@ def server_notes(specs: Sequence[ServerSpec], workers: int) -> list[str]:
     return lines
 
 
+def servers_and_gaps(
+    specs: Sequence[ServerSpec],
+    workers: int,
+    unavailable: Mapping[str, str],
+    skipped: Mapping[tuple[str, str], str],
+) -> list[str]:
+    """A results section's tail: how each server ran, then what could not be measured and why."""
+    lines = ["### Servers", "", *server_notes(specs, workers), ""]
+    problems = [f"- {name}: {why}" for name, why in unavailable.items()]
+    problems += [f"- {server} / {scenario}: {why}" for (server, scenario), why in skipped.items()]
+    if problems:
+        lines += ["### Not measured", "", *problems, ""]
+    return lines
+
+
 def select_named(known: Mapping[str, T], names: Sequence[str] | None, what: str) -> list[T]:
     """The items of ``known`` named in ``names``, in ``known``'s order (all of them when ``names`` is empty); a
     BenchError naming the unknown ones and the choices."""

@@ -25,7 +25,7 @@ from benchmarks.harness import (
     http_get,
     running_stack,
     select_named,
-    server_notes,
+    servers_and_gaps,
 )
 from benchmarks.procstats import cpu_seconds, pss_bytes, tree_pids
 from benchmarks.report import fmt, median, publish
@@ -173,12 +173,7 @@ def report_body(
                 f"{fmt(row.cpu_ms_per_request, 2)} | {fmt(row.pss_mib)} |"
             )
         lines.append("")
-    lines += ["### Servers", "", *server_notes(specs, options.workers), ""]
-    problems = [f"- {name}: {why}" for name, why in unavailable.items()]
-    problems += [f"- {server} / {scenario}: {why}" for (server, scenario), why in skipped.items()]
-    if problems:
-        lines += ["### Not measured", "", *problems, ""]
-    return lines
+    return lines + servers_and_gaps(specs, options.workers, unavailable, skipped)
 
 
 def select_servers(names: Sequence[str] | None) -> list[ServerSpec]:

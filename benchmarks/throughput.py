@@ -23,7 +23,7 @@ from benchmarks.harness import (
     running_stack,
     select_named,
     select_servers,
-    server_notes,
+    servers_and_gaps,
 )
 from benchmarks.procstats import PeakRss, cpu_seconds
 from benchmarks.report import fmt, median, publish
@@ -185,12 +185,7 @@ def report_body(
                 f"{_latency(row, row.p99_ms)} | {row.errors} | {fmt(row.cpu_per_1k, 3)} | {fmt(row.peak_rss_mib)} |"
             )
         lines.append("")
-    lines += ["### Servers", "", *server_notes(specs, options.workers), ""]
-    problems = [f"- {name}: {why}" for name, why in unavailable.items()]
-    problems += [f"- {server} / {scenario}: {why}" for (server, scenario), why in skipped.items()]
-    if problems:
-        lines += ["### Not measured", "", *problems, ""]
-    return lines
+    return lines + servers_and_gaps(specs, options.workers, unavailable, skipped)
 
 
 def run(options: Options) -> Path:
