@@ -13,8 +13,9 @@ import pytest
 
 from gateway.config.errors import ConfigError
 from gateway.config.settings import Config
-from gateway.loop.budget import TRIM_AFTER, MemoryBudget
+from gateway.loop.budget import MAX_READ, PAUSE_ABOVE, PRESSED_READ, TRIM_AFTER, MemoryBudget
 from gateway.loop.fastcgi_front import FastCGIConnection
+from gateway.loop.front import FrontConnection
 from gateway.loop.uwsgi_front import UwsgiConnection
 from gateway.protocols.fastcgi import encode_abort, encode_begin, encode_params, encode_request, encode_stdin
 from gateway.protocols.uwsgi import encode_request as encode_uwsgi_request
@@ -36,6 +37,14 @@ def _harness(tmp_path: Path, **settings: Any) -> Harness:
 def _open_params(request_id: int, size: int) -> bytes:
     """BEGIN_REQUEST and ``size`` bytes of a params stream that never ends."""
     return encode_begin(request_id) + encode_params(request_id, {"HTTP_X_PAD": "p" * (size - 14)})[:-8]
+
+
+def _read(connection: FrontConnection, data: bytes) -> None:
+    """A read as uvloop makes it: into the buffer the connection's ``get_buffer`` gave, then ``buffer_updated``."""
+    buffer = connection.get_buffer(-1)
+    assert len(data) <= len(buffer)
+    buffer[: len(data)] = data
+    connection.buffer_updated(len(data))
 
 
 async def test_a_connection_over_its_budget_is_closed_with_one_line(
@@ -133,3 +142,47 @@ async def test_the_heap_is_trimmed_once_after_a_burst(tmp_path: Path) -> None:
 def test_the_connection_budget_must_fit_one_largest_request() -> None:
     with pytest.raises(ConfigError, match="--max-connection-buffer 1000 must be at least --max-params-size"):
         Config(workers=1, max_connection_buffer=1000)
+
+
+async def test_reads_share_one_buffer_that_shrinks_while_the_budget_is_more_than_half_used(tmp_path: Path) -> None:
+    """A read is in memory before it is accounted: past half the budget each read is small, so a thousand
+    connections add a thousand small reads past it, not a thousand reads of uvloop's 256 KiB."""
+    harness = _harness(tmp_path)
+    budget = harness.context.budget
+    upload, _ = harness.connect(FastCGIConnection)
+    assert len(upload.get_buffer(-1)) == MAX_READ
+    body = b"b" * 3000
+    _read(upload, encode_request(1, params("/upload", "POST", CONTENT_LENGTH=str(len(body))), body))
+    (request,) = harness.dispatcher.submitted
+    upload.get_buffer(-1)[:] = b"\0" * MAX_READ  # the next read, on any connection, lands in the same buffer
+    assert b"".join(bytes(chunk) for chunk in request.body.finish()) == body  # the request has its own copy
+    hostile = [harness.connect(FastCGIConnection) for _ in range(2)]
+    for connection, _ in hostile:  # 2 x 12 KiB: over half of the 40 KiB budget, not over the budget
+        _read(connection, _open_params(1, 6000) + _open_params(2, 6000))
+    assert budget.limit // 2 < budget.total <= budget.limit
+    assert len(upload.get_buffer(-1)) == PRESSED_READ
+    for _, transport in hostile:
+        transport.abort()
+    harness.loop.run_ready()
+    assert budget.total == 0
+    assert len(upload.get_buffer(-1)) == MAX_READ
+
+
+async def test_over_the_budget_a_newcomer_holding_more_than_a_little_is_paused(tmp_path: Path) -> None:
+    """Not a share of the budget: what connections hold only goes down when their requests complete, so shares
+    computed among fewer holders would add up to far more than the budget."""
+    harness = _harness(tmp_path)
+    budget = harness.context.budget
+    for _ in range(4):  # 4 x 12 KiB: over the 40 KiB budget
+        connection, _ = harness.connect(FastCGIConnection)
+        _read(connection, _open_params(1, 6000) + _open_params(2, 6000))
+    assert budget.total > budget.limit
+    newcomer, newcomer_transport = harness.connect(FastCGIConnection)
+    _read(newcomer, _open_params(1, PAUSE_ABOVE + 1000))  # under a sixth of the budget: a fair share would read on
+    assert newcomer_transport.reading_paused
+    small, small_transport = harness.connect(FastCGIConnection)
+    _read(small, _open_params(1, PAUSE_ABOVE // 2))  # a head cut by a read: read on
+    assert not small_transport.reading_paused
+    whole, _ = harness.connect(FastCGIConnection)
+    _read(whole, encode_request(1, params("/hello")))
+    assert len(harness.dispatcher.submitted) == 1

@@ -85,3 +85,24 @@ def test_many_connections_under_their_own_budget_are_held_by_the_loop_wide_one(
         wait_for(lambda: _master_rss(process) - base < 16 * MIB, 10, "the master's memory to come back")
     finally:
         client.sock.close()
+
+
+def test_a_thousand_hostile_connections_cost_the_master_at_most_64_mib(gateway: tuple[GatewayProcess, int]) -> None:
+    """The issue's target at its size: every connection pushes 1 MiB of params that never end. Each read is
+    accounted once it is in memory, so the bound is the budget plus what a connection may read before it is
+    paused: small reads past half the budget (before them, 1,000 first reads of up to 256 KiB took +150 MiB)."""
+    process, port = gateway
+    client = HelloClient(port)
+    try:
+        client.rate(0.3)
+        base = _master_rss(process)
+        attack = Attack(port, connections=1000, ids=16, size=65000)
+        attack.start()
+        served_before = client.served
+        peak = _push_until(attack, client, 4, process)
+        assert "over --max-buffered" in process.log_text()
+        assert client.served - served_before > 10, "well-behaved requests kept being served"
+        assert peak - base < 64 * MIB, f"master RSS grew {(peak - base) / MIB:.0f} MiB"
+        attack.close()
+    finally:
+        client.sock.close()

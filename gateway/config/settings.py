@@ -438,10 +438,11 @@ class Config:
         section="limits",
         metavar="BYTES",
         help="memory the incomplete requests of all connections may hold together; beyond it bodies go to "
-        "temporary files and reading pauses on the connections holding the most",
-        doc="memory the incomplete requests of all connections may hold together; beyond it the bodies being "
-        "received go to temporary files and the loop stops reading from the connections holding more than their "
-        "share until the total is back under three quarters of it, so well-behaved requests keep being served",
+        "temporary files and reading pauses on the connections still holding more than 4 KiB",
+        doc="memory the incomplete requests of all connections may hold together; past half of it each read takes "
+        "at most 16 KiB, and beyond it the bodies being received go to temporary files and the loop stops "
+        "reading from the connections whose incomplete requests still hold more than 4 KiB until the total is "
+        "back under three quarters of it, so well-behaved requests keep being served",
         checks=(POSITIVE,),
         example="134217728",
     )

@@ -9,14 +9,28 @@ still under the spool threshold, add up. Two budgets bound that:
   one log line. Nothing a well-behaved web server sends comes near it (nginx multiplexes nothing: one request of
   at most ``--max-params-size`` plus ``--body-spool-threshold`` at a time, which the setting must allow).
 - in all (``--max-buffered``): beyond it, the connection whose read went over spools its bodies to temporary
-  files, and if it still holds more than its share (the budget divided among the connections holding anything)
-  the loop stops reading from it. Small requests keep being read and served; a paused connection still counts
-  against ``--header-timeout`` and ``--body-timeout``, so a peer that never completes its requests is closed on
-  time, and its kernel buffers, not the loop's heap, hold what it sends meanwhile. Reading resumes once the total
-  is back under three quarters of the budget.
+  files, and if its incomplete requests still hold more than ``PAUSE_ABOVE`` (params, or a head, that a read
+  did not complete) the loop stops reading from it. Requests that arrive whole in a read, and uploads (whose
+  bodies are now in files, leaving only a record's start held), keep being read and served; a paused connection
+  still counts against ``--header-timeout`` and ``--body-timeout``, so a peer that never completes its requests
+  is closed on time, and its kernel buffers, not the loop's heap, hold what it sends meanwhile. Reading resumes
+  once the total is back under three quarters of the budget.
+
+  Why not a fair share (the budget divided among the holders): what a connection holds only goes down when its
+  requests complete, so letting each newcomer read up to a share computed when there were fewer holders adds up
+  to the budget times the logarithm of the number of connections (1,000 connections: 100 MiB held against 32).
 
 The accounting costs a request whose params and body arrive in one read nothing but one comparison: a
 connection reports what it holds after each read (``FrontConnection.account``) only when that changed.
+
+Reads: a read is in memory before it can be accounted, so what the budget can refuse is the next read, not the
+one that went over. Every connection may thus hold its share plus one read, and with a thousand connections one
+read each is most of the memory: uvloop reads up to 256 KiB at a time, and a hostile peer's first read is as
+large as its kernel buffer allows. So the loop's connections read into one shared buffer (``read_view``, handed
+to uvloop by ``FrontConnection.get_buffer``) whose size the budget sets: ``MAX_READ`` while the total is under
+half the budget, ``PRESSED_READ`` above it. Beyond the budget, then, N connections add at most N times
+``PAUSE_ABOVE`` plus a small read; well-behaved requests (a head of a few KiB) still arrive in one read, and
+uploads read in smaller pieces only while the budget is more than half used.
 
 Freed memory: the heap keeps up to 32 MiB of free memory (gateway/memory.py), and a burst of small params
 buffers fragments it, so that what the hostile connections held stays resident after they close. Once a second
@@ -38,17 +52,46 @@ log = logging.getLogger("gateway.front")
 
 #: A peak of held bytes at least this large, once fallen to a quarter, is followed by a heap trim.
 TRIM_AFTER = 8 << 20
+#: The most one read takes from a socket: uvloop's own read size.
+MAX_READ = 256 << 10
+#: The most one read takes once incomplete requests hold more than half the budget: a request head of nginx's
+#: (a few KiB) still arrives whole, and a thousand connections add 16 MiB, not 256 MiB, past the budget.
+PRESSED_READ = 16 << 10
+#: Over the budget, a connection whose incomplete requests still hold more than this once their bodies are
+#: spooled stops being read: more than a record's start (an upload streaming into its file holds a few bytes).
+PAUSE_ABOVE = 4 << 10
 
 
 class MemoryBudget:
     """The loop-wide account of bytes held by incomplete requests, shared by every listener's connections."""
 
-    __slots__ = ("_low_water", "_peak", "holders", "limit", "paused", "per_connection", "pressed", "total", "trims")
+    __slots__ = (
+        "_half",
+        "_low_water",
+        "_peak",
+        "_pressed_view",
+        "holders",
+        "limit",
+        "paused",
+        "per_connection",
+        "pressed",
+        "read_buffer",
+        "read_view",
+        "total",
+        "trims",
+    )
 
     def __init__(self, per_connection: int, limit: int) -> None:
         self.per_connection = per_connection
         self.limit = limit
         self._low_water = limit * 3 // 4
+        self._half = limit // 2
+        #: The loop's one read buffer: every connection's read lands here and is copied out into a bytes object
+        #: of the read's size (as uvloop does with its own buffer), so it is never held past the read.
+        self.read_buffer = memoryview(bytearray(MAX_READ))
+        self._pressed_view = self.read_buffer[:PRESSED_READ]
+        #: The part of it the next read gets: less while the budget is more than half used.
+        self.read_view = self.read_buffer
         #: Bytes held now, and the connections holding any.
         self.total = 0
         self.holders: set[FrontConnection] = set()
@@ -62,32 +105,30 @@ class MemoryBudget:
 
     def change(self, connection: FrontConnection, before: int, after: int) -> None:
         """``connection``'s holding went from ``before`` to ``after`` bytes."""
-        self.total += after - before
+        total = self.total = self.total + after - before
         if not before:
             self.holders.add(connection)
         elif not after:
             self.holders.discard(connection)
-        self._peak = max(self._peak, self.total)
+        self._peak = max(self._peak, total)
+        self.read_view = self._pressed_view if total > self._half else self.read_buffer
 
     @property
     def over(self) -> bool:
         return self.total > self.limit
 
-    def fair_share(self) -> int:
-        return self.limit // max(len(self.holders), 1)
-
     def pressure(self, connection: FrontConnection) -> None:
         """``connection``'s read took the total over the budget.
 
         The first time (entering pressure): every holder's bodies go to their files, then every holder still
-        above its share stops being read. While the pressure lasts, only the connection whose read grew is
-        looked at, so a read costs no pass over the connections.
+        holding more than ``PAUSE_ABOVE`` stops being read. While the pressure lasts, only the connection whose
+        read grew is looked at, so a read costs no pass over the connections.
         """
         if not self.pressed:
             self.pressed = True
             log.warning(
                 "incomplete requests hold %d bytes in all, over --max-buffered (%d): spooling their bodies and "
-                "pausing reads from the connections holding the most",
+                "pausing reads from the connections whose requests a read did not complete",
                 self.total,
                 self.limit,
             )
@@ -95,13 +136,13 @@ class MemoryBudget:
             for holder in holders:
                 holder.spool_bodies()
             for holder in holders:
-                self._pause_if_above_share(holder)
+                self._pause_if_holding(holder)
         else:
             connection.spool_bodies()
-            self._pause_if_above_share(connection)
+            self._pause_if_holding(connection)
 
-    def _pause_if_above_share(self, connection: FrontConnection) -> None:
-        if self.total > self.limit and connection.held > self.fair_share() and connection.pause_input():
+    def _pause_if_holding(self, connection: FrontConnection) -> None:
+        if self.total > self.limit and connection.held > PAUSE_ABOVE and connection.pause_input():
             self.paused.add(connection)
 
     def relieve(self) -> None:
