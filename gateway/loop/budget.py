@@ -41,12 +41,14 @@ the sweep trims the heap (``malloc_trim``) when what incomplete requests hold ha
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from gateway.memory import trim_heap
 
 if TYPE_CHECKING:
     from gateway.loop.front import FrontConnection
+    from gateway.loop.request import Request
 
 log = logging.getLogger("gateway.front")
 
@@ -79,6 +81,7 @@ class MemoryBudget:
         "read_view",
         "total",
         "trims",
+        "waiting",
     )
 
     def __init__(self, per_connection: int, limit: int) -> None:
@@ -92,9 +95,12 @@ class MemoryBudget:
         self._pressed_view = self.read_buffer[:PRESSED_READ]
         #: The part of it the next read gets: less while the budget is more than half used.
         self.read_view = self.read_buffer
-        #: Bytes held now, and the connections holding any.
+        #: Bytes held now (incomplete requests, and complete ones waiting for a worker), and the connections
+        #: holding any of the incomplete ones.
         self.total = 0
         self.holders: set[FrontConnection] = set()
+        #: Complete requests whose bodies the loop holds in memory, and the bytes counted for each (see ``wait``).
+        self.waiting: dict[Request, int] = {}
         #: Connections whose reading the budget paused.
         self.paused: set[FrontConnection] = set()
         #: Over the budget since the last time it fell back under its low water (logged once per episode).
@@ -113,6 +119,45 @@ class MemoryBudget:
         self._peak = max(self._peak, total)
         self.read_view = self._pressed_view if total > self._half else self.read_buffer
 
+    def wait(self, request: Request) -> None:
+        """``request`` is complete and part of its body is in memory: counted until the request ends.
+
+        Until then the loop holds the body: while it waits for a worker (in the queue, or for its session), and
+        after a worker took it too, since the body keeps its chunks until the request is released. The
+        per-connection budget does not count it (it is a request, served in turn, not input still owed), and
+        nothing is paused for it: a complete request that would take the total over the budget has its body
+        written to its file at once instead, as the bodies of the requests still waiting for a worker are when a
+        read goes over.
+        """
+        size = request.body.memory
+        if not size:
+            return
+        if self.total + size > self.limit:
+            request.body.spool()
+            return
+        self.waiting[request] = size
+        request.cleanups.append(partial(self.settle, request))
+        total = self.total = self.total + size
+        self._peak = max(self._peak, total)
+        self.read_view = self._pressed_view if total > self._half else self.read_buffer
+
+    def settle(self, request: Request) -> None:
+        """``request`` ended (a cleanup of its): its body is no longer the loop's to hold."""
+        size = self.waiting.pop(request, 0)
+        if size:
+            total = self.total = self.total - size
+            self.read_view = self._pressed_view if total > self._half else self.read_buffer
+            if self.paused:
+                self.relieve()
+
+    def _spool_waiting(self) -> None:
+        """The bodies of the requests no worker has taken yet go to their files (``number`` is given at the hand
+        over); those a worker has are its to read and stay counted until their requests end."""
+        waiting = self.waiting
+        for request in [request for request in waiting if not request.number]:
+            request.body.spool()
+            self.total -= waiting.pop(request)
+
     @property
     def over(self) -> bool:
         return self.total > self.limit
@@ -120,7 +165,8 @@ class MemoryBudget:
     def pressure(self, connection: FrontConnection) -> None:
         """``connection``'s read took the total over the budget.
 
-        The first time (entering pressure): every holder's bodies go to their files, then every holder still
+        The first time (entering pressure): the bodies of every request waiting for a worker and of every holder
+        go to their files, then every holder still
         holding more than ``PAUSE_ABOVE`` stops being read. While the pressure lasts, only the connection whose
         read grew is looked at, so a read costs no pass over the connections.
         """
@@ -132,6 +178,7 @@ class MemoryBudget:
                 self.total,
                 self.limit,
             )
+            self._spool_waiting()
             holders = list(self.holders)
             for holder in holders:
                 holder.spool_bodies()
@@ -165,8 +212,9 @@ class MemoryBudget:
         self.paused.discard(connection)
 
     def sweep(self) -> None:
-        """Once a second: resume what can be, and trim the heap after a burst."""
-        if self.paused:
+        """Once a second: resume what can be (and end a pressure that paused nobody), and trim the heap after a
+        burst."""
+        if self.paused or self.pressed:
             self.relieve()
         peak = self._peak
         if peak >= TRIM_AFTER and self.total <= peak // 4:
