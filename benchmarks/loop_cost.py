@@ -1,7 +1,8 @@
 """The Python each request costs the event loop and a worker, measured without the kernel, nginx or wrk.
 
 A whole-system run on a busy 2-core machine swings by ±20% from one minute to the next, which hides a change
-worth a few per cent. Here the real front connection (FastCGI with or without keep-conn, or uwsgi), the real
+worth a few per cent. Here the real front connection (FastCGI with or without keep-conn, uwsgi, or HTTP/1.1 with
+keep-alive or ``Connection: close``, as wrk sends it to ``--http``), the real
 dispatcher with the default session hook, and the real supervisor, scheduler and relays run on an event loop, with
 in-memory transports, and each worker is played in this process by the real worker ``Channel`` and
 ``run_request`` on an in-memory socket. Time spent in the loop's code and in the workers' code is counted apart,
@@ -12,8 +13,8 @@ Even this timing moves by ±20% on a shared virtual machine, whose speed itself 
 Python bytecode instructions each request executes instead (with ``sys.settrace``, so slowly, over fewer
 requests): a deterministic measure of the interpreted work, blind only to time spent inside C functions.
 
-    python -m benchmarks.loop_cost [--mode fcgi-keep|fcgi|uwsgi ...] [--requests N] [--repeat K] [--opcodes]
-        [--counters]
+    python -m benchmarks.loop_cost [--mode fcgi-keep|fcgi|uwsgi|http-keep|http ...] [--requests N] [--repeat K]
+        [--opcodes] [--counters]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from gateway.loop.counters import COUNTERS
 from gateway.loop.dispatch import Dispatcher
 from gateway.loop.fastcgi_front import FastCGIConnection
 from gateway.loop.front import FrontConnection, FrontContext
+from gateway.loop.http_front import HTTPConnection
 from gateway.loop.uwsgi_front import UwsgiConnection
 from gateway.master.server import session_hook_for
 from gateway.master.supervisor import Supervisor
@@ -67,7 +69,12 @@ PARAMS = {
     "REDIRECT_STATUS": "200",
     "HTTP_HOST": "127.0.0.1:8080",
 }
-MODES = ("fcgi-keep", "fcgi", "uwsgi")
+#: What wrk sends to an HTTP listener (``-H "Connection: close"`` for the one-request mode).
+HTTP_REQUEST = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+HTTP_CLOSE_REQUEST = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nConnection: close\r\n\r\n"
+MODES = ("fcgi-keep", "fcgi", "uwsgi", "http-keep", "http")
+#: Modes whose connections carry many requests: opened once, not per request.
+KEPT_MODES = ("fcgi-keep", "http-keep")
 
 
 class _FrontTransport:
@@ -96,9 +103,16 @@ class _FrontTransport:
     abort = close
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+        # The addresses a TCP listener's transport gives (the HTTP front copies them into each request).
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
         pass
 
 
@@ -223,10 +237,14 @@ async def measure(
     context = FrontContext(config, dispatcher, spool, "loop-cost")
     settings = pool.worker_settings  # what a real worker is started with
     stand_ins = [_StandIn(pool, 1000 + number, settings) for number in range(workers)]
-    keep = mode == "fcgi-keep"
+    keep = mode in KEPT_MODES
+    factory: Callable[[FrontContext], FrontConnection]
     if mode == "uwsgi":
         payload = uwsgi_request(PARAMS)
-        factory: Callable[[FrontContext], FrontConnection] = UwsgiConnection
+        factory = UwsgiConnection
+    elif mode.startswith("http"):
+        payload = HTTP_REQUEST if keep else HTTP_CLOSE_REQUEST
+        factory = HTTPConnection
     else:
         payload = fastcgi_request(1, PARAMS, keep_conn=keep)
         factory = FastCGIConnection
@@ -293,7 +311,7 @@ async def measure(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loop_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", action="append", choices=MODES, help="default: all three")
+    parser.add_argument("--mode", action="append", choices=MODES, help="default: all five")
     parser.add_argument("--requests", type=int, default=20_000, help="per repetition (default 20000)")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions; medians are printed (default 5)")
     parser.add_argument("--connections", type=int, default=32, help="requests in flight at once (default 32)")

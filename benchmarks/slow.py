@@ -390,14 +390,16 @@ async def _run_cells(stack: Stack, wrk: str, modes: list[str], options: Options)
                     f"(held {cell.held:4d}, closed {cell.closed_by_server:5d}): {cell.wrk.rps:8.0f} req/s  "
                     f"p99 {cell.wrk.p99_ms:8.2f} ms  errors {cell.wrk.error_count}"
                 )
-                if mode is not None:
+                if mode is not None and not options.quick:
                     # Let nginx, the server and the kernel finish with what the slow clients left (responses still
-                    # in flight, a peer's spool files being written back) before anything else is measured.
+                    # in flight, a peer's spool files being written back) before anything else is measured. A
+                    # quick run only shows that every cell is produced, and does not wait (up to 20 s each).
                     await asyncio.to_thread(stack.wait_quiet)
             # Its process goes too (it restarts at its next block): a waitress still holding its slow readers'
             # responses slowed the unloaded cells measured after it even once the machine was idle.
             await asyncio.to_thread(stack.stop_server, spec)
-            await asyncio.to_thread(stack.wait_quiet)
+            if not options.quick:
+                await asyncio.to_thread(stack.wait_quiet)
     return cells
 
 

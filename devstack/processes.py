@@ -330,6 +330,19 @@ class GatewayProcess:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def open_files(self) -> int:
+        """The master's open descriptors that are not sockets: a file response or a static file left open shows
+        here (the web server may keep more or fewer connections open, so sockets are not counted)."""
+        assert self.process is not None
+        directory = f"/proc/{self.process.pid}/fd"
+        links = []
+        for name in os.listdir(directory):
+            try:
+                links.append(os.readlink(f"{directory}/{name}"))
+            except FileNotFoundError:
+                continue
+        return sum(1 for link in links if not link.startswith("socket:"))
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int | None:
         try:
             return stop_process(self.process, sig, timeout)

@@ -50,6 +50,12 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     bodies: Counter[bytes] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Set by ``stop``: the clients make no new request (those in flight complete and are counted).
+    stopping: bool = False
+
+    def stop(self) -> None:
+        """End the load now, once the test has seen what it waited for, rather than at its time bound."""
+        self.stopping = True
 
     @property
     def total(self) -> int:
@@ -77,7 +83,7 @@ def load(
     def client() -> None:
         while time.monotonic() < deadline:
             with result.lock:
-                if remaining[0] <= 0:
+                if remaining[0] <= 0 or result.stopping:
                     return
                 remaining[0] -= 1
             try:

@@ -241,7 +241,7 @@ def test_loop_cost_drives_every_mode_and_counts_both_sides() -> None:
     )
     assert result.returncode == 0, result.stderr
     rows = re.findall(r"^(\S+)\s+loop\s+(\d+) opcodes/request\s+worker\s+(\d+) opcodes/request$", result.stdout, re.M)
-    assert [mode for mode, _, _ in rows] == ["fcgi-keep", "fcgi", "uwsgi"]
+    assert [mode for mode, _, _ in rows] == ["fcgi-keep", "fcgi", "uwsgi", "http-keep", "http"]
     assert all(int(loop) > 0 and int(worker) > 0 for _, loop, worker in rows)
 
 

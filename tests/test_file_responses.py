@@ -58,19 +58,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPro
         gateway.stop()
 
 
-def _open_fds(gateway: GatewayProcess) -> int:
-    """The master's open descriptors that are not sockets (nginx may keep more or fewer connections open)."""
-    assert gateway.process is not None
-    directory = f"/proc/{gateway.process.pid}/fd"
-    links = []
-    for name in os.listdir(directory):
-        try:
-            links.append(os.readlink(f"{directory}/{name}"))
-        except FileNotFoundError:
-            continue
-    return sum(1 for link in links if not link.startswith("socket:"))
-
-
 def _query(path: Path, **extra: int) -> str:
     return urlencode({"path": str(path), **{key: str(value) for key, value in extra.items()}})
 
@@ -81,14 +68,14 @@ def test_a_file_response_arrives_whole_through_nginx(
 ) -> None:
     gateway, nginx, _ = stack
     assert request(nginx.url, "GET", f"/{prefix}/hello").body == b"hello"  # nginx's kept connection, if any, is open
-    before = _open_fds(gateway)
+    before = gateway.open_files()
     data = big_file.read_bytes()
     reply = request(nginx.url, "GET", f"/{prefix}/file?{_query(big_file)}")
     assert reply.status == 200 and reply.header("Content-Length") == str(SIZE)
     assert hashlib.sha256(reply.body).hexdigest() == hashlib.sha256(data).hexdigest()
     part = request(nginx.url, "GET", f"/{prefix}/file?{_query(big_file, skip=1000, length=300_000)}")
     assert part.status == 200 and part.body == data[1000:301_000]
-    wait_for(lambda: _open_fds(gateway) == before, 10, "the master's descriptors back to their count")
+    wait_for(lambda: gateway.open_files() == before, 10, "the master's descriptors back to their count")
 
 
 def _uwsgi_request(port: int, path: str) -> socket.socket:
@@ -132,10 +119,10 @@ def test_a_client_leaving_halfway_closes_the_descriptor(
 ) -> None:
     gateway, _, port = stack
     assert uwsgi_get(port, "/hello")[2] == b"hello"
-    before = _open_fds(gateway)
+    before = gateway.open_files()
     for _ in range(3):
         leaving = _uwsgi_request(port, f"/file?{_query(big_file)}")
         assert leaving.recv(1 << 12).startswith(b"HTTP/1.1 200")
         leaving.close()
-    wait_for(lambda: _open_fds(gateway) == before, 10, "the master's descriptors back to their count")
+    wait_for(lambda: gateway.open_files() == before, 10, "the master's descriptors back to their count")
     assert uwsgi_get(port, "/hello")[2] == b"hello"

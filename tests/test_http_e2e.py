@@ -43,6 +43,9 @@ class Servers:
     tls_port: int
     cafile: Path
     nginx: Nginx
+    #: Unix-socket listeners of the plain gateway (which trusts proxies) and of a gateway that trusts none.
+    trusting_unix: Path
+    untrusting_unix: Path
 
 
 def _certificate(directory: Path) -> tuple[Path, Path]:
@@ -81,10 +84,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     port, tls_port = free_port(), free_port()
     common = ["--workers", "1", "--graceful-timeout", "2", "--max-body-size", str(MAX_BODY)]
+    trusting_unix, untrusting_unix = scratch / "trusting.sock", scratch / "untrusting.sock"
     plain = GatewayProcess(
         scratch / "plain",
-        ["--http", f"127.0.0.1:{port}", "--forwarded-allow-ips", PROXY_ADDRESS, "--header-timeout", "1",
-         *common, "tests.apps:validated_app"],
+        ["--http", f"127.0.0.1:{port}", "--http", f"unix:{trusting_unix}",
+         "--forwarded-allow-ips", PROXY_ADDRESS, "--header-timeout", "1", *common, "tests.apps:validated_app"],
         env=env,
     )  # fmt: skip
     certfile, keyfile = _certificate(scratch)
@@ -94,6 +98,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
          "tests.apps:validated_app"],
         env=env,
     )  # fmt: skip
+    untrusting = GatewayProcess(
+        scratch / "untrusting", ["--http", f"unix:{untrusting_unix}", *common, "tests.apps:validated_app"], env=env
+    )
     nginx = Nginx(
         scratch / "nginx",
         free_port(),
@@ -107,11 +114,15 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     try:
         tls.start()
         try:
-            nginx.start()
+            untrusting.start()
             try:
-                yield Servers(port, tls_port, certfile, nginx)
+                nginx.start()
+                try:
+                    yield Servers(port, tls_port, certfile, nginx, trusting_unix, untrusting_unix)
+                finally:
+                    nginx.stop()
             finally:
-                nginx.stop()
+                untrusting.stop()
         finally:
             tls.stop()
     finally:
@@ -345,6 +356,29 @@ def test_forwarded_headers_from_anyone_else_are_ignored(client: Client) -> None:
     client.send(_get("/echo", FORWARDED))
     reply = json.loads(client.response().read())
     assert (reply["remote_addr"], reply["scheme"]) == ("127.0.0.1", "http")
+
+
+def _echo_over_unix(path: Path, extra: str) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(str(path))
+        sock.sendall(_get("/echo", extra + "Connection: close\r\n"))
+        response = _Response(_SharedReader(sock.makefile("rb")), method="GET")  # type: ignore[arg-type]
+        response.begin()
+        reply: dict[str, object] = json.loads(response.read())
+        return reply
+
+
+def test_a_unix_socket_peer_is_a_trusted_proxy_once_any_proxy_is_trusted(servers: Servers) -> None:
+    """Only a local process can connect to a unix socket: with --forwarded-allow-ips set, it is believed."""
+    reply = _echo_over_unix(servers.trusting_unix, FORWARDED)
+    assert (reply["remote_addr"], reply["scheme"]) == ("203.0.113.7", "https")
+
+
+def test_a_unix_socket_peer_is_not_believed_when_no_proxy_is_trusted(servers: Servers) -> None:
+    reply = _echo_over_unix(servers.untrusting_unix, FORWARDED)
+    assert reply["remote_addr"] != "203.0.113.7"
+    assert reply["scheme"] == "http"
 
 
 def _tls_connection(servers: Servers) -> http.client.HTTPSConnection:

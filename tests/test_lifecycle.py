@@ -165,6 +165,7 @@ def test_sighup_reload_under_load_fails_nothing_and_serves_new_code(tmp_path: Pa
                 _versioned_app(app_dir, str(round_number))
                 os.kill(_pid(gateway), signal.SIGHUP)
             wait_for(lambda: result.bodies[b"4"] >= 20, 20, "the last reloaded code serving the load")
+            result.stop()
         assert result.failures == 0, (result.statuses, result.errors[:3])
         assert set(result.bodies) == {str(version).encode() for version in range(1, 5)}
         assert gateway.log_text().count("received SIGHUP: reloading") == 3
@@ -239,6 +240,7 @@ def test_pool_grows_under_load_and_shrinks_when_idle(tmp_path: Path) -> None:
         assert len(children(_pid(gateway))) == 1
         with load(port, "/sleep?s=0.5", concurrency=4, seconds=4) as result:
             wait_for(lambda: len(children(_pid(gateway))) == 3, 10, "the pool to grow to its maximum")
+            result.stop()
         assert result.failures == 0, (result.statuses, result.errors[:3])
         wait_for(lambda: len(children(_pid(gateway))) == 1, 10, "the pool to shrink back to its minimum")
         assert "growing the pool to 3" in gateway.log_text()

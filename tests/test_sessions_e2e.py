@@ -326,6 +326,7 @@ def test_memcached_stopped_killed_and_restarted_under_load(tmp_path: Path) -> No
                     10,
                     f"recovery after memcached {outage}",
                 )
+            background.stop()
         assert background.total > 100
         assert background.failures == 0, (background.statuses, background.errors[:3])
         # After the restart the memory of memcached is empty: the old id is not adopted, a new session starts.

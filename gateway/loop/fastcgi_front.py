@@ -7,7 +7,6 @@ answered on its own; their output records interleave on the one connection in th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
@@ -30,16 +29,13 @@ from gateway.protocols.fastcgi.records import HEADER, VERSION, RecordType
 log = logging.getLogger("gateway.front")
 
 _STATUS_PREFIX = b"Status: "
-#: A STDOUT record's header (version, type, request id, content length, padding), for file responses.
-_RECORD_HEADER = HEADER
-_FCGI_VERSION = 1
 _STDOUT = int(RecordType.STDOUT)
 
 
 class _Exchange:
     """One request id on a connection; the ResponseSink of its request."""
 
-    __slots__ = ("body", "connection", "gone", "held", "params", "request", "request_id")
+    __slots__ = ("body", "connection", "files", "finished", "gone", "held", "params", "request", "request_id")
 
     def __init__(self, connection: FastCGIConnection, request_id: int, params: dict[str, str], body: RequestBody):
         self.connection = connection
@@ -51,6 +47,10 @@ class _Exchange:
         #: A whole response's STDOUT records, written with END_REQUEST and the close (connections without
         #: FCGI_KEEP_CONN; see ``send_response``).
         self.held = b""
+        #: The file ranges of this response still queued or under way. END_REQUEST waits until they are out, so
+        #: that the request stays open in the codec and an ABORT_REQUEST can still stop them (``_aborted``).
+        self.files: list[FileSegment] = []
+        self.finished = False
 
     @property
     def client_gone(self) -> bool:
@@ -79,18 +79,22 @@ class _Exchange:
         request_id = self.request_id
 
         def stdout_header(size: int) -> bytes:
-            return _RECORD_HEADER.pack(_FCGI_VERSION, _STDOUT, request_id, size, 0)
+            return HEADER.pack(VERSION, _STDOUT, request_id, size, 0)
 
-        self.connection.send_segment(FileSegment(fd, offset, length, stdout_header))
+        segment = FileSegment(fd, offset, length, stdout_header)
+        self.files.append(segment)
+        segment.on_sent = lambda: self._file_sent(segment)
+        self.connection.send_segment(segment)
+
+    def _file_sent(self, segment: FileSegment) -> None:
+        self.files.remove(segment)
+        if self.finished and not self.files:
+            self.connection.end(self, app_status=0)
 
     def finish(self) -> None:
-        self.connection.end(self, app_status=0)
-
-    def file_stream(self) -> tuple[FrontConnection, Callable[[int], bytes]]:
-        """For the loop's static files (gateway/loop/static.py): the connection whose socket a file is sent into,
-        and the bytes that must precede each piece of it (a STDOUT record header of exactly that length)."""
-        request_id = self.request_id
-        return self.connection, lambda size: HEADER.pack(VERSION, RecordType.STDOUT, request_id, size, 0)
+        self.finished = True
+        if not self.files:
+            self.connection.end(self, app_status=0)
 
     def abort(self) -> None:
         # FastCGI has no way to say "this response failed" except cutting the connection; with other requests
@@ -226,6 +230,12 @@ class FastCGIConnection(FrontConnection):
             return
         exchange.gone = True
         exchange.held = b""
+        output = self.output
+        files, exchange.files = exchange.files, []
+        for segment in files:
+            segment.on_sent = None  # END_REQUEST goes now, after the record under way
+            if output is not None:
+                output.end_with_record(segment)
         if exchange.request is not None:
             self.context.dispatcher.cancel(exchange.request)
         self.end(exchange, app_status=0)

@@ -9,7 +9,11 @@ segment waits for it to be writable on a duplicate of its descriptor (``loop.add
 own registration of the original), which the kernel reports once a good part of the socket buffer is free, as a
 blocking sendfile would wake: a few large calls per file rather than one per read of the web server. FastCGI's
 STDOUT records are framed around each chunk, each header sent with MSG_MORE so that it travels in the segment of
-the content after it; uwsgi sends the range as it is.
+the content after it; uwsgi and HTTP send the range as it is.
+
+One push sends at most ``TURN_BYTES`` and then gives the loop back (``Push.TURN``), even to a socket that would take
+more: a fast reader with a large socket buffer must not keep the loop from every other connection, nor from reading
+the FastCGI ABORT_REQUEST that stops this very file (``end_with_record``).
 
 The descriptor is the segment's: closed when the range is sent, when the client goes away, and on any error.
 """
@@ -24,21 +28,22 @@ from collections.abc import Callable
 
 #: The content of one FastCGI record at most (its length field is 16 bits).
 RECORD_MAX = 0xFFFF
-#: Most asked of one sendfile call: the loop gets back to other connections between calls.
-_SENDFILE_MAX = 1 << 21
+#: Most sent in one push, so that one turn of the loop never belongs to one file.
+TURN_BYTES = 1 << 20
 
 
 class Push(enum.Enum):
     DONE = "done"  # the whole range is sent
     TRANSPORT = "transport"  # the transport holds bytes: wait until it has drained (resume_writing)
     SOCKET = "socket"  # the socket is full: wait until ``writable_fd`` is writable
+    TURN = "turn"  # sent TURN_BYTES: push again on the next turn of the loop
 
 
 class FileSegment:
     """``length`` bytes of the open file ``fd`` from ``offset``; ``record_header(n)`` frames n bytes of content
     (FastCGI), or None (uwsgi: raw bytes)."""
 
-    __slots__ = ("_raw", "fd", "header", "left", "offset", "record_header", "record_left")
+    __slots__ = ("_raw", "fd", "header", "left", "offset", "on_sent", "record_header", "record_left")
 
     def __init__(self, fd: int, offset: int, length: int, record_header: Callable[[int], bytes] | None) -> None:
         self.fd = fd
@@ -50,11 +55,24 @@ class FileSegment:
         self.header = b""
         #: A duplicate of the client socket's descriptor: header sends and the writability watch.
         self._raw: socket.socket | None = None
+        #: Called once the whole range is out (into the socket, or into a spool): a FastCGI response's
+        #: END_REQUEST waits for it, so that ABORT_REQUEST can still stop the file (fastcgi_front.py).
+        self.on_sent: Callable[[], None] | None = None
 
     @property
     def writable_fd(self) -> int:
         assert self._raw is not None
         return self._raw.fileno()
+
+    def end_with_record(self) -> int:
+        """Send no more than the rest of the record under way (FastCGI ABORT_REQUEST: the web server reads the
+        connection's other requests' records on, so one is never cut); the number of bytes that will not be sent."""
+        assert self.record_header is not None, "a raw range cannot stop early without cutting the response"
+        if self.fd < 0:  # sent, read into a spool, or dropped with its connection: nothing held for it any more
+            return 0
+        dropped = self.left - self.record_left
+        self.left = self.record_left
+        return dropped
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -77,7 +95,10 @@ class FileSegment:
             raw = self._raw = socket.socket(fileno=os.dup(sock.fileno()))
         out = raw.fileno()
         framed = self.record_header is not None
+        budget = TURN_BYTES
         while self.left:
+            if not budget:
+                return Push.TURN
             if framed and not self.record_left:
                 size = min(self.left, RECORD_MAX)
                 assert self.record_header is not None
@@ -91,7 +112,7 @@ class FileSegment:
                 self.header = self.header[sent:]
                 if self.header:
                     return Push.SOCKET
-            count = min(self.record_left if framed else self.left, _SENDFILE_MAX)
+            count = min(self.record_left if framed else self.left, budget)
             try:
                 sent = os.sendfile(out, self.fd, self.offset, count)
             except BlockingIOError:
@@ -100,6 +121,7 @@ class FileSegment:
                 raise OSError(f"the file ended {self.left} bytes before the length the app gave")
             self.offset += sent
             self.left -= sent
+            budget -= sent
             if framed:
                 self.record_left -= sent
             if sent < count and (not framed or self.record_left):

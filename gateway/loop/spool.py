@@ -225,11 +225,18 @@ class OutputBuffer:
                 self.transport.abort()
                 return
             self.writelines(pieces)  # type: ignore[arg-type]
+            if segment.on_sent is not None:
+                segment.on_sent()
             return
         self._memory.append(segment)
         self._segment_bytes += segment.left
         if not self._paused:
             self._drain()
+
+    def end_with_record(self, segment: FileSegment) -> None:
+        """``segment``'s request was aborted: it stops after the FastCGI record under way (none if it has not
+        started), and what follows it here goes out after that."""
+        self._segment_bytes -= segment.end_with_record()
 
     def flush(self) -> None:
         """Hand what this turn of the loop wrote to the transport now (before a reset, for instance)."""
@@ -304,8 +311,14 @@ class OutputBuffer:
             asyncio.get_running_loop().add_writer(self._watching, self._writable)
             self._paused = True
             return False
+        if state is Push.TURN:
+            self._paused = True
+            self._call_soon(self._writable)
+            return False
         self._memory.popleft()
         segment.close()
+        if segment.on_sent is not None:
+            segment.on_sent()
         return True
 
     def _writable(self) -> None:

@@ -1,10 +1,9 @@
 """Static files served by the event loop itself (``--static URL=DIR``), for development and small deployments.
 
-A request whose path falls under a mapping never reaches a worker: the dispatcher hands it here first. The file's
-bytes go from the page cache to the connection's socket with ``os.sendfile`` (over FastCGI each piece is preceded
-by its STDOUT record header; over uwsgi the body is the raw HTTP body), so neither the loop nor a worker copies
-them. While a file is being sent the connection's other output (another request multiplexed on a FastCGI
-connection) is held in its OutputBuffer, so nothing interleaves with a record in flight.
+A request whose path falls under a mapping never reaches a worker: the dispatcher hands it here first. The body
+is the sink's ``send_file``, the same path as a worker's ``wsgi.file_wrapper`` response (gateway/loop/filesend.py):
+the bytes go from the page cache to the connection's socket with ``os.sendfile``, framed in STDOUT records over
+FastCGI, as they are over uwsgi and HTTP, in their place among the connection's other output.
 
 Paths are checked before anything is opened: the raw ``REQUEST_URI`` is split on ``/`` and each segment decoded;
 a segment that decodes to ``/``, ``\\``, NUL, ``.`` or ``..`` is a 404, and so is a file whose real path (symlinks
@@ -20,35 +19,20 @@ lets its web server serve the directory (``python -m gateway rules``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import email.utils
 import logging
 import mimetypes
 import os
 import stat
 import urllib.parse
-from collections.abc import Callable, Sequence
-from typing import Protocol, cast
+from collections.abc import Sequence
 
 from gateway.config.static_dirs import StaticMount
-from gateway.loop.front import FrontConnection
 from gateway.loop.request import Request, ResponseSink
 
 log = logging.getLogger("gateway.static")
 
-#: The largest FastCGI record content is 65535 bytes; pieces stay aligned to pages below it.
-_FASTCGI_PIECE = 65536 - 4096
-#: How long to wait for the socket to take more before checking whether the client is still there.
-_WRITABLE_CHECK = 1.0
-
 _FORBIDDEN_SEGMENTS = frozenset({".", ".."})
-
-
-class FileStreamSink(ResponseSink, Protocol):
-    def file_stream(self) -> tuple[FrontConnection, Callable[[int], bytes]]:
-        """The connection to sendfile into and the framing that precedes each piece of the body."""
-        ...
 
 
 def _segments(uri_path: str) -> list[str] | None:
@@ -111,7 +95,6 @@ class StaticFiles:
         resolved = [mount.resolved(base) for mount in mounts]
         self.mounts = sorted(resolved, key=lambda mount: len(mount.url), reverse=True)
         mimetypes.init()  # reads /etc/mime.types now, not in the loop on the first request
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def _mount_for(self, path: str) -> tuple[StaticMount, str] | None:
         for mount in self.mounts:
@@ -194,18 +177,14 @@ class StaticFiles:
             head = (
                 f"{status}\r\nContent-Type: {content_type}\r\nContent-Length: {count}\r\n{common}{extra}\r\n"
             ).encode("latin-1")
-            if head_only or count == 0 or not hasattr(sink, "file_stream"):
-                if not head_only and count:  # a sink without a socket of its own (tests' fakes): read it
-                    sink.send_response(head + os.pread(fd, count, first))
-                else:
-                    sink.send_response(head)
+            if head_only or count == 0:
+                sink.send_response(head)
                 sink.finish()
                 return
             sink.send_head(head)
-            task = asyncio.get_running_loop().create_task(_send_file(cast(FileStreamSink, sink), fd, first, count))
-            fd = -1  # the task closes it
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            sink.send_file(fd, first, count)
+            fd = -1  # the sink's now
+            sink.finish()
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -216,84 +195,3 @@ def _respond(sink: ResponseSink, status: str, extra: bytes = b"") -> None:
     head = f"{status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n".encode()
     sink.send_response(head + extra + b"\r\n" + body)
     sink.finish()
-
-
-async def _writable(connection: FrontConnection, watched: int) -> None:
-    """Until the socket takes more bytes; a duplicate descriptor is watched, since uvloop keeps the transport's."""
-    loop = asyncio.get_running_loop()
-    while not connection.closed:
-        ready: asyncio.Future[None] = loop.create_future()
-        loop.add_writer(watched, _set_once, ready)
-        try:
-            await asyncio.wait_for(ready, _WRITABLE_CHECK)
-        except TimeoutError:
-            continue
-        finally:
-            loop.remove_writer(watched)
-        return
-
-
-def _set_once(ready: asyncio.Future[None]) -> None:
-    if not ready.done():
-        ready.set_result(None)
-
-
-async def _send_file(sink: FileStreamSink, fd: int, offset: int, count: int) -> None:
-    """The body: ``count`` bytes of ``fd`` from ``offset``, sent with sendfile in pieces framed for the protocol."""
-    connection, prefix_for = sink.file_stream()
-    transport = connection.transport
-    watched = -1
-    held = False
-    try:
-        if transport is None or connection.closed:
-            return
-        if connection.output is not None:
-            connection.output.flush()
-        sock = transport.get_extra_info("socket")
-        watched = os.dup(sock.fileno())
-        # What else this connection writes waits in its OutputBuffer until the file is out.
-        connection.pause_writing()
-        held = True
-        while transport.get_write_buffer_size() and not connection.closed:
-            await _writable(connection, watched)
-            await asyncio.sleep(0)  # let the transport write its own buffer first
-        # Paused again: a transport that drained its buffer meanwhile has resumed the OutputBuffer, and from here on
-        # nothing but this file may reach the socket until its last piece is out.
-        connection.pause_writing()
-        framed = prefix_for(1) != b""
-        piece_limit = _FASTCGI_PIECE if framed else count
-        # A request aborted meanwhile (FastCGI ABORT_REQUEST) stops at a piece boundary: a record is never cut.
-        while count and not connection.closed and not sink.client_gone:
-            piece = min(count, piece_limit)
-            pending = memoryview(prefix_for(piece))
-            while pending and not connection.closed:
-                try:
-                    pending = pending[os.write(watched, pending) :]
-                except BlockingIOError:
-                    await _writable(connection, watched)
-            left = piece
-            while left and not connection.closed:
-                try:
-                    sent = os.sendfile(watched, fd, offset, left)
-                except BlockingIOError:
-                    await _writable(connection, watched)
-                    continue
-                if sent == 0:
-                    raise OSError("the file shrank while it was being sent")
-                offset += sent
-                left -= sent
-            count -= piece
-    except OSError as err:
-        log.warning("static file: sending stopped: %s", err)
-        held = False
-        with contextlib.suppress(Exception):
-            connection.abort_connection()
-        return
-    finally:
-        os.close(fd)
-        if watched >= 0:
-            os.close(watched)
-        if held and not connection.closed:
-            connection.resume_writing()
-    if not connection.closed and not sink.client_gone:
-        sink.finish()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
@@ -145,10 +144,6 @@ class UwsgiConnection(FrontConnection):
         else:
             self.write(self.http_version + response)
 
-    def file_stream(self) -> tuple[FrontConnection, Callable[[int], bytes]]:
-        """For the loop's static files: the body goes into this connection's socket as it is, with no framing."""
-        return self, _no_prefix
-
     def send_file(self, fd: int, offset: int, length: int) -> None:
         self.send_segment(FileSegment(fd, offset, length, None))
 
@@ -162,7 +157,3 @@ class UwsgiConnection(FrontConnection):
         self.request = None
         self.response = None
         self.reset_connection()
-
-
-def _no_prefix(size: int) -> bytes:
-    return b""
