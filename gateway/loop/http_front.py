@@ -190,6 +190,8 @@ class _Exchange:
 
 class HTTPConnection(FrontConnection):
     protocol_name = "http"
+    #: In-memory bytes of the bodies of exchanges not dispatched yet (their part of ``held``); a class default.
+    body_held = 0
 
     def __init__(self, context: FrontContext) -> None:
         super().__init__(context)
@@ -258,8 +260,12 @@ class HTTPConnection(FrontConnection):
             event_type = type(event)
             if event_type is BodyData:
                 assert isinstance(event, BodyData)
-                if self.receiving is not None and self.receiving.body is not None:
-                    self.receiving.body.write(event.data)
+                receiving = self.receiving
+                if receiving is not None and receiving.body is not None:
+                    body = receiving.body
+                    before = body.memory
+                    body.write(event.data)
+                    self.body_held += body.memory - before
             elif event_type is RequestHead:
                 assert isinstance(event, RequestHead)
                 self._head(event)
@@ -277,27 +283,27 @@ class HTTPConnection(FrontConnection):
                 # A complete request waits behind the one being answered: read no further until it is its turn,
                 # so a pipelining client cannot make us buffer requests without end.
                 self._pause_for_turn()
-        self._account()
+        if not self.closed:
+            held = codec.buffered + self.body_held
+            if held != self.held:
+                self.account(held)
 
-    def _account(self) -> None:
-        """Report what this connection holds to the budgets when it changed (``FrontConnection.account``)."""
-        if self.closed:
-            return
-        held = self._holding()
-        if held != self.held:
-            self.account(held)
-
-    def _holding(self) -> int:
-        held = self.codec.buffered
+    def _recount(self) -> None:
+        """After a body was dropped (a refused, cut or timed-out request): what the rest hold, reported."""
+        held = 0
         for exchange in self.exchanges:
             if exchange.request is None and exchange.body is not None:
                 held += exchange.body.memory  # received, or complete and waiting for its turn
-        return held
+        self.body_held = held
+        if not self.closed and self.codec.buffered + held != self.held:
+            self.account(self.codec.buffered + held)
 
     def spool_bodies(self) -> None:
-        for exchange in self.exchanges:
-            if exchange.request is None and exchange.body is not None:
-                exchange.body.spool()
+        if self.body_held:
+            for exchange in self.exchanges:
+                if exchange.request is None and exchange.body is not None:
+                    exchange.body.spool()
+            self.body_held = 0
         self.set_held(self.codec.buffered)
 
     # -- two reasons not to read: a request waiting its turn, and the loop-wide budget ----------------------------
@@ -361,6 +367,8 @@ class HTTPConnection(FrontConnection):
             exchange.head.params, exchange.body, exchange, "http", self.context.clock()
         )
         if exchange.body.size:
+            if self.body_held:
+                self.body_held -= exchange.body.memory  # complete and dispatched: no longer the connection's
             self.context.budget.wait(request)  # its body, if in memory, counts until the request ends
         self.context.dispatcher.submit(request)
 
@@ -374,6 +382,7 @@ class HTTPConnection(FrontConnection):
             self.exchanges.remove(receiving)
             if receiving.body is not None:
                 receiving.body.discard()
+            self._recount()
         exchange = _Exchange(self, None, None)
         exchange.error = (status, reason)
         self.exchanges.append(exchange)
@@ -402,6 +411,7 @@ class HTTPConnection(FrontConnection):
         # paused reading before.
         paused = self.reading_paused or self.input_paused
         self.reading_paused = False
+        self.body_held = 0
         self.release_held()
         if paused:
             transport.resume_reading()
@@ -425,7 +435,7 @@ class HTTPConnection(FrontConnection):
             self.receiving = None
             if receiving.body is not None:
                 receiving.body.discard()  # never complete: its file, if it had one, goes now
-            self._account()
+            self._recount()
         return True if self.exchanges else None
 
     # -- the order of answers ----------------------------------------------------------------------------------
@@ -451,7 +461,8 @@ class HTTPConnection(FrontConnection):
                 self._send_continue(following)
             if following.complete:
                 self._dispatch(following)
-                self._account()  # its body is the budget's waiting request now, not this connection's holding
+                if self.held != self.codec.buffered + self.body_held:
+                    self.set_held(self.codec.buffered + self.body_held)  # its body is the budget's now
         if self.reading_paused and len(self.exchanges) <= 1:
             self._resume_for_turn()
             self.last_input = self.context.clock()
@@ -465,6 +476,7 @@ class HTTPConnection(FrontConnection):
         exchanges = list(self.exchanges)
         self.exchanges.clear()
         self.receiving = None
+        self.body_held = 0
         for exchange in exchanges:
             exchange.gone = True
             if exchange.request is not None:
@@ -493,6 +505,7 @@ class HTTPConnection(FrontConnection):
             self.receiving = None
             if receiving.body is not None:
                 receiving.body.discard()
+            self.body_held = 0  # it was the only one not dispatched
         if self.codec.started and not self.exchanges:
             self.linger(error_response(_REQUEST_TIMEOUT, reason, self.server_headers()))
         elif self.transport is not None and not self.exchanges:
