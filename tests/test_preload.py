@@ -61,10 +61,10 @@ class PreloadStack:
         _write_app(self.app_dir, "1")
         self.fcgi, self.uwsgi = free_port(), free_port()
         (tmp_path / "nginx").mkdir()
+        listen = ["--fcgi", f"127.0.0.1:{self.fcgi}", "--uwsgi", f"127.0.0.1:{self.uwsgi}"]
         self.gateway = GatewayProcess(
             tmp_path / "gateway",
-            ["--fcgi", f"127.0.0.1:{self.fcgi}", "--uwsgi", f"127.0.0.1:{self.uwsgi}", "--preload", *args,
-             "preloaded:application"],  # fmt: skip
+            [*listen, "--preload", *args, "preloaded:application"],
             env=ENV,
             cwd=self.app_dir,
         )
