@@ -6,13 +6,16 @@ beside it), so each test can prove who imported the code a worker runs: the temp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from devstack.nginx import Nginx
 from devstack.ports import free_port
@@ -56,7 +59,7 @@ def _write_app(directory: Path, version: str) -> None:
 class PreloadStack:
     """A --preload gateway (FastCGI and uwsgi on loopback ports) serving the app of ``app_dir``, behind nginx."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, *args: str, app: str = "preloaded:application") -> None:
         self.app_dir = tmp_path / "app"
         _write_app(self.app_dir, "1")
         self.fcgi, self.uwsgi = free_port(), free_port()
@@ -64,7 +67,7 @@ class PreloadStack:
         listen = ["--fcgi", f"127.0.0.1:{self.fcgi}", "--uwsgi", f"127.0.0.1:{self.uwsgi}"]
         self.gateway = GatewayProcess(
             tmp_path / "gateway",
-            [*listen, "--preload", *args, "preloaded:application"],
+            [*listen, "--preload", *args, app],
             env=ENV,
             cwd=self.app_dir,
         )
@@ -237,3 +240,40 @@ def test_a_dead_template_is_replaced_while_its_workers_keep_serving(tmp_path: Pa
         assert answer["pid"] != worker
         assert answer["imported_in"] == replacement
         assert stack.imports() == [f"1 {template}", f"1 {replacement}"]
+
+
+def _open_files(pid: int) -> int:
+    """A process's open descriptors that are not sockets."""
+    links = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except FileNotFoundError:
+            continue
+    return sum(1 for link in links if not link.startswith("socket:"))
+
+
+def test_file_responses_and_sessions_work_the_same_with_preload(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    stack = PreloadStack(tmp_path, "--workers", "2", app="tests.apps:app")
+    with stack:
+        assert request(stack.nginx.url, "GET", "/fcgik/hello").body == b"hello"
+        before = _open_files(stack.master)
+        for prefix in ("uwsgi", "fcgik"):
+            reply = request(stack.nginx.url, "GET", f"/{prefix}/file?{urlencode({'path': str(big)})}")
+            assert reply.status == 200
+            assert hashlib.sha256(reply.body).digest() == hashlib.sha256(big.read_bytes()).digest()
+        wait_for(lambda: _open_files(stack.master) == before, 10, "the master's descriptors back to their count")
+        first = request(stack.nginx.url, "GET", "/session/set?user=ada")
+        match = re.search(r"gwsession=([^;]+)", first.header("Set-Cookie") or "")
+        assert match is not None
+        cookie = [("Cookie", f"gwsession={match.group(1)}")]
+        pids = set()
+        for index in range(6):
+            reply = request(stack.nginx.url, "GET", f"/session/append?item={index}", headers=cookie)
+            assert reply.status == 200
+            pids.add(reply.json()["pid"])
+        data = request(stack.nginx.url, "GET", "/session/get", headers=cookie).json()["data"]
+        assert data == {"user": "ada", "items": [str(index) for index in range(6)]}
+        assert pids == stack.workers(), "both forked workers saw the same session"
