@@ -277,3 +277,16 @@ def test_file_responses_and_sessions_work_the_same_with_preload(tmp_path: Path) 
         data = request(stack.nginx.url, "GET", "/session/get", headers=cookie).json()["data"]
         assert data == {"user": "ada", "items": [str(index) for index in range(6)]}
         assert pids == stack.workers(), "both forked workers saw the same session"
+
+
+def test_reload_option_forks_the_edited_code_from_a_new_template(tmp_path: Path) -> None:
+    stack = PreloadStack(tmp_path, "--workers", "1", "--reload")
+    with stack:
+        (template,) = stack.templates()
+        assert stack.get()["v"] == "1"
+        wait_for(lambda: "--reload: watching Python files" in stack.gateway.log_text(), 10, "the watcher set up")
+        _write_app(stack.app_dir, "2")
+        wait_for(lambda: json.loads(uwsgi_get(stack.uwsgi, "/")[2])["v"] == "2", 15, "the edited code to serve")
+        answer = stack.get()
+        assert answer["imported_in"] != template
+        assert stack.imports() == [f"1 {template}", f"2 {answer['imported_in']}"]
