@@ -1,7 +1,9 @@
 """The worker processes: started, watched, replaced, recycled and reloaded.
 
 The master starts each worker as a fresh interpreter (``python -m gateway.worker``; a process running an event loop
-is never forked) with a unix socket pair as its channel, whose master end is the worker's :class:`Relay`. The
+is never forked) with a unix socket pair as its channel, whose master end is the worker's :class:`Relay`. With
+``--preload`` the worker is instead forked by a template process that imported the app once
+(``gateway/master/template.py``); the channel is made here all the same, and the rest of the pool cannot tell. The
 :class:`Scheduler` decides which worker runs which request; the supervisor carries out what changes the pool's
 shape and answers on the pool's behalf (502 for the request a dead worker ran, 503 when the queue is full or a
 request waited too long, 504 past --timeout).
