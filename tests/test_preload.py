@@ -11,6 +11,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +22,7 @@ from urllib.parse import urlencode
 from devstack.nginx import Nginx
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess, stat_fields, tree_pids
+from gateway.contract.exits import EXIT_APP_LOAD
 from tests.http import request
 from tests.load import children, load, uwsgi_get
 from tests.waiting import wait_for
@@ -290,3 +293,15 @@ def test_reload_option_forks_the_edited_code_from_a_new_template(tmp_path: Path)
         answer = stack.get()
         assert answer["imported_in"] != template
         assert stack.imports() == [f"1 {template}", f"2 {answer['imported_in']}"]
+
+
+def test_an_app_that_cannot_be_imported_by_the_template_stops_the_gateway_with_status_3(tmp_path: Path) -> None:
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    command = [sys.executable, "-m", "gateway", "--uwsgi", f"127.0.0.1:{free_port()}", "--preload", "missing:app"]
+    result = subprocess.run(command, cwd=app_dir, env=ENV, capture_output=True, text=True, timeout=60)
+    assert result.returncode == EXIT_APP_LOAD
+    assert "No module named 'missing'" in result.stderr
+    assert f"looked up from {app_dir}" in result.stderr
+    assert "could not be loaded (see the template's error above)" in result.stderr
+    assert "Traceback" not in result.stderr
