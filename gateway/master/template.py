@@ -251,6 +251,11 @@ class Preloader:
                 if delay:
                     await asyncio.sleep(delay)
                 template = await self._load(generation)
+                current = self.current
+                if current is not None and current is not template and current.alive and not current.closed:
+                    # A reload's template got there meanwhile, with newer code: it forks from now on.
+                    template.close()
+                    return current
                 if self.running:
                     self.current = template
                 return template
