@@ -305,3 +305,17 @@ def test_an_app_that_cannot_be_imported_by_the_template_stops_the_gateway_with_s
     assert f"looked up from {app_dir}" in result.stderr
     assert "could not be loaded (see the template's error above)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_pool_grows_and_shrinks_by_forks_with_preload(tmp_path: Path) -> None:
+    stack = PreloadStack(tmp_path, "--workers", "1:3", "--scale-down-after", "1")
+    with stack:
+        (template,) = stack.templates()
+        wait_for(lambda: len(stack.workers()) == 1, 10, "one forked worker")
+        with load(stack.uwsgi, "/sleep?0.5", concurrency=4, seconds=4) as result:
+            wait_for(lambda: len(stack.workers()) == 3, 10, "the pool to grow to its maximum")
+        assert result.failures == 0, (result.statuses, result.errors[:3])
+        wait_for(lambda: len(stack.workers()) == 1, 10, "the pool to shrink back to its minimum")
+        assert stack.templates() == {template}
+        assert stack.imports() == [f"1 {template}"]
+        assert "growing the pool to 3" in stack.gateway.log_text()
