@@ -164,6 +164,7 @@ def test_sighup_reloads_to_new_code_in_a_new_template_under_load(tmp_path: Path)
             (new_template,) = stack.templates()
             count = result.statuses[200]
             wait_for(lambda: result.statuses[200] >= count + 20, 10, "more load on the new code")
+            result.stop()
         assert result.failures == 0, (result.statuses, result.errors[:3])
         assert not stack.workers() & old_workers
         answer = stack.get()
@@ -245,29 +246,18 @@ def test_a_dead_template_is_replaced_while_its_workers_keep_serving(tmp_path: Pa
         assert stack.imports() == [f"1 {template}", f"1 {replacement}"]
 
 
-def _open_files(pid: int) -> int:
-    """A process's open descriptors that are not sockets."""
-    links = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            links.append(os.readlink(f"/proc/{pid}/fd/{name}"))
-        except FileNotFoundError:
-            continue
-    return sum(1 for link in links if not link.startswith("socket:"))
-
-
 def test_file_responses_and_sessions_work_the_same_with_preload(tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(3 << 20))
     stack = PreloadStack(tmp_path, "--workers", "2", app="tests.apps:app")
     with stack:
         assert request(stack.nginx.url, "GET", "/fcgik/hello").body == b"hello"
-        before = _open_files(stack.master)
+        before = stack.gateway.open_files()
         for prefix in ("uwsgi", "fcgik"):
             reply = request(stack.nginx.url, "GET", f"/{prefix}/file?{urlencode({'path': str(big)})}")
             assert reply.status == 200
             assert hashlib.sha256(reply.body).digest() == hashlib.sha256(big.read_bytes()).digest()
-        wait_for(lambda: _open_files(stack.master) == before, 10, "the master's descriptors back to their count")
+        wait_for(lambda: stack.gateway.open_files() == before, 10, "the master's descriptors back to their count")
         first = request(stack.nginx.url, "GET", "/session/set?user=ada")
         match = re.search(r"gwsession=([^;]+)", first.header("Set-Cookie") or "")
         assert match is not None
