@@ -108,6 +108,8 @@ THREADS = 4
 #: Backends that are another backend run with more options: name -> (base backend, extra arguments).
 BACKEND_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ours-threads": ("ours", ("--threads", str(THREADS))),
+    "ours-preload": ("ours", ("--preload",)),
+    "ours-preload-threads": ("ours", ("--preload", "--threads", str(THREADS))),
     "uwsgi-threads": ("uwsgi", ("--threads", str(THREADS))),
     "gunicorn-gthread": ("gunicorn", ("-k", "gthread", "--threads", str(THREADS))),
     "gthread": ("gunicorn", ("-k", "gthread", "--threads", str(THREADS))),

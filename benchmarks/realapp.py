@@ -1,5 +1,6 @@
 """The real-app benchmark: a template page from sqlite, a route waiting 10 ms on I/O and a 10 MiB download
-through ``wsgi.file_wrapper`` (``benchmarks/realapp_app.py``), on our gateway with and without ``--threads`` and on
+through ``wsgi.file_wrapper`` (``benchmarks/realapp_app.py``), on our gateway with and without ``--threads`` and
+``--preload``, and on
 uWSGI, gunicorn gthread and waitress, through one nginx, interleaved.
 
 Hello world is not what users run: this is the comparison issue #21 asks for. Each round measures every (scenario,
@@ -59,6 +60,11 @@ SERVERS: tuple[ServerSpec, ...] = (
                "{n} workers, 1 thread each; fastcgi_keep_conn on + upstream keepalive 64"),
     ServerSpec(f"ours-t{THREADS}", f"ours, --threads {THREADS}", "ours-threads", "fcgi", True, None,
                f"{{n}} workers x --threads {THREADS}; fastcgi_keep_conn on + upstream keepalive 64"),
+    ServerSpec("ours-preload", "ours, --preload", "ours-preload", "fcgi", True, None,
+               "{n} workers forked from one --preload template; fastcgi_keep_conn on + upstream keepalive 64"),
+    ServerSpec(f"ours-preload-t{THREADS}", f"ours, --preload --threads {THREADS}", "ours-preload-threads", "fcgi",
+               True, None, f"{{n}} workers x --threads {THREADS} forked from one --preload template; "
+               "fastcgi_keep_conn on + upstream keepalive 64"),
     ServerSpec("uwsgi", "uWSGI", "uwsgi", "uwsgi", False, "uwsgi", "--master --processes {n}, uwsgi protocol"),
     ServerSpec(f"uwsgi-t{THREADS}", f"uWSGI --threads {THREADS}", "uwsgi-threads", "uwsgi", False, "uwsgi",
                f"--master --processes {{n}} --threads {THREADS}, uwsgi protocol"),
@@ -68,7 +74,7 @@ SERVERS: tuple[ServerSpec, ...] = (
                "ONE process, 4 threads (its default), proxy_pass"),
 )  # fmt: skip
 SERVER_NAMES = tuple(spec.name for spec in SERVERS)
-QUICK_SERVERS = ("ours", f"ours-t{THREADS}", "gunicorn-gthread")
+QUICK_SERVERS = ("ours", f"ours-t{THREADS}", "ours-preload", "gunicorn-gthread")
 QUICK_SCENARIOS = ("io-10ms",)
 #: The row the ratios compare with: the uWSGI configuration users copy.
 REFERENCE = f"uwsgi-t{THREADS}"

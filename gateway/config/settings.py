@@ -784,6 +784,19 @@ class Config:
         checks=(AT_LEAST_ONE,),
         example="4",
     )
+    preload: bool = setting(
+        FLAG,
+        default=False,
+        section="worker lifecycle",
+        help="import the app once in a template process and fork the workers from it (memory shared "
+        "copy-on-write; a respawn is a fork, not an import)",
+        doc="import the app once, in a template process that never runs an event loop, and fork every worker "
+        "from it: the app's memory is shared copy-on-write between the workers and a respawn costs a fork, not "
+        "an import. SIGHUP and `--reload` import the new code in a new template first; only once it imported "
+        "are the old workers retired and new ones forked from it (if it fails, the old workers keep serving). "
+        "An app that opens sockets or starts threads at import shares them between the forked workers: open "
+        "them on first use instead",
+    )
     #: What to bind: ``fcgi``, ``uwsgi`` then ``http``, derived so that each protocol stays one setting of its own.
     listeners: tuple[Listen, ...] = field(default=(), init=False)
 

@@ -160,7 +160,7 @@ UWSGI_OPTIONS: dict[str, Meaning] = {
     "plugin": Needless("Python WSGI is all the gateway serves; there are no plugins"),
     "heartbeat": Needless("the heartbeat is for uWSGI's Emperor; a process monitor watches the gateway"),
     "enable-threads": Needless("the app may start threads in any worker"),
-    "lazy-apps": Needless("each worker imports the app itself: nothing is forked after the import"),
+    "lazy-apps": Needless("each worker imports the app itself (unless --preload, which forks them after one import)"),
     "single-interpreter": Needless("each worker runs one interpreter"),
     "thunder-lock": Needless("one event loop accepts every connection: there is no accept lock to take"),
     "auto-procname": Needless("process titles always name the role (gateway master, gateway worker)"),

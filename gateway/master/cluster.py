@@ -14,19 +14,22 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING
 
 from gateway.config.settings import Config, ConfigError
 from gateway.loop.accesslog import ResponseLog
 from gateway.loop.counters import COUNTERS, ResponseTee
 from gateway.loop.front import FrontContext
 from gateway.loop.listeners import BoundListener
-from gateway.master.metrics import MetricsServer
 from gateway.master.stats import StatsServer
 from gateway.master.subscription import Subscriber
 from gateway.master.supervisor import Supervisor
 from gateway.sessions import SessionStore
 from gateway.sessions.mapping import SessionChanges
 from gateway.sessions.store import SessionRecord
+
+if TYPE_CHECKING:  # imported when --metrics is given: prometheus_client costs every master ~3 MiB otherwise
+    from gateway.master.metrics import MetricsServer
 
 log = logging.getLogger("gateway.cluster")
 
@@ -124,6 +127,8 @@ class ClusterServices:
             self.stats = StatsServer(pool, contexts, listeners)
             await self.stats.start(config.stats)
         if config.metrics is not None:
+            from gateway.master.metrics import MetricsServer  # noqa: PLC0415 - only with --metrics (see above)
+
             self.metrics = MetricsServer(pool, contexts)
             await self.metrics.start(config.metrics)
         if self.subscriber is not None:

@@ -1,7 +1,9 @@
 """The worker processes: started, watched, replaced, recycled and reloaded.
 
 The master starts each worker as a fresh interpreter (``python -m gateway.worker``; a process running an event loop
-is never forked) with a unix socket pair as its channel, whose master end is the worker's :class:`Relay`. The
+is never forked) with a unix socket pair as its channel, whose master end is the worker's :class:`Relay`. With
+``--preload`` the worker is instead forked by a template process that imported the app once
+(``gateway/master/template.py``); the channel is made here all the same, and the rest of the pool cannot tell. The
 :class:`Scheduler` decides which worker runs which request; the supervisor carries out what changes the pool's
 shape and answers on the pool's behalf (502 for the request a dead worker ran, 503 when the queue is full or a
 request waited too long, 504 past --timeout).
@@ -23,7 +25,7 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.config.settings import Config
 from gateway.contract.channel import ChannelError
@@ -35,6 +37,7 @@ from gateway.loop.relay import Relay, RequestDone, State
 from gateway.loop.request import Request, respond_error
 from gateway.loop.scheduler import Scheduler
 from gateway.loop.session_hook import worker_session_settings
+from gateway.master.template import Preloader, TemplateFailed
 
 log = logging.getLogger("gateway.pool")
 
@@ -55,12 +58,31 @@ class AppLoadFailed(Exception):
     """The application could not be imported by a worker; the message says why."""
 
 
+class WorkerHandle(Protocol):
+    """What the supervisor does with a worker's process: an ``asyncio.subprocess.Process`` it started, or a
+    ``ForkedWorker`` a --preload template forked (whose status is None when its template was gone first)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int | None: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 class WorkerProcess:
     """One worker's process: its handle, when and with which code generation it started, and how it ends."""
 
     __slots__ = ("generation", "kill_at", "killed", "pid", "process", "ready", "relay", "started_at")
 
-    def __init__(self, process: asyncio.subprocess.Process, relay: Relay, started_at: float, generation: int) -> None:
+    def __init__(self, process: WorkerHandle, relay: Relay, started_at: float, generation: int) -> None:
         self.process = process
         self.pid = process.pid
         self.relay = relay
@@ -130,6 +152,8 @@ class Supervisor:
             threads=config.threads,
         )
         self._encoded_settings = self.worker_settings.encode()
+        #: --preload: the template processes that import the app and fork the workers.
+        self.preloader = Preloader(self._encoded_settings, config.app) if config.preload else None
         self.fatal: asyncio.Future[str] = loop.create_future()
 
     def draw_max_requests(self) -> int:
@@ -147,6 +171,13 @@ class Supervisor:
         self.running = True
         self._startup = self._loop.create_future()
         self._starting = self.scheduler.target
+        if self.preloader is not None:
+            try:
+                await self.preloader.start()
+            except TemplateFailed as err:
+                raise AppLoadFailed(str(err)) from None
+            except OSError as err:
+                raise AppLoadFailed(f"cannot start the --preload template ({sys.executable}): {err}") from None
         for _ in range(self.scheduler.target):
             try:
                 await self._spawn()
@@ -161,10 +192,11 @@ class Supervisor:
             self._startup = None
         self._tick = self._loop.create_task(self._supervise())
 
-    def attach(self, process: asyncio.subprocess.Process) -> Relay:
+    def attach(self, process: WorkerHandle, generation: int | None = None) -> Relay:
         """Take a started worker process into the pool; its channel's protocol is the relay returned.
 
-        It gets requests once its READY frame arrives.
+        It gets requests once its READY frame arrives. ``generation``: the code it runs (the pool's newest unless
+        said: a --preload worker runs its template's).
         """
         loop = self._loop
         relay = Relay(
@@ -176,7 +208,8 @@ class Supervisor:
             clock=loop.time,
             call_soon=loop.call_soon,
         )
-        self.workers[relay] = WorkerProcess(process, relay, loop.time(), self.generation)
+        generation = self.generation if generation is None else generation
+        self.workers[relay] = WorkerProcess(process, relay, loop.time(), generation)
         COUNTERS.worker_started(process.pid)
         self.scheduler.add(relay)
         self.scheduler.starting += 1  # until its READY frame, or its death
@@ -192,24 +225,30 @@ class Supervisor:
         # File responses' descriptors: one per message (see gateway/contract/channel.py).
         files_parent, files_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         files_parent.setblocking(False)
+        process: WorkerHandle
+        generation = None
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway.worker",
-                str(child.fileno()),
-                self._encoded_settings,
-                str(files_child.fileno()),
-                pass_fds=(child.fileno(), files_child.fileno()),
-                stdin=asyncio.subprocess.DEVNULL,
-            )
+            if self.preloader is not None:
+                process, generation = await self.preloader.fork(child, files_child)
+            else:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "gateway.worker",
+                    str(child.fileno()),
+                    self._encoded_settings,
+                    str(files_child.fileno()),
+                    pass_fds=(child.fileno(), files_child.fileno()),
+                    stdin=asyncio.subprocess.DEVNULL,
+                )
         except BaseException:
             files_parent.close()
+            parent.close()
             raise
         finally:
             child.close()
             files_child.close()
-        relay = self.attach(process)
+        relay = self.attach(process, generation)
         relay.files = files_parent
         await loop.connect_accepted_socket(lambda: relay, parent)
         self._background(self._reap(self.workers[relay]))
@@ -237,6 +276,13 @@ class Supervisor:
                     await asyncio.sleep(delay)
                 if self.running:
                     await self._spawn()
+            except (OSError, TemplateFailed) as err:
+                if isinstance(err, TemplateFailed) and not self.workers:
+                    if not self.fatal.done():
+                        self.fatal.set_result(str(err))
+                    return
+                log.error("cannot start a worker: %s; trying again in %g s", err, _MAX_BACKOFF)  # noqa: TRY400
+                self._loop.call_later(_MAX_BACKOFF, self._replenish)
             finally:
                 self._spawning -= 1
                 self.scheduler.starting -= 1  # counted by attach() from the moment the process exists
@@ -261,7 +307,10 @@ class Supervisor:
         if not self.running:
             return
         if not relay.retiring:
-            describe = f"signal {-status}" if status < 0 else f"status {status}"
+            if status is None:
+                describe = "an unknown status (its --preload template was gone)"
+            else:
+                describe = f"signal {-status}" if status < 0 else f"status {status}"
             log.warning("worker %d exited with %s; starting a replacement", worker.pid, describe)
             COUNTERS.worker_restarted("died")
             if self._loop.time() - worker.started_at < _STABLE_AFTER:
@@ -344,6 +393,8 @@ class Supervisor:
                 await worker.process.wait()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.preloader is not None:
+            await self.preloader.stop()
 
     # -- what relays report ------------------------------------------------------------------------------------
     def relay_ready(self, relay: Relay, info: dict[str, Any]) -> None:
@@ -400,8 +451,30 @@ class Supervisor:
         """Start a full set of workers importing the app afresh; each one ready retires one running old code."""
         if not self.running:
             return
+        if self.preloader is not None:
+            log.info("reloading: a new template process imports the app afresh")
+            self._background(self._reload_preloaded(self.preloader))
+            return
         self.generation += 1
         log.info("reloading: starting %d workers with freshly imported code", self.scheduler.target)
+        for _ in range(self.scheduler.target):
+            self._spawn_one()
+
+    async def _reload_preloaded(self, preloader: Preloader) -> None:
+        """--preload: new workers are forked only once the new template has imported the new code; each one ready
+        retires one running older code, as without --preload. If it cannot be imported, nothing changes."""
+        try:
+            generation = await preloader.load_new()
+        except TemplateFailed as err:
+            log.critical("%s; reload abandoned, the running workers keep serving the previous code", err)
+            return
+        except OSError as err:
+            log.critical("cannot start a new template (%s); reload abandoned", err)
+            return
+        if generation is None or not self.running:
+            return  # a later reload got there first
+        self.generation = generation
+        log.info("reloading: forking %d workers from the new template", self.scheduler.target)
         for _ in range(self.scheduler.target):
             self._spawn_one()
 

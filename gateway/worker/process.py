@@ -238,28 +238,32 @@ def run_request(channel: ResponseFrames, app: WSGIApp, settings: WorkerSettings,
         body.close()
 
 
-def main(argv: list[str]) -> int:
-    fd = int(argv[0])
-    settings = WorkerSettings.decode(argv[1])
+def prepare(settings: WorkerSettings, role: str) -> None:
+    """What a worker (or a --preload template, whose forked workers inherit it) sets up before the import."""
     # Ctrl-C reaches the whole process group; the loop decides when workers stop (it closes the channel).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(settings.log_level, role=f"worker {os.getpid()}")
+    configure_logging(settings.log_level, role=f"{role} {os.getpid()}")
     tune_malloc()
     if settings.scheduling == "batch":
         use_batch_scheduling()
-    setproctitle.setproctitle(f"gateway worker [{settings.app}]")
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(True)
-    files = socket.socket(fileno=int(argv[2])) if len(argv) > 2 else None
-    channel = Channel(sock, files)
     sys.path[:0] = [*settings.python_path, settings.app_dir]
+
+
+def import_app(settings: WorkerSettings) -> WSGIApp | None:
+    """The app, imported; None (after one critical log line saying why) when it cannot be."""
     try:
-        app = load_app(settings.app, settings)
+        return load_app(settings.app, settings)
     except AppImportError as err:
         log.critical("%s", err)
         log.debug("%s", traceback.format_exc())
-        return EXIT_APP_LOAD
-    gc.freeze()  # the app's modules live as long as the worker: never rescan them
+        return None
+
+
+def serve_channel(sock: socket.socket, files: socket.socket | None, app: WSGIApp, settings: WorkerSettings) -> int:
+    """Say READY on the channel, then serve its requests until the loop closes it; the exit status."""
+    setproctitle.setproctitle(f"gateway worker [{settings.app}]")
+    sock.setblocking(True)
+    channel = Channel(sock, files)
     # BrokenPipe/ConnectionReset: the loop went away (it may be shutting down while we started), so nothing is
     # left to answer.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -271,3 +275,17 @@ def main(argv: list[str]) -> int:
         else:
             serve(channel, app, settings)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    fd = int(argv[0])
+    settings = WorkerSettings.decode(argv[1])
+    prepare(settings, "worker")
+    setproctitle.setproctitle(f"gateway worker [{settings.app}]")
+    sock = socket.socket(fileno=fd)
+    files = socket.socket(fileno=int(argv[2])) if len(argv) > 2 else None
+    app = import_app(settings)
+    if app is None:
+        return EXIT_APP_LOAD
+    gc.freeze()  # the app's modules live as long as the worker: never rescan them
+    return serve_channel(sock, files, app, settings)
