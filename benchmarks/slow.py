@@ -62,6 +62,9 @@ MODES: dict[str, SlowMode] = {
         SlowMode("fcgi-body", "fcgi-body", "fcgi", False, "/upload"),
         SlowMode("fcgi-slow-reader", "slow-reader", "fcgi", False, DIRECT_BIG),
         SlowMode("idle-keepalive", "idle-keepalive", "fcgi", False, "/hello"),
+        # Issue #16's memory-pinning attack: a fast client's share while every connection pushes 1 MiB of params
+        # that never end (our loop-wide budget holds them; the target is >= 0.9).
+        SlowMode("fcgi-pin", "fcgi-pin", "fcgi", False, "/hello"),
         SlowMode("uwsgi-vars", "uwsgi-vars", "uwsgi", False, "/hello"),
         SlowMode("uwsgi-body", "uwsgi-body", "uwsgi", False, "/upload"),
         SlowMode("uwsgi-slow-reader", "slow-reader", "uwsgi", False, DIRECT_BIG),
@@ -75,7 +78,7 @@ MODES: dict[str, SlowMode] = {
     )
 }
 BY_PROTOCOL: dict[str, tuple[str, ...]] = {
-    "fcgi": ("fcgi-params", "fcgi-body", "fcgi-slow-reader", "idle-keepalive", "http-body"),
+    "fcgi": ("fcgi-params", "fcgi-body", "fcgi-slow-reader", "idle-keepalive", "fcgi-pin", "http-body"),
     "uwsgi": ("uwsgi-vars", "uwsgi-body", "uwsgi-slow-reader", "http-body"),
     "http": ("http-body", "http-slow-reader"),
     "direct": ("direct-headers", "direct-body", "direct-slow-reader", "direct-idle"),

@@ -19,6 +19,8 @@ Modes (``--mode``):
 ``idle-keepalive`` FastCGI with FCGI_KEEP_CONN: one complete request at full speed, then the connection sits idle
 ``http-headers``   HTTP: the request head (padded), one chunk per interval (the classic slowloris)
 ``http-idle``      HTTP/1.1 keep-alive: one complete request at full speed, then the connection sits idle
+``fcgi-pin``       FastCGI, multiplexed: ``--pin-ids`` request ids, each with ``--pin-size`` bytes of params sent
+                   at full speed and never ended, then the connection sits (the memory-pinning attack of #16)
 =================  ===============================================================================================
 
 A connection the server closes is counted (closed-by-server) and, unless ``--no-reconnect``, opened again after an
@@ -70,6 +72,7 @@ MODES: dict[str, str] = {
     "idle-keepalive": "FastCGI keep-conn: one request at full speed, then sit idle",
     "http-headers": "HTTP: trickle the request head (slowloris)",
     "http-idle": "HTTP/1.1 keep-alive: one request at full speed, then sit idle",
+    "fcgi-pin": "FastCGI: many request ids of params that never end, at full speed, then sit",
 }
 PROTOCOLS = ("fcgi", "uwsgi", "http")
 MAX_CONNECTIONS = 20000
@@ -80,6 +83,10 @@ DEFAULT_BODY_SIZE = 1_000_000
 #: Keeps a params/vars block under uWSGI's default 4 KiB buffer-size, so uWSGI sees the trickle instead of
 #: rejecting an oversized head at once; still long enough to last 2000 intervals one byte at a time.
 DEFAULT_PAD = 2048
+#: fcgi-pin: 16 ids of just under 64 KiB of params (our --max-params-size) each, about 1 MiB per connection: under
+#: our per-connection budget, so a thousand of them are the loop-wide budget's to hold (issue #16's target).
+DEFAULT_PIN_IDS = 16
+DEFAULT_PIN_SIZE = 65000
 #: File descriptors the process needs besides the connections (stdio, the event loop, a log, a subprocess pipe).
 _FD_HEADROOM = 100
 _REQUEST_ID = 1
@@ -114,6 +121,9 @@ class Config:
     receive_buffer: int = 4096
     #: fcgi-params and uwsgi-vars: bytes of an extra ``X-Slowloris-Pad`` header, so the head lasts.
     pad: int = DEFAULT_PAD
+    #: fcgi-pin: request ids opened per connection, and params bytes sent for each.
+    pin_ids: int = DEFAULT_PIN_IDS
+    pin_size: int = DEFAULT_PIN_SIZE
     connect_timeout: float = 5.0
     reconnect: bool = True
     #: A non-loopback host is refused unless this repeats it exactly.
@@ -138,7 +148,7 @@ class Config:
             raise ValueError(f"--interval must be at least {MIN_INTERVAL} s")
         if self.ramp < 0 or self.ramp > self.duration:
             raise ValueError("--ramp must be between 0 and --duration")
-        for name in ("chunk", "read_bytes", "receive_buffer", "body_size"):
+        for name in ("chunk", "read_bytes", "receive_buffer", "body_size", "pin_ids", "pin_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.pad < 0 or self.connect_timeout <= 0:
@@ -323,6 +333,16 @@ def trickle_plan(config: Config) -> tuple[bytes, Iterator[bytes]]:
     raise ValueError(f"{mode} is not a trickle mode")
 
 
+def pin_payload(config: Config) -> bytes:
+    """fcgi-pin: BEGIN_REQUEST (keep-conn) and ``pin_size`` bytes of a params stream that never ends (no empty
+    PARAMS record), for each of ``pin_ids`` request ids."""
+    pad = {"HTTP_X_PAD": "p" * max(config.pin_size - 14, 1)}
+    return b"".join(
+        encode_begin(request_id, keep_conn=True) + encode_params(request_id, pad)[:-8]
+        for request_id in range(1, config.pin_ids + 1)
+    )
+
+
 class _ResponseTracker:
     """Follows a response just far enough to tell a complete one from a cut one."""
 
@@ -429,6 +449,8 @@ class _Attack:
             await self._slow_reader(sock)
         elif mode in ("idle-keepalive", "http-idle"):
             await self._idle_keepalive(sock)
+        elif mode == "fcgi-pin":
+            await self._pin(sock)
         else:
             await self._trickle(sock)
 
@@ -463,6 +485,13 @@ class _Attack:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await reader
+
+    async def _pin(self, sock: socket.socket) -> None:
+        """Open the ids and send their params as fast as the server takes them, never ending one; then wait for
+        the server to close (at its header timeout, or a budget)."""
+        await self._send(sock, pin_payload(self.config))
+        await self._drain(sock, _ResponseTracker("fcgi"))
+        self.summary.closed_by_server += 1
 
     def _request(self) -> bytes:
         config = self.config
@@ -624,6 +653,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--read-bytes", type=int, default=16, help="slow-reader: bytes read per interval")
     parser.add_argument("--receive-buffer", type=int, default=4096, help="slow-reader: SO_RCVBUF bytes")
     parser.add_argument("--pad", type=int, default=DEFAULT_PAD, help="fcgi-params/uwsgi-vars: padding header bytes")
+    parser.add_argument("--pin-ids", type=int, default=DEFAULT_PIN_IDS, help="fcgi-pin: request ids per connection")
+    parser.add_argument("--pin-size", type=int, default=DEFAULT_PIN_SIZE, help="fcgi-pin: params bytes per id")
     parser.add_argument("--connect-timeout", type=float, default=5.0)
     parser.add_argument(
         "--no-reconnect", dest="reconnect", action="store_false", help="do not reopen connections the server closed"

@@ -192,23 +192,29 @@ def loop_tracebacks(log: str) -> int:
     return count
 
 
-def send_batch(port: int, payloads: list[bytes]) -> None:
-    """Open a connection per payload, send it, give the gateway a moment, read what came, close."""
+def send_batch(port: int, payloads: list[bytes]) -> int:
+    """Open a connection per payload, send it, give the gateway a moment, read what came, close. Returns how many
+    payloads reached the gateway (connected, and sent without an error): only those count as fuzzed."""
     socks = []
+    delivered = 0
     for payload in payloads:
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.setblocking(False)
-            with contextlib.suppress(BlockingIOError, OSError):
-                sock.send(payload)
-            socks.append(sock)
         except OSError:
             continue
+        sock.setblocking(False)
+        socks.append(sock)
+        try:
+            sock.send(payload)
+        except OSError:  # BlockingIOError included: nothing of it was taken
+            continue
+        delivered += 1
     time.sleep(0.01)
     for sock in socks:
         with contextlib.suppress(OSError):
             sock.recv(1 << 16)
         sock.close()
+    return delivered
 
 
 def run(requests: int, seconds: float, seed: int = 1) -> tuple[bool, str]:
@@ -228,14 +234,18 @@ def run(requests: int, seconds: float, seed: int = 1) -> tuple[bool, str]:
         base_fds, base_rss = descriptors(pid), rss(pid)
         thread.start()
         sent = {"fastcgi": 0, "uwsgi": 0}
-        deadline = time.monotonic() + seconds
+        undelivered = 0
+        started = time.monotonic()
+        deadline = started + seconds
         while min(sent.values()) < requests and time.monotonic() < deadline:
             for protocol, port, make in (("fastcgi", fcgi_port, fastcgi_request), ("uwsgi", uwsgi_port, uwsgi_request)):
                 batch = [mutate(rng, make(rng), make(rng)) for _ in range(BATCH)]
-                send_batch(port, batch)
-                sent[protocol] += len(batch)
+                delivered = send_batch(port, batch)
+                sent[protocol] += delivered
+                undelivered += len(batch) - delivered
             if gateway.process.poll() is not None:
                 break
+        elapsed = time.monotonic() - started
         checker.stop()
         thread.join(30)
         alive = gateway.process.poll() is None
@@ -247,7 +257,9 @@ def run(requests: int, seconds: float, seed: int = 1) -> tuple[bool, str]:
         log = gateway.log_text()
         tracebacks = loop_tracebacks(log)
         report = (
-            f"mutated requests: fastcgi {sent['fastcgi']}, uwsgi {sent['uwsgi']}; checked answers {checker.checked}, "
+            f"mutated requests: fastcgi {sent['fastcgi']}, uwsgi {sent['uwsgi']} in {elapsed:.0f} s "
+            f"({sum(sent.values()) / max(elapsed, 1e-9):.0f}/s; {undelivered} more could not be sent); "
+            f"checked answers {checker.checked}, "
             f"wrong {len(checker.failures)}; gateway alive {alive}; tracebacks in its log {tracebacks}; "
             f"master descriptors {base_fds} -> {fds}; master RSS {base_rss / 2**20:.1f} -> {now_rss / 2**20:.1f} MiB"
         )

@@ -28,6 +28,7 @@ from benchmarks.harness import QUICK_SERVERS, ensure_nginx
 from benchmarks.realapp import QUICK_SERVERS as REALAPP_QUICK_SERVERS
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
+from gateway.protocols.fastcgi import Limits, ServerConnection
 from tests.load import uwsgi_get
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,6 +220,13 @@ def test_slowloris_helpers() -> None:
     assert list(slowloris.regroup([b"abcde", b"fg"], 3)) == [b"abc", b"def", b"g"]
     with pytest.raises(ValueError, match="connections"):
         slowloris.Config(mode="fcgi-params", port=1, connections=0).validate()
+    # fcgi-pin: ids whose params never end, as a FastCGI server reads them.
+    codec = ServerConnection(
+        Limits(max_params_size=65536, max_params=100, max_body_size=1, max_requests_per_connection=8, max_connections=1)
+    )
+    assert codec.receive_data(slowloris.pin_payload(slowloris.Config(mode="fcgi-pin", pin_ids=3, pin_size=1000))) == []
+    assert codec.active_requests == 3 and all(codec.phase(request_id) == "receiving params" for request_id in (1, 2, 3))
+    assert 3000 <= codec.buffered < 3100
 
 
 def test_loop_cost_drives_every_mode_and_counts_both_sides() -> None:

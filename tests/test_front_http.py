@@ -379,6 +379,17 @@ async def test_too_many_or_too_large_headers_are_431(tmp_path: Path) -> None:
     assert _wire(harness, transport).startswith(b"HTTP/1.1 431 ")
 
 
+async def test_a_head_cut_by_a_read_counts_its_complete_fields_once(tmp_path: Path) -> None:
+    """5 KiB of header fields and the start of the next in one read, under an 8 KiB limit: not a head of 10 KiB
+    (the fields, and the whole read again as the line still arriving)."""
+    harness, connection, transport = _open(tmp_path, max_params_size=8192)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 5000 + b"\r\nX-More: 1\r\n\r\n"
+    connection.data_received(head[:5040])  # X-Pad complete, X-More not
+    assert 5000 < connection.codec.buffered < 5100
+    connection.data_received(head[5040:])
+    assert len(harness.dispatcher.submitted) == 1, _wire(harness, transport)
+
+
 @pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
 async def test_other_versions_are_505(tmp_path: Path, version: bytes) -> None:
     wire = _refused(tmp_path, b"GET / " + version + b"\r\nHost: x\r\n\r\n")

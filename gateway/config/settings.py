@@ -437,11 +437,14 @@ class Config:
         default=32 << 20,
         section="limits",
         metavar="BYTES",
-        help="memory the incomplete requests of all connections may hold together; beyond it bodies go to "
-        "temporary files and reading pauses on the connections holding the most",
-        doc="memory the incomplete requests of all connections may hold together; beyond it the bodies being "
-        "received go to temporary files and the loop stops reading from the connections holding more than their "
-        "share until the total is back under three quarters of it, so well-behaved requests keep being served",
+        help="memory the requests of all connections may hold together (incomplete ones, and the in-memory "
+        "bodies of complete ones); beyond it bodies go to temporary files and reading pauses on the connections "
+        "still holding more than 4 KiB",
+        doc="memory the requests of all connections may hold together: incomplete ones (every listener's), and the "
+        "in-memory bodies of complete ones until they end; past half of it each read takes at most 16 KiB, and "
+        "beyond it the bodies being received or waiting for a worker go to temporary files and the loop stops "
+        "reading from the connections whose incomplete requests still hold more than 4 KiB until the total is "
+        "back under three quarters of it, so well-behaved requests keep being served",
         checks=(POSITIVE,),
         example="134217728",
     )

@@ -219,8 +219,10 @@ class FastCGIConnection(FrontConnection):
             # STDIN is the framing: a body sent without CONTENT_LENGTH (nginx passing a chunked request
             # unbuffered) is whole now, and the app learns its length where PEP 3333 says to look for it.
             exchange.params["CONTENT_LENGTH"] = str(exchange.body.size)
-        exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", self.context.clock())
-        self.context.dispatcher.submit(exchange.request)
+        request = exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", self.context.clock())
+        if exchange.body.size:
+            self.context.budget.wait(request)  # its body, if in memory, counts until the request ends
+        self.context.dispatcher.submit(request)
 
     def _aborted(self, request_id: int) -> None:
         exchange = self.exchanges.get(request_id)

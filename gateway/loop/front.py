@@ -1,7 +1,8 @@
 """What every wire protocol's connection shares: admission, output flow control, closing on bad input.
 
-A front connection is an ``asyncio.Protocol`` whose ``data_received`` only feeds its sans-IO codec and acts on
-the events. Subclasses (FastCGI, uwsgi, HTTP) differ only in the codec and in how a response is framed.
+A front connection is an ``asyncio.BufferedProtocol`` whose reads land in the loop's one read buffer, sized by the
+memory budget (gateway/loop/budget.py), and whose ``data_received`` only feeds its sans-IO codec and acts on the
+events. Subclasses (FastCGI, uwsgi, HTTP) differ only in the codec and in how a response is framed.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class FrontContext:
     # The loop's bound methods, looked up once: asyncio.get_running_loop() costs a getpid() syscall per call.
     clock: Callable[[], float] = field(init=False)
     budget: MemoryBudget = field(init=False)
+    #: The budget's whole read buffer, where every read lands (``FrontConnection.buffer_updated``).
+    read_buffer: memoryview = field(init=False)
     call_soon: Callable[..., object] = field(init=False)
 
     def new_body(self) -> RequestBody:
@@ -72,13 +75,14 @@ class FrontContext:
         if budget is None:
             budget = MemoryBudget(self.config.max_connection_buffer, self.config.max_buffered)
         self.budget = budget
+        self.read_buffer = budget.read_buffer
 
     def sweep(self, now: float) -> None:
         for connection in list(self.connections):
             connection.check_timeouts(now)
 
 
-class FrontConnection(asyncio.Protocol):
+class FrontConnection(asyncio.BufferedProtocol):
     """Base of the per-connection protocols."""
 
     protocol_name = "?"
@@ -120,6 +124,18 @@ class FrontConnection(asyncio.Protocol):
         self.context.connections.add(self)
         if self.context.on_count_changed is not None:
             self.context.on_count_changed()
+
+    # -- input: the budget sizes each read (gateway/loop/budget.py) -------------------------------------------------
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.context.budget.read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # A bytes object of its own, as uvloop makes from its buffer: the codecs keep views of it (body chunks).
+        self.data_received(bytes(self.context.read_buffer[:nbytes]))
+
+    def data_received(self, data: bytes) -> None:
+        """One read's bytes, for the codec; the subclass's."""
+        raise NotImplementedError
 
     @property
     def peer(self) -> str:

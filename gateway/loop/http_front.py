@@ -7,6 +7,12 @@ body. What HTTP adds is the connection's own life: keep-alive, pipelined request
 complete request waits), ``Expect: 100-continue``, framing of the response (``protocols.http.response``),
 error answers with a one-line reason, and a lingering close after an error so the client reads the answer
 instead of a reset.
+
+Memory budgets (gateway/loop/budget.py), as on the other fronts: what the connection holds is the head still
+arriving (the codec's ``buffered``) and the in-memory bodies of its requests not dispatched yet (the one being
+received, and a complete one waiting behind the response being sent). Reading is paused for two reasons, a
+pipelined request waiting its turn (``reading_paused``) and the loop-wide budget (``input_paused``), and resumes
+only once neither holds.
 """
 
 from __future__ import annotations
@@ -184,6 +190,8 @@ class _Exchange:
 
 class HTTPConnection(FrontConnection):
     protocol_name = "http"
+    #: In-memory bytes of the bodies of exchanges not dispatched yet (their part of ``held``); a class default.
+    body_held = 0
 
     def __init__(self, context: FrontContext) -> None:
         super().__init__(context)
@@ -252,8 +260,12 @@ class HTTPConnection(FrontConnection):
             event_type = type(event)
             if event_type is BodyData:
                 assert isinstance(event, BodyData)
-                if self.receiving is not None and self.receiving.body is not None:
-                    self.receiving.body.write(event.data)
+                receiving = self.receiving
+                if receiving is not None and receiving.body is not None:
+                    body = receiving.body
+                    before = body.memory
+                    body.write(event.data)
+                    self.body_held += body.memory - before
             elif event_type is RequestHead:
                 assert isinstance(event, RequestHead)
                 self._head(event)
@@ -265,13 +277,59 @@ class HTTPConnection(FrontConnection):
                 self._refuse(CONTENT_TOO_LARGE, f"request body exceeds {event.limit} bytes (--max-body-size)")
         if error is not None:
             self._refuse(error.status, error.reason)
-            return
-        self.track_input(codec.input_pending, codec.head_pending)
-        if len(self.exchanges) > 1 and not self.reading_paused and self.transport is not None:
-            # A complete request waits behind the one being answered: read no further until it is its turn, so
-            # a pipelining client cannot make us buffer requests without end.
-            self.reading_paused = True
+        else:
+            self.track_input(codec.input_pending, codec.head_pending)
+            if len(self.exchanges) > 1 and not self.reading_paused:
+                # A complete request waits behind the one being answered: read no further until it is its turn,
+                # so a pipelining client cannot make us buffer requests without end.
+                self._pause_for_turn()
+        if not self.closed:
+            held = codec.buffered + self.body_held
+            if held != self.held:
+                self.account(held)
+
+    def _recount(self) -> None:
+        """After a body was dropped (a refused, cut or timed-out request): what the rest hold, reported."""
+        held = 0
+        for exchange in self.exchanges:
+            if exchange.request is None and exchange.body is not None:
+                held += exchange.body.memory  # received, or complete and waiting for its turn
+        self.body_held = held
+        if not self.closed and self.codec.buffered + held != self.held:
+            self.account(self.codec.buffered + held)
+
+    def spool_bodies(self) -> None:
+        if self.body_held:
+            for exchange in self.exchanges:
+                if exchange.request is None and exchange.body is not None:
+                    exchange.body.spool()
+            self.body_held = 0
+        self.set_held(self.codec.buffered)
+
+    # -- two reasons not to read: a request waiting its turn, and the loop-wide budget ----------------------------
+    def _pause_for_turn(self) -> None:
+        self.reading_paused = True
+        if not self.input_paused and self.transport is not None:
             self.transport.pause_reading()
+
+    def _resume_for_turn(self) -> None:
+        self.reading_paused = False
+        if not self.input_paused and self.transport is not None:
+            self.transport.resume_reading()
+
+    def pause_input(self) -> bool:
+        if self.reading_paused:  # not reading already: only the budget's reason to add
+            if self.input_paused or self.closed:
+                return False
+            self.input_paused = True
+            return True
+        return super().pause_input()
+
+    def resume_input(self) -> None:
+        if self.reading_paused:
+            self.input_paused = False  # still waiting for its turn: reading resumes with it
+            return
+        super().resume_input()
 
     def _head(self, head: RequestHead) -> None:
         params = head.params
@@ -305,8 +363,14 @@ class HTTPConnection(FrontConnection):
     def _dispatch(self, exchange: _Exchange) -> None:
         assert exchange.head is not None
         assert exchange.body is not None
-        exchange.request = Request(exchange.head.params, exchange.body, exchange, "http", self.context.clock())
-        self.context.dispatcher.submit(exchange.request)
+        request = exchange.request = Request(
+            exchange.head.params, exchange.body, exchange, "http", self.context.clock()
+        )
+        if exchange.body.size:
+            if self.body_held:
+                self.body_held -= exchange.body.memory  # complete and dispatched: no longer the connection's
+            self.context.budget.wait(request)  # its body, if in memory, counts until the request ends
+        self.context.dispatcher.submit(request)
 
     def _refuse(self, status: str, reason: str) -> None:
         """Answer ``status`` with ``reason`` once the responses before it are out, then close."""
@@ -318,14 +382,14 @@ class HTTPConnection(FrontConnection):
             self.exchanges.remove(receiving)
             if receiving.body is not None:
                 receiving.body.discard()
+            self._recount()
         exchange = _Exchange(self, None, None)
         exchange.error = (status, reason)
         self.exchanges.append(exchange)
         if exchange is self.exchanges[0]:
             self._answer_error(exchange)
-        elif not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        elif not self.reading_paused:
+            self._pause_for_turn()
 
     def _answer_error(self, exchange: _Exchange) -> None:
         assert exchange.error is not None
@@ -343,8 +407,13 @@ class HTTPConnection(FrontConnection):
         self.lingering = True
         self.linger_since = self.context.clock()
         self.input_since = None
-        if self.reading_paused:
-            self.reading_paused = False
+        # What the client sends now is dropped unread, and nothing it sent is held any more: read on, whatever
+        # paused reading before.
+        paused = self.reading_paused or self.input_paused
+        self.reading_paused = False
+        self.body_held = 0
+        self.release_held()
+        if paused:
             transport.resume_reading()
         self.write(last)
         output = self.output
@@ -360,9 +429,13 @@ class HTTPConnection(FrontConnection):
         self.eof = True
         if self.lingering or not self.exchanges:
             return None
-        if self.receiving is not None:
-            self.exchanges.remove(self.receiving)
+        receiving = self.receiving
+        if receiving is not None:
+            self.exchanges.remove(receiving)
             self.receiving = None
+            if receiving.body is not None:
+                receiving.body.discard()  # never complete: its file, if it had one, goes now
+            self._recount()
         return True if self.exchanges else None
 
     # -- the order of answers ----------------------------------------------------------------------------------
@@ -388,9 +461,10 @@ class HTTPConnection(FrontConnection):
                 self._send_continue(following)
             if following.complete:
                 self._dispatch(following)
-        if self.reading_paused and len(self.exchanges) <= 1 and self.transport is not None:
-            self.reading_paused = False
-            self.transport.resume_reading()
+                if self.held != self.codec.buffered + self.body_held:
+                    self.set_held(self.codec.buffered + self.body_held)  # its body is the budget's now
+        if self.reading_paused and len(self.exchanges) <= 1:
+            self._resume_for_turn()
             self.last_input = self.context.clock()
             if self.input_since is not None:
                 self.input_since = self.last_input  # the time we did not read is not the client's
@@ -402,6 +476,7 @@ class HTTPConnection(FrontConnection):
         exchanges = list(self.exchanges)
         self.exchanges.clear()
         self.receiving = None
+        self.body_held = 0
         for exchange in exchanges:
             exchange.gone = True
             if exchange.request is not None:
@@ -430,6 +505,7 @@ class HTTPConnection(FrontConnection):
             self.receiving = None
             if receiving.body is not None:
                 receiving.body.discard()
+            self.body_held = 0  # it was the only one not dispatched
         if self.codec.started and not self.exchanges:
             self.linger(error_response(_REQUEST_TIMEOUT, reason, self.server_headers()))
         elif self.transport is not None and not self.exchanges:

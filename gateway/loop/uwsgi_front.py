@@ -71,8 +71,10 @@ class UwsgiConnection(FrontConnection):
             elif event_type is RequestComplete:
                 assert self.params is not None
                 assert self.body is not None
-                self.request = Request(self.params, self.body, self, "uwsgi", self.context.clock())
-                self.context.dispatcher.submit(self.request)
+                request = self.request = Request(self.params, self.body, self, "uwsgi", self.context.clock())
+                if self.body.size:
+                    self.context.budget.wait(request)  # its body, if in memory, counts until the request ends
+                self.context.dispatcher.submit(request)
             elif event_type is Ping:
                 self.write(encode_pong())
                 self.finish()

@@ -106,6 +106,9 @@ class ServerConnection:
         self._state = _State.IDLE
         self._events: list[Event] = []
         self._failure = ""
+        #: Bytes of targets and header fields completed on this connection so far, never reset: how much of a
+        #: read the parser took as complete parts of a head (``_feed``).
+        self._completed = 0
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -127,6 +130,15 @@ class ServerConnection:
     @property
     def head_pending(self) -> bool:
         return self._state is _State.HEAD
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a request head still arriving that the codec and llhttp hold: its target, its complete header
+        fields and what was fed since the last of them (for the memory budgets). Body bytes are never held:
+        they are passed on as they arrive."""
+        if self._state is not _State.HEAD:
+            return 0
+        return len(self._target) + self._head_size + self._partial
 
     @property
     def started(self) -> bool:
@@ -163,6 +175,7 @@ class ServerConnection:
         return events
 
     def _feed(self, data: bytes) -> None:
+        completed = self._completed
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -184,8 +197,14 @@ class ServerConnection:
                 return  # bytes after a request that closes the connection: never read
             raise HTTPError(BAD_REQUEST, f"malformed request ({err})") from None
         if self._state is _State.HEAD:
-            self._partial += len(data)
-            if self._head_size + self._partial > self.limits.max_head_size:
+            consumed = self._completed - completed
+            if consumed:
+                # A part of the head completed in this read: what follows it (at most the rest of the read) is
+                # the line still arriving; the completed parts are in _target and _head_size already.
+                self._partial = max(len(data) - consumed, 0)
+            else:
+                self._partial += len(data)
+            if len(self._target) + self._head_size + self._partial > self.limits.max_head_size:
                 raise HTTPError(HEADERS_TOO_LARGE, self._head_too_large())
 
     def _fail(self, err: HTTPError) -> None:
@@ -203,13 +222,16 @@ class ServerConnection:
 
     def on_url(self, url: bytes) -> None:
         self._partial = 0
+        self._completed += len(url)
         target = self._target = self._target + url
         if len(target) > self.limits.max_target_size:
             raise HTTPError(URI_TOO_LONG, f"request target exceeds {self.limits.max_target_size} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._partial = 0
-        self._head_size += len(name) + len(value) + 4
+        line = len(name) + len(value) + 4
+        self._completed += line
+        self._head_size += line
         headers = self._headers
         headers.append((name, value))
         if len(headers) > self.limits.max_headers:
