@@ -19,16 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from devstack.nginx import Nginx
 from devstack.ports import free_port
-from devstack.processes import GatewayProcess, stat_fields, tree_pids
+from devstack.processes import stat_fields, tree_pids
 from gateway.contract.exits import EXIT_APP_LOAD
 from tests.http import request
 from tests.load import children, load, uwsgi_get
+from tests.stacks import ENV, NginxStack
 from tests.waiting import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 PRELOADED_APP = """
 import json, os, time
@@ -59,40 +56,13 @@ def _write_app(directory: Path, version: str) -> None:
     os.utime(path, (stamp, stamp))
 
 
-class PreloadStack:
-    """A --preload gateway (FastCGI and uwsgi on loopback ports) serving the app of ``app_dir``, behind nginx."""
+class PreloadStack(NginxStack):
+    """A --preload gateway serving the app of ``app_dir``, behind nginx."""
 
     def __init__(self, tmp_path: Path, *args: str, app: str = "preloaded:application") -> None:
         self.app_dir = tmp_path / "app"
         _write_app(self.app_dir, "1")
-        self.fcgi, self.uwsgi = free_port(), free_port()
-        (tmp_path / "nginx").mkdir()
-        listen = ["--fcgi", f"127.0.0.1:{self.fcgi}", "--uwsgi", f"127.0.0.1:{self.uwsgi}"]
-        self.gateway = GatewayProcess(
-            tmp_path / "gateway",
-            [*listen, "--preload", *args, app],
-            env=ENV,
-            cwd=self.app_dir,
-        )
-        self.nginx = Nginx(tmp_path / "nginx", free_port(), f"127.0.0.1:{self.fcgi}", f"127.0.0.1:{self.uwsgi}")
-
-    def __enter__(self) -> PreloadStack:
-        self.gateway.start()
-        try:
-            self.nginx.start()
-        except BaseException:
-            self.gateway.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.nginx.stop()
-        self.gateway.stop()
-
-    @property
-    def master(self) -> int:
-        assert self.gateway.process is not None
-        return self.gateway.process.pid
+        super().__init__(tmp_path, ["--preload", *args], app, cwd=self.app_dir)
 
     def get(self, path: str = "/") -> dict[str, Any]:
         reply = request(self.nginx.url, "GET", path)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from devstack.nginx import Nginx
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
 from devstack.servers import Memcached
@@ -28,46 +27,22 @@ from gateway.protocols.fastcgi import encode_request
 from gateway.protocols.uwsgi import encode_request as encode_uwsgi
 from tests.http import Reply, request
 from tests.load import children, load, uwsgi_get
+from tests.stacks import ENV, NginxStack
 from tests.test_raw_sockets import FastCGIClient, _params, _split_response
 from tests.waiting import Gate, read_by_peer, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-
-class Stack:
-    """One gateway (FastCGI and uwsgi on loopback ports) behind its own nginx."""
+class Stack(NginxStack):
+    """One gateway running ``tests.apps:app`` behind its own nginx."""
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
-        fcgi, uwsgi = free_port(), free_port()
-        self.gateway = GatewayProcess(
-            tmp_path / "gateway",
-            ["--fcgi", f"127.0.0.1:{fcgi}", "--uwsgi", f"127.0.0.1:{uwsgi}", *args, "tests.apps:app"],
-            env=ENV,
-        )
-        (tmp_path / "gateway").mkdir()
-        (tmp_path / "nginx").mkdir()
-        self.nginx = Nginx(tmp_path / "nginx", free_port(), f"127.0.0.1:{fcgi}", f"127.0.0.1:{uwsgi}")
-
-    def __enter__(self) -> Stack:
-        self.gateway.start()
-        try:
-            self.nginx.start()
-        except BaseException:
-            self.gateway.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.nginx.stop()
-        self.gateway.stop()
+        super().__init__(tmp_path, args, "tests.apps:app")
 
     def get(self, path: str, headers: list[tuple[str, str]] | None = None) -> Reply:
         return request(self.nginx.url, "GET", path, headers=headers)
 
     def workers(self) -> set[int]:
-        assert self.gateway.process is not None
-        return children(self.gateway.process.pid)
+        return children(self.master)
 
 
 @pytest.fixture
