@@ -179,12 +179,7 @@ class TemplateProcess:
 
     def _disconnected(self) -> None:
         """The template closed its end: it exited (or is exiting)."""
-        if not self.closed:
-            self.closed = True
-            self._loop.remove_reader(self.control.fileno())
-            self.control.close()
-        for worker in self.workers.values():
-            worker.template_gone()
+        self.close()
         for answer in self._forks.values():
             if not answer.done():
                 answer.set_exception(OSError(f"template {self.pid} is gone"))
