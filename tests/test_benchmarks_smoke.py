@@ -229,6 +229,26 @@ def test_slowloris_helpers() -> None:
     assert 3000 <= codec.buffered < 3100
 
 
+@pytest.mark.usefixtures("bench_tools")
+def test_slow_cost_measures_both_cells_of_a_pair() -> None:
+    """The slow-client cost A/B: a pair of wrk cells, alone and beside the attack, each with the master's CPU."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.slow_cost", "--pairs", "1", "-d", "1", "--connections", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    pair = re.search(
+        r"alone\s+(\d+) req/s\s+([\d.]+) µs/request \| with 20 http-idle:\s+(\d+) req/s\s+([\d.]+)", result.stdout
+    )
+    assert pair, result.stdout
+    assert all(float(value) > 0 for value in pair.groups()), result.stdout
+    assert "medians over 1 pairs" in result.stdout
+
+
 def test_loop_cost_drives_every_mode_and_counts_both_sides() -> None:
     """The in-process driver answers every request (it raises otherwise) and reports work on both sides."""
     result = subprocess.run(
