@@ -11,7 +11,7 @@ import logging
 from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request, respond_error
-from gateway.loop.spool import RequestBody
+from gateway.loop.spool import EMPTY_BODY, RequestBody
 from gateway.protocols.errors import RemoteProtocolError
 from gateway.protocols.fastcgi import (
     BodyBeyondLength,
@@ -37,19 +37,21 @@ class _Exchange:
 
     __slots__ = ("body", "connection", "files", "finished", "gone", "held", "params", "request", "request_id")
 
-    def __init__(self, connection: FastCGIConnection, request_id: int, params: dict[str, str], body: RequestBody):
+    def __init__(self, connection: FastCGIConnection, request_id: int, params: dict[str, str]) -> None:
         self.connection = connection
         self.request_id = request_id
         self.params = params
-        self.body = body
+        #: ``EMPTY_BODY`` until body bytes arrive (most requests have none), then a RequestBody of its own.
+        self.body: RequestBody = EMPTY_BODY
         self.request: Request | None = None
         self.gone = False
         #: A whole response's STDOUT records, written with END_REQUEST and the close (connections without
         #: FCGI_KEEP_CONN; see ``send_response``).
         self.held = b""
-        #: The file ranges of this response still queued or under way. END_REQUEST waits until they are out, so
-        #: that the request stays open in the codec and an ABORT_REQUEST can still stop them (``_aborted``).
-        self.files: list[FileSegment] = []
+        #: The file ranges of this response still queued or under way (None: none yet). END_REQUEST waits until
+        #: they are out, so that the request stays open in the codec and an ABORT_REQUEST can still stop them
+        #: (``_aborted``).
+        self.files: list[FileSegment] | None = None
         self.finished = False
 
     @property
@@ -82,11 +84,14 @@ class _Exchange:
             return HEADER.pack(VERSION, _STDOUT, request_id, size, 0)
 
         segment = FileSegment(fd, offset, length, stdout_header)
+        if self.files is None:
+            self.files = []
         self.files.append(segment)
         segment.on_sent = lambda: self._file_sent(segment)
         self.connection.send_segment(segment)
 
     def _file_sent(self, segment: FileSegment) -> None:
+        assert self.files is not None
         self.files.remove(segment)
         if self.finished and not self.files:
             self.connection.end(self, app_status=0)
@@ -135,7 +140,7 @@ class FastCGIConnection(FrontConnection):
             self.protocol_error(err)
             return
         codec = self.codec
-        self.track_input(codec.input_pending, codec.head_pending)
+        now = self.track_input(codec.input_pending, codec.head_pending)
         pending = codec.data_to_send()
         if pending:
             self.write(pending)
@@ -143,21 +148,21 @@ class FastCGIConnection(FrontConnection):
                 self.close_when_drained()  # a refused request without FCGI_KEEP_CONN
         for event in events:
             event_type = type(event)
-            if event_type is BodyData:
+            if event_type is RequestHead:
+                assert isinstance(event, RequestHead)
+                self.exchanges[event.request_id] = _Exchange(self, event.request_id, event.params)
+            elif event_type is RequestComplete:
+                self._dispatch(event.request_id, now)
+            elif event_type is BodyData:
                 assert isinstance(event, BodyData)
                 exchange = self.exchanges.get(event.request_id)
                 if exchange is not None:
                     body = exchange.body
+                    if body is EMPTY_BODY:
+                        body = exchange.body = self.context.new_body()
                     before = body.memory
                     body.write(event.data)
                     self.body_held += body.memory - before
-            elif event_type is RequestHead:
-                assert isinstance(event, RequestHead)
-                self.exchanges[event.request_id] = _Exchange(
-                    self, event.request_id, event.params, self.context.new_body()
-                )
-            elif event_type is RequestComplete:
-                self._dispatch(event.request_id)
             elif event_type is RequestAborted:
                 self._aborted(event.request_id)
             elif event_type is BodyTooLarge:
@@ -209,7 +214,7 @@ class FastCGIConnection(FrontConnection):
         )
         respond_error(exchange, "400 Bad Request")
 
-    def _dispatch(self, request_id: int) -> None:
+    def _dispatch(self, request_id: int, now: float) -> None:
         exchange = self.exchanges.get(request_id)
         if exchange is None:
             return
@@ -219,7 +224,7 @@ class FastCGIConnection(FrontConnection):
             # STDIN is the framing: a body sent without CONTENT_LENGTH (nginx passing a chunked request
             # unbuffered) is whole now, and the app learns its length where PEP 3333 says to look for it.
             exchange.params["CONTENT_LENGTH"] = str(exchange.body.size)
-        request = exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", self.context.clock())
+        request = exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", now)
         if exchange.body.size:
             self.context.budget.wait(request)  # its body, if in memory, counts until the request ends
         self.context.dispatcher.submit(request)
@@ -231,7 +236,7 @@ class FastCGIConnection(FrontConnection):
         exchange.gone = True
         exchange.held = b""
         output = self.output
-        files, exchange.files = exchange.files, []
+        files, exchange.files = exchange.files or [], None
         for segment in files:
             segment.on_sent = None  # END_REQUEST goes now, after the record under way
             if output is not None:
