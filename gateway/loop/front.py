@@ -50,6 +50,11 @@ class FrontContext:
     on_count_changed: Callable[[], None] | None = None
     #: The listener is TCP: a close is corked with its last bytes (``close_when_drained``), a reset is an RST.
     tcp: bool = False
+    #: The listener itself is corked (``listeners.serve``: FastCGI and uwsgi on TCP), so every connection it
+    #: accepts starts corked: a whole response and its close leave in one segment with the FIN at no cost per
+    #: connection, and the first write through an OutputBuffer (a stream, a kept-alive FastCGI connection)
+    #: uncorks it (``_open_output``).
+    corked: bool = False
     #: TLS served by the loop on this listener (HTTP with --certfile/--keyfile); None for plain text.
     tls: ssl.SSLContext | None = None
     #: The listener's codec limits, built from the config by its first connection and shared by the rest.
@@ -163,6 +168,8 @@ class FrontConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if output is None and not self.closed and transport is not None:
             context = self.context
+            if context.corked:
+                _set_cork(transport, 0)  # written as produced from here on, not held for the close
             transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
             output = self.output = OutputBuffer(
                 transport, context.config.response_spool_threshold, context.spool_dir, context.call_soon
@@ -199,17 +206,16 @@ class FrontConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return
-        if self.context.tcp:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         output = self.output
         if output is None:
+            if self.context.tcp and not self.context.corked:
+                _set_cork(transport, 1)
             if last:
                 transport.write(last)
             transport.close()
         else:
+            if self.context.tcp:
+                _set_cork(transport, 1)
             if last:
                 output.write(last)
             output.close_when_drained()
@@ -379,6 +385,13 @@ class FrontConnection(asyncio.BufferedProtocol):
         COUNTERS.client_timeout(kind)
         log.warning("%s %s: %s; connection closed", self.protocol_name, self.peer, reason)
         self.abort_connection()
+
+
+def _set_cork(transport: asyncio.Transport, on: int) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
 
 
 def _allowed(host: str, networks: tuple[IPNetwork, ...]) -> bool:
