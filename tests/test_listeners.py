@@ -31,9 +31,9 @@ async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0
         await asyncio.sleep(0.001)
 
 
-def _corked(sock: socket.socket | object) -> int:
-    assert isinstance(sock, socket.socket) or hasattr(sock, "getsockopt")
-    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))  # type: ignore[union-attr]
+def _corked(sock: socket.socket) -> int:
+    """TCP_CORK of a socket (or of the TransportSocket an asyncio transport gives for it)."""
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
 
 
 @pytest.mark.parametrize(("protocol", "corked"), [("uwsgi", True), ("fastcgi", True), ("http", False)])
