@@ -294,7 +294,7 @@ async def test_connection_lost_cancels_every_request_in_flight(tmp_path: Path) -
     undispatched = connection.exchanges[2]
     connection.connection_lost(ConnectionResetError())
     assert harness.dispatcher.cancelled == [dispatched]
-    assert dispatched.sink.client_gone and undispatched.gone
+    assert dispatched.sink.client_gone and undispatched.client_gone
     assert harness.context.connections == set()
     assert harness.count_changes == 2, "once opened, once closed: --max-connections sees both"
 

@@ -35,7 +35,7 @@ _STDOUT = int(RecordType.STDOUT)
 class _Exchange:
     """One request id on a connection; the ResponseSink of its request."""
 
-    __slots__ = ("body", "connection", "files", "finished", "gone", "held", "params", "request", "request_id")
+    __slots__ = ("body", "client_gone", "connection", "files", "finished", "held", "params", "request", "request_id")
 
     def __init__(self, connection: FastCGIConnection, request_id: int, params: dict[str, str]) -> None:
         self.connection = connection
@@ -44,7 +44,9 @@ class _Exchange:
         #: ``EMPTY_BODY`` until body bytes arrive (most requests have none), then a RequestBody of its own.
         self.body: RequestBody = EMPTY_BODY
         self.request: Request | None = None
-        self.gone = False
+        #: The ResponseSink's flag: the web server aborted this request or closed the connection. A plain
+        #: attribute, not a property: the relay reads it for every frame.
+        self.client_gone = False
         #: A whole response's STDOUT records, written with END_REQUEST and the close (connections without
         #: FCGI_KEEP_CONN; see ``send_response``).
         self.held = b""
@@ -53,10 +55,6 @@ class _Exchange:
         #: (``_aborted``).
         self.files: list[FileSegment] | None = None
         self.finished = False
-
-    @property
-    def client_gone(self) -> bool:
-        return self.gone
 
     def send_head(self, head: bytes) -> None:
         connection = self.connection
@@ -109,7 +107,7 @@ class _Exchange:
         if connection.codec.active_requests > 1:
             connection.end(self, app_status=1)
         else:
-            self.gone = True
+            self.client_gone = True
             connection.reset_connection()
 
 
@@ -233,7 +231,7 @@ class FastCGIConnection(FrontConnection):
         exchange = self.exchanges.get(request_id)
         if exchange is None:
             return
-        exchange.gone = True
+        exchange.client_gone = True
         exchange.held = b""
         output = self.output
         files, exchange.files = exchange.files or [], None
@@ -251,7 +249,7 @@ class FastCGIConnection(FrontConnection):
             return
         if not self.exchanges:
             self.idle_since = self.context.clock()
-        exchange.gone = True
+        exchange.client_gone = True
         if exchange.request is None:
             self.body_held -= exchange.body.memory
             exchange.body.discard()
@@ -281,7 +279,7 @@ class FastCGIConnection(FrontConnection):
         self.exchanges.clear()
         self.body_held = 0
         for exchange in exchanges:
-            exchange.gone = True
+            exchange.client_gone = True
             if exchange.request is not None:
                 self.context.dispatcher.cancel(exchange.request)
             else:

@@ -129,9 +129,13 @@ class UwsgiConnection(FrontConnection):
             self.body.discard()
 
     # -- ResponseSink ------------------------------------------------------------------------------------------
-    @property
-    def client_gone(self) -> bool:
-        return self.closed
+    #: The connection is lost (set with ``closed``). A plain attribute, not a property: the relay reads it for
+    #: every frame.
+    client_gone = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client_gone = True
+        super().connection_lost(exc)
 
     def send_head(self, head: bytes) -> None:
         self.write(self.http_version + head)
