@@ -33,28 +33,31 @@ _STDOUT = int(RecordType.STDOUT)
 
 
 class _Exchange:
-    """One request id on a connection; the ResponseSink of its request."""
+    """One request id on a connection; the ResponseSink of its request.
 
-    __slots__ = ("body", "client_gone", "connection", "files", "finished", "held", "params", "request", "request_id")
+    No ``__slots__``: what most exchanges never change keeps its default on the class, so an exchange costs the
+    three assignments of its arrival (one per request over FastCGI, with or without keep-conn).
+    """
+
+    #: ``EMPTY_BODY`` until body bytes arrive (most requests have none), then a RequestBody of its own.
+    body: RequestBody = EMPTY_BODY
+    request: Request | None = None
+    #: The ResponseSink's flag: the web server aborted this request or closed the connection. A plain attribute,
+    #: not a property: the relay reads it for every frame.
+    client_gone = False
+    #: A whole response's STDOUT records, written with END_REQUEST and the close (connections without
+    #: FCGI_KEEP_CONN; see ``send_response``).
+    held = b""
+    #: The file ranges of this response still queued or under way (None: none yet). END_REQUEST waits until they
+    #: are out, so that the request stays open in the codec and an ABORT_REQUEST can still stop them
+    #: (``_aborted``).
+    files: list[FileSegment] | None = None
+    finished = False
 
     def __init__(self, connection: FastCGIConnection, request_id: int, params: dict[str, str]) -> None:
         self.connection = connection
         self.request_id = request_id
         self.params = params
-        #: ``EMPTY_BODY`` until body bytes arrive (most requests have none), then a RequestBody of its own.
-        self.body: RequestBody = EMPTY_BODY
-        self.request: Request | None = None
-        #: The ResponseSink's flag: the web server aborted this request or closed the connection. A plain
-        #: attribute, not a property: the relay reads it for every frame.
-        self.client_gone = False
-        #: A whole response's STDOUT records, written with END_REQUEST and the close (connections without
-        #: FCGI_KEEP_CONN; see ``send_response``).
-        self.held = b""
-        #: The file ranges of this response still queued or under way (None: none yet). END_REQUEST waits until
-        #: they are out, so that the request stays open in the codec and an ABORT_REQUEST can still stop them
-        #: (``_aborted``).
-        self.files: list[FileSegment] | None = None
-        self.finished = False
 
     def send_head(self, head: bytes) -> None:
         connection = self.connection
@@ -245,21 +248,23 @@ class FastCGIConnection(FrontConnection):
 
     def end(self, exchange: _Exchange, app_status: int) -> None:
         """END_REQUEST for this exchange, and close the connection if the web server did not ask to keep it."""
-        if self.exchanges.pop(exchange.request_id, None) is None:
+        exchanges = self.exchanges
+        if exchanges.pop(exchange.request_id, None) is None:
             return
-        if not self.exchanges:
-            self.idle_since = self.context.clock()
         exchange.client_gone = True
         if exchange.request is None:
             self.body_held -= exchange.body.memory
             exchange.body.discard()
         if self.closed:
             return
-        end_record = self.codec.end_request(exchange.request_id, app_status)
-        if self.codec.close_after_response:
+        codec = self.codec
+        end_record = codec.end_request(exchange.request_id, app_status)
+        if codec.close_after_response:
             held, exchange.held = exchange.held, b""
             self.close_when_drained(held + end_record if held else end_record)
         else:
+            if not exchanges:
+                self.idle_since = self.context.clock()  # --keepalive-timeout counts from here
             self.write(end_record)
 
     def busy(self) -> bool:
@@ -275,6 +280,8 @@ class FastCGIConnection(FrontConnection):
         self.set_held(self.codec.buffered)
 
     def release_requests(self) -> None:
+        if not self.exchanges:
+            return  # the usual close: every request answered
         exchanges = list(self.exchanges.values())
         self.exchanges.clear()
         self.body_held = 0
