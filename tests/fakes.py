@@ -56,9 +56,12 @@ class FakeSocket:
 
     def __init__(self) -> None:
         self.options: dict[tuple[int, int], int | bytes] = {}
+        #: Every setsockopt call, in order: (level, option, value).
+        self.calls: list[tuple[int, int, int | bytes]] = []
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self.options[(level, option)] = value
+        self.calls.append((level, option, value))
 
 
 class FakeTransport(asyncio.Transport):
@@ -188,7 +191,9 @@ class FakeDispatcher(Dispatcher):
 class Harness:
     """One listener's context on a fake loop and a fake dispatcher, and the connections opened on it."""
 
-    def __init__(self, config: Config, spool_dir: str, *, tcp: bool = False, allowed: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, config: Config, spool_dir: str, *, tcp: bool = False, allowed: tuple[str, ...] = (), corked: bool = False
+    ) -> None:
         self.loop = FakeLoop()
         self.dispatcher = FakeDispatcher()
         self.config = config
@@ -200,6 +205,7 @@ class Harness:
             allowed=tuple(ipaddress.ip_network(network) for network in allowed),
             tcp=tcp,
             on_count_changed=self._count_changed,
+            corked=corked,
         )
         self.count_changes = 0
         # FrontContext took these from the running loop (the test's own); the fake loop replaces them, so the

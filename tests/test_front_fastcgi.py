@@ -18,6 +18,7 @@ import pytest
 from gateway.config.settings import Config
 from gateway.loop.fastcgi_front import FastCGIConnection
 from gateway.loop.request import Request
+from gateway.loop.spool import EMPTY_BODY
 from gateway.protocols.fastcgi import (
     ProtocolStatus,
     RecordType,
@@ -92,6 +93,46 @@ async def test_without_keep_conn_the_response_is_held_then_written_with_end_requ
     assert connection.closed
     assert harness.context.connections == set()
     assert transport.late == []
+
+
+async def test_on_a_corked_listener_keep_conn_uncorks_once_and_a_one_request_connection_never_sets_it(
+    tmp_path: Path,
+) -> None:
+    """The listener's cork (listeners.serve) suits a connection that closes after its response; a kept-alive one
+    is uncorked by its OutputBuffer, once, before its first response."""
+    harness = Harness(Config(workers=1), str(tmp_path), tcp=True, corked=True)
+    once, kept = FakeSocket(), FakeSocket()
+    connection, transport = harness.connect(FastCGIConnection, harness.transport(sock=once))
+    connection.data_received(encode_request(1, params(), keep_conn=False))
+    request = _only_request(harness)
+    request.sink.send_response(HEAD + b"hello")
+    request.sink.finish()
+    assert len(transport.writes) == 1 and transport.is_closing()
+    assert once.calls == [] and connection.output is None
+    connection, transport = harness.connect(FastCGIConnection, harness.transport(sock=kept))
+    for request_id in (1, 2):
+        connection.data_received(encode_request(request_id, params(), keep_conn=True))
+        sink = harness.dispatcher.submitted[-1].sink
+        sink.send_response(HEAD + b"hello")
+        sink.finish()
+        harness.loop.run_ready()
+    assert kept.calls == [(socket.IPPROTO_TCP, socket.TCP_CORK, 0)], "uncorked once, before the first response"
+    stdout, ended = fastcgi_replies(transport.take())
+    assert stdout == {1: STATUS_HEAD + b"hello", 2: STATUS_HEAD + b"hello"} and sorted(ended) == [1, 2]
+    assert not transport.is_closing()
+
+
+async def test_a_body_gets_its_own_request_body_and_a_bodiless_request_the_shared_empty_one(tmp_path: Path) -> None:
+    harness = _harness(tmp_path)
+    connection, _ = harness.connect(FastCGIConnection)
+    connection.data_received(
+        encode_request(1, params(), keep_conn=True)
+        + encode_request(2, params("/echo", "POST", CONTENT_LENGTH="3"), b"abc", keep_conn=True)
+    )
+    bodiless, posted = harness.dispatcher.submitted
+    assert bodiless.body is EMPTY_BODY and body_of(bodiless) == b""
+    assert posted.body is not EMPTY_BODY and body_of(posted) == b"abc"
+    assert EMPTY_BODY.size == 0 and EMPTY_BODY.finish() == []
 
 
 async def test_streamed_response_frames_head_and_body_as_stdout_records(tmp_path: Path) -> None:
@@ -253,7 +294,7 @@ async def test_connection_lost_cancels_every_request_in_flight(tmp_path: Path) -
     undispatched = connection.exchanges[2]
     connection.connection_lost(ConnectionResetError())
     assert harness.dispatcher.cancelled == [dispatched]
-    assert dispatched.sink.client_gone and undispatched.gone
+    assert dispatched.sink.client_gone and undispatched.client_gone
     assert harness.context.connections == set()
     assert harness.count_changes == 2, "once opened, once closed: --max-connections sees both"
 

@@ -16,6 +16,7 @@ import pytest
 
 from gateway.config.settings import Config
 from gateway.loop.request import Request
+from gateway.loop.spool import EMPTY_BODY
 from gateway.loop.uwsgi_front import UwsgiConnection
 from gateway.protocols.uwsgi import encode_ping, encode_pong, encode_request
 from tests.fakes import FakeSocket, Harness, body_of, params
@@ -77,6 +78,69 @@ async def test_a_streamed_response_is_batched_per_turn_and_closed_corked_on_tcp(
     assert sock.options[(socket.IPPROTO_TCP, socket.TCP_CORK)] == 1, "the last segment carries the FIN"
     assert transport.is_closing()
     assert transport.take() == b"HTTP/1.1 200 OK\r\n\r\none two"
+
+
+_CORK = (socket.IPPROTO_TCP, socket.TCP_CORK)
+
+
+async def test_on_a_corked_listener_a_whole_response_and_its_close_need_no_socket_option(tmp_path: Path) -> None:
+    """Accepted from a corked listener (listeners.serve), the socket starts corked: the response and its close
+    leave together without a setsockopt, and no OutputBuffer (nor its write limits) is ever made."""
+    sock = FakeSocket()
+    harness = Harness(Config(workers=1), str(tmp_path), tcp=True, corked=True)
+    connection, transport = harness.connect(UwsgiConnection, harness.transport(sock=sock))
+    connection.data_received(encode_request(params()))
+    sink = _only_request(harness).sink
+    sink.send_response(HEAD + b"hello")
+    sink.finish()
+    assert transport.writes == [b"HTTP/1.1 " + HEAD + b"hello"] and transport.is_closing()
+    assert sock.calls == [], "no cork per connection: the listener's is inherited"
+    assert connection.output is None and transport.limits == (None, None)
+
+
+async def test_on_a_corked_listener_a_streamed_response_is_uncorked_then_corked_for_the_close(tmp_path: Path) -> None:
+    """A response that streams goes through the OutputBuffer, which uncorks the socket first: a flushed chunk
+    must not wait for the kernel's 200 ms cork timer. The close corks it again, for the FIN."""
+    sock = FakeSocket()
+    harness = Harness(Config(workers=1), str(tmp_path), tcp=True, corked=True)
+    connection, transport = harness.connect(UwsgiConnection, harness.transport(sock=sock))
+    connection.data_received(encode_request(params()))
+    sink = _only_request(harness).sink
+    sink.send_head(b"200 OK\r\n\r\n")
+    assert sock.calls == [(*_CORK, 0)], "uncorked before the first byte of a stream"
+    assert transport.limits[0] is not None, "the OutputBuffer's flow control sets the write limits"
+    harness.loop.run_ready()
+    sink.send_body(b"chunk")
+    sink.finish()
+    assert sock.calls == [(*_CORK, 0), (*_CORK, 1)]
+    assert transport.take() == b"HTTP/1.1 200 OK\r\n\r\nchunk" and transport.is_closing()
+
+
+async def test_a_request_without_a_body_shares_the_empty_body(tmp_path: Path) -> None:
+    harness = _harness(tmp_path)
+    connection, _ = harness.connect(UwsgiConnection)
+    connection.data_received(encode_request(params()))
+    request = _only_request(harness)
+    assert request.body is EMPTY_BODY and body_of(request) == b""
+    request.release()  # nothing to remove, and still empty for the next request
+    assert EMPTY_BODY.size == 0 and EMPTY_BODY.finish() == [] and EMPTY_BODY.path is None
+
+
+async def test_a_body_in_pieces_gets_a_body_of_its_own_with_its_first_bytes(tmp_path: Path) -> None:
+    harness = _harness(tmp_path)
+    connection, _ = harness.connect(UwsgiConnection)
+    packet = encode_request(params("/echo", "POST", CONTENT_LENGTH="6"), b"abcdef")
+    connection.data_received(packet[:-6])
+    before = connection.body
+    assert harness.dispatcher.submitted == []
+    connection.data_received(packet[-6:-3])
+    body = connection.body
+    assert before is None, "head only: no body made yet"
+    assert body is not None and body is not EMPTY_BODY
+    connection.data_received(packet[-3:])
+    request = _only_request(harness)
+    assert request.body is body and body_of(request) == b"abcdef"
+    assert EMPTY_BODY.size == 0
 
 
 async def test_abort_after_the_head_resets_after_what_was_sent(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import logging
 from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request, respond_error
-from gateway.loop.spool import RequestBody
+from gateway.loop.spool import EMPTY_BODY, RequestBody
 from gateway.protocols.errors import RemoteProtocolError
 from gateway.protocols.fastcgi import (
     BodyBeyondLength,
@@ -33,28 +33,31 @@ _STDOUT = int(RecordType.STDOUT)
 
 
 class _Exchange:
-    """One request id on a connection; the ResponseSink of its request."""
+    """One request id on a connection; the ResponseSink of its request.
 
-    __slots__ = ("body", "connection", "files", "finished", "gone", "held", "params", "request", "request_id")
+    No ``__slots__``: what most exchanges never change keeps its default on the class, so an exchange costs the
+    three assignments of its arrival (one per request over FastCGI, with or without keep-conn).
+    """
 
-    def __init__(self, connection: FastCGIConnection, request_id: int, params: dict[str, str], body: RequestBody):
+    #: ``EMPTY_BODY`` until body bytes arrive (most requests have none), then a RequestBody of its own.
+    body: RequestBody = EMPTY_BODY
+    request: Request | None = None
+    #: The ResponseSink's flag: the web server aborted this request or closed the connection. A plain attribute,
+    #: not a property: the relay reads it for every frame.
+    client_gone = False
+    #: A whole response's STDOUT records, written with END_REQUEST and the close (connections without
+    #: FCGI_KEEP_CONN; see ``send_response``).
+    held = b""
+    #: The file ranges of this response still queued or under way (None: none yet). END_REQUEST waits until they
+    #: are out, so that the request stays open in the codec and an ABORT_REQUEST can still stop them
+    #: (``_aborted``).
+    files: list[FileSegment] | None = None
+    finished = False
+
+    def __init__(self, connection: FastCGIConnection, request_id: int, params: dict[str, str]) -> None:
         self.connection = connection
         self.request_id = request_id
         self.params = params
-        self.body = body
-        self.request: Request | None = None
-        self.gone = False
-        #: A whole response's STDOUT records, written with END_REQUEST and the close (connections without
-        #: FCGI_KEEP_CONN; see ``send_response``).
-        self.held = b""
-        #: The file ranges of this response still queued or under way. END_REQUEST waits until they are out, so
-        #: that the request stays open in the codec and an ABORT_REQUEST can still stop them (``_aborted``).
-        self.files: list[FileSegment] = []
-        self.finished = False
-
-    @property
-    def client_gone(self) -> bool:
-        return self.gone
 
     def send_head(self, head: bytes) -> None:
         connection = self.connection
@@ -82,11 +85,14 @@ class _Exchange:
             return HEADER.pack(VERSION, _STDOUT, request_id, size, 0)
 
         segment = FileSegment(fd, offset, length, stdout_header)
+        if self.files is None:
+            self.files = []
         self.files.append(segment)
         segment.on_sent = lambda: self._file_sent(segment)
         self.connection.send_segment(segment)
 
     def _file_sent(self, segment: FileSegment) -> None:
+        assert self.files is not None
         self.files.remove(segment)
         if self.finished and not self.files:
             self.connection.end(self, app_status=0)
@@ -104,7 +110,7 @@ class _Exchange:
         if connection.codec.active_requests > 1:
             connection.end(self, app_status=1)
         else:
-            self.gone = True
+            self.client_gone = True
             connection.reset_connection()
 
 
@@ -135,7 +141,7 @@ class FastCGIConnection(FrontConnection):
             self.protocol_error(err)
             return
         codec = self.codec
-        self.track_input(codec.input_pending, codec.head_pending)
+        now = self.track_input(codec.input_pending, codec.head_pending)
         pending = codec.data_to_send()
         if pending:
             self.write(pending)
@@ -143,21 +149,21 @@ class FastCGIConnection(FrontConnection):
                 self.close_when_drained()  # a refused request without FCGI_KEEP_CONN
         for event in events:
             event_type = type(event)
-            if event_type is BodyData:
+            if event_type is RequestHead:
+                assert isinstance(event, RequestHead)
+                self.exchanges[event.request_id] = _Exchange(self, event.request_id, event.params)
+            elif event_type is RequestComplete:
+                self._dispatch(event.request_id, now)
+            elif event_type is BodyData:
                 assert isinstance(event, BodyData)
                 exchange = self.exchanges.get(event.request_id)
                 if exchange is not None:
                     body = exchange.body
+                    if body is EMPTY_BODY:
+                        body = exchange.body = self.context.new_body()
                     before = body.memory
                     body.write(event.data)
                     self.body_held += body.memory - before
-            elif event_type is RequestHead:
-                assert isinstance(event, RequestHead)
-                self.exchanges[event.request_id] = _Exchange(
-                    self, event.request_id, event.params, self.context.new_body()
-                )
-            elif event_type is RequestComplete:
-                self._dispatch(event.request_id)
             elif event_type is RequestAborted:
                 self._aborted(event.request_id)
             elif event_type is BodyTooLarge:
@@ -209,7 +215,7 @@ class FastCGIConnection(FrontConnection):
         )
         respond_error(exchange, "400 Bad Request")
 
-    def _dispatch(self, request_id: int) -> None:
+    def _dispatch(self, request_id: int, now: float) -> None:
         exchange = self.exchanges.get(request_id)
         if exchange is None:
             return
@@ -219,7 +225,7 @@ class FastCGIConnection(FrontConnection):
             # STDIN is the framing: a body sent without CONTENT_LENGTH (nginx passing a chunked request
             # unbuffered) is whole now, and the app learns its length where PEP 3333 says to look for it.
             exchange.params["CONTENT_LENGTH"] = str(exchange.body.size)
-        request = exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", self.context.clock())
+        request = exchange.request = Request(exchange.params, exchange.body, exchange, "fastcgi", now)
         if exchange.body.size:
             self.context.budget.wait(request)  # its body, if in memory, counts until the request ends
         self.context.dispatcher.submit(request)
@@ -228,10 +234,10 @@ class FastCGIConnection(FrontConnection):
         exchange = self.exchanges.get(request_id)
         if exchange is None:
             return
-        exchange.gone = True
+        exchange.client_gone = True
         exchange.held = b""
         output = self.output
-        files, exchange.files = exchange.files, []
+        files, exchange.files = exchange.files or [], None
         for segment in files:
             segment.on_sent = None  # END_REQUEST goes now, after the record under way
             if output is not None:
@@ -242,21 +248,23 @@ class FastCGIConnection(FrontConnection):
 
     def end(self, exchange: _Exchange, app_status: int) -> None:
         """END_REQUEST for this exchange, and close the connection if the web server did not ask to keep it."""
-        if self.exchanges.pop(exchange.request_id, None) is None:
+        exchanges = self.exchanges
+        if exchanges.pop(exchange.request_id, None) is None:
             return
-        if not self.exchanges:
-            self.idle_since = self.context.clock()
-        exchange.gone = True
+        exchange.client_gone = True
         if exchange.request is None:
             self.body_held -= exchange.body.memory
             exchange.body.discard()
         if self.closed:
             return
-        end_record = self.codec.end_request(exchange.request_id, app_status)
-        if self.codec.close_after_response:
+        codec = self.codec
+        end_record = codec.end_request(exchange.request_id, app_status)
+        if codec.close_after_response:
             held, exchange.held = exchange.held, b""
             self.close_when_drained(held + end_record if held else end_record)
         else:
+            if not exchanges:
+                self.idle_since = self.context.clock()  # --keepalive-timeout counts from here
             self.write(end_record)
 
     def busy(self) -> bool:
@@ -272,11 +280,13 @@ class FastCGIConnection(FrontConnection):
         self.set_held(self.codec.buffered)
 
     def release_requests(self) -> None:
+        if not self.exchanges:
+            return  # the usual close: every request answered
         exchanges = list(self.exchanges.values())
         self.exchanges.clear()
         self.body_held = 0
         for exchange in exchanges:
-            exchange.gone = True
+            exchange.client_gone = True
             if exchange.request is not None:
                 self.context.dispatcher.cancel(exchange.request)
             else:

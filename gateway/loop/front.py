@@ -50,6 +50,11 @@ class FrontContext:
     on_count_changed: Callable[[], None] | None = None
     #: The listener is TCP: a close is corked with its last bytes (``close_when_drained``), a reset is an RST.
     tcp: bool = False
+    #: The listener itself is corked (``listeners.serve``: FastCGI and uwsgi on TCP), so every connection it
+    #: accepts starts corked: a whole response and its close leave in one segment with the FIN at no cost per
+    #: connection, and the first write through an OutputBuffer (a stream, a kept-alive FastCGI connection)
+    #: uncorks it (``_open_output``).
+    corked: bool = False
     #: TLS served by the loop on this listener (HTTP with --certfile/--keyfile); None for plain text.
     tls: ssl.SSLContext | None = None
     #: The listener's codec limits, built from the config by its first connection and shared by the rest.
@@ -91,39 +96,44 @@ class FrontConnection(asyncio.BufferedProtocol):
     #: anything (a request whole in one read) never pays for setting them.
     held = 0
     input_paused = False
+    # The same for the rest of the per-connection state: a connection that carries one request (uwsgi, FastCGI
+    # without keep-conn) sets only what it changes.
+    transport: asyncio.Transport | None = None
+    #: Made by the first write that needs it (``_open_output``); a whole response and its close never do.
+    output: OutputBuffer | None = None
+    _peer: str | None = None
+    closed = False
+    # Timeout bookkeeping, read by FrontContext.sweep once a second: plain floats, no timer per connection.
+    # ``input_since`` is set by __init__ (a new connection owes us a request); ``last_input`` is read only once a
+    # read has set it (``head_pending`` false), ``idle_since`` only once ``input_since`` went back to None.
+    head_pending = True
+    last_input = 0.0
+    idle_since = 0.0
 
     def __init__(self, context: FrontContext) -> None:
         self.context = context
-        self.transport: asyncio.Transport | None = None
-        self.output: OutputBuffer | None = None
-        self._peer: str | None = None
-        self.closed = False
-        # Timeout bookkeeping, read by FrontContext.sweep once a second: plain floats, no timer per connection.
-        now = context.clock()
-        self.last_input = now
-        self.input_since: float | None = now  # a new connection owes us a request
-        self.head_pending = True
-        self.idle_since = now
+        self.input_since: float | None = context.clock()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without always subclassing it.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        if self.context.allowed:
+        self.transport = transport  # type: ignore[assignment]
+        context = self.context
+        if context.allowed:
             peername = transport.get_extra_info("peername")
-            if isinstance(peername, tuple) and peername and not _allowed(peername[0], self.context.allowed):
+            if isinstance(peername, tuple) and peername and not _allowed(peername[0], context.allowed):
                 log.warning(
                     "%s %s: peer is not in the allow-list (--allow-from / FCGI_WEB_SERVER_ADDRS); closed",
                     self.protocol_name,
                     self.peer,
                 )
                 self.closed = True
-                transport.abort()
+                cast(asyncio.Transport, transport).abort()
                 return
-        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
-        self.context.connections.add(self)
-        if self.context.on_count_changed is not None:
-            self.context.on_count_changed()
+        # The transport's write limits are set with the OutputBuffer (``_open_output``): only its flow control
+        # reads them, and a connection answered by one write and its close never makes one.
+        context.connections.add(self)
+        if context.on_count_changed is not None:
+            context.on_count_changed()
 
     # -- input: the budget sizes each read (gateway/loop/budget.py) -------------------------------------------------
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -155,10 +165,14 @@ class FrontConnection(asyncio.BufferedProtocol):
         saves the buffer's set-up and end-of-turn flush.
         """
         output = self.output
-        if output is None and not self.closed and self.transport is not None:
+        transport = self.transport
+        if output is None and not self.closed and transport is not None:
             context = self.context
+            if context.corked:
+                _set_cork(transport, 0)  # written as produced from here on, not held for the close
+            transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
             output = self.output = OutputBuffer(
-                self.transport, context.config.response_spool_threshold, context.spool_dir, context.call_soon
+                transport, context.config.response_spool_threshold, context.spool_dir, context.call_soon
             )
         return output
 
@@ -192,22 +206,23 @@ class FrontConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return
-        if self.context.tcp:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         output = self.output
         if output is None:
+            if self.context.tcp and not self.context.corked:
+                _set_cork(transport, 1)
             if last:
                 transport.write(last)
             transport.close()
         else:
+            if self.context.tcp:
+                _set_cork(transport, 1)
             if last:
                 output.write(last)
             output.close_when_drained()
 
     def pause_writing(self) -> None:
+        if self.output is None and self.transport is not None and self.transport.is_closing():
+            return  # a whole response written with the close: nothing of ours to hold back
         output = self.output or self._open_output()
         if output is not None:
             output.pause_writing()
@@ -326,8 +341,8 @@ class FrontConnection(asyncio.BufferedProtocol):
         """A request of this connection is being served (so no idle or input timeout applies)."""
         return False
 
-    def track_input(self, input_pending: bool, head_pending: bool) -> None:
-        """Called after each read with what the codec still waits for."""
+    def track_input(self, input_pending: bool, head_pending: bool) -> float:
+        """Called after each read with what the codec still waits for; returns the time of the read."""
         now = self.last_input = self.context.clock()
         if input_pending:
             if self.input_since is None:
@@ -336,6 +351,7 @@ class FrontConnection(asyncio.BufferedProtocol):
         else:
             self.input_since = None
             self.idle_since = now
+        return now
 
     def check_timeouts(self, now: float) -> None:
         """Close this connection if the web server (or whoever connected) broke one of the time limits."""
@@ -369,6 +385,13 @@ class FrontConnection(asyncio.BufferedProtocol):
         COUNTERS.client_timeout(kind)
         log.warning("%s %s: %s; connection closed", self.protocol_name, self.peer, reason)
         self.abort_connection()
+
+
+def _set_cork(transport: asyncio.Transport, on: int) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
 
 
 def _allowed(host: str, networks: tuple[IPNetwork, ...]) -> bool:

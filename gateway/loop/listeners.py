@@ -30,6 +30,22 @@ PROTOCOLS: dict[str, type[FrontConnection]] = {
 }
 
 
+#: Protocols whose connections mostly carry one request (uwsgi always, FastCGI without keep-conn): their TCP
+#: listeners are corked, and every socket accepted from them starts corked (Linux copies the option), so a whole
+#: response and its close leave together, in one segment with the FIN, without a setsockopt per connection.
+#: The first write through a connection's OutputBuffer uncorks it (``FrontConnection._open_output``).
+CORKED_PROTOCOLS = frozenset({"fastcgi", "uwsgi"})
+
+
+def _cork(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    except OSError as err:  # not Linux's TCP, or an adopted socket that refuses it: corked per close instead
+        log.debug("listener %s: TCP_CORK refused (%s)", sock, err)
+        return False
+    return True
+
+
 @dataclass(slots=True)
 class BoundListener:
     listen: Listen
@@ -131,7 +147,10 @@ def _remove_stale_socket(path: str) -> None:
 async def serve(listener: BoundListener, context: FrontContext, backlog: int) -> None:
     """Start accepting on ``listener``; callable again after ``pause`` to resume."""
     loop = asyncio.get_running_loop()
-    connection_class = PROTOCOLS[listener.listen.protocol]
+    protocol = listener.listen.protocol
+    connection_class = PROTOCOLS[protocol]
+    if context.tcp and protocol in CORKED_PROTOCOLS:
+        context.corked = _cork(listener.sock)
     # The server gets a duplicate of the listening socket: closing the server (to pause accepting) closes only the
     # duplicate, so the socket keeps listening and the kernel's backlog holds new connections until we resume.
     accepting = socket.socket(fileno=os.dup(listener.sock.fileno()))

@@ -55,6 +55,12 @@ class State(enum.Enum):
     GONE = "gone"
 
 
+#: The members the per-request path compares with, looked up once: an Enum class's attribute costs about 50 ns
+#: a lookup on Python 3.11 (a module global, about 10), and every request made several.
+_RESPONSE, _BODY, _END, _ABORT = Kind.RESPONSE, Kind.BODY, Kind.END, Kind.ABORT
+_IDLE, _BUSY = State.IDLE, State.BUSY
+
+
 class RelayHub(Protocol):
     """What relays share and report to: the supervisor."""
 
@@ -152,7 +158,7 @@ class Relay(asyncio.Protocol):
         """Queue ``request``'s frames: it runs at once if the worker is idle, else after those before it."""
         requests = self.requests
         if not requests:
-            self.state = State.BUSY
+            self.state = _BUSY
         requests.append(request)
         if len(requests) <= self.threads:
             request.started_at = self.busy_since = self._clock()
@@ -215,15 +221,15 @@ class Relay(asyncio.Protocol):
                 request = self.requests[0]
             if request is None:
                 self._on_frame(kind, bytes(payload), request)  # READY, or a frame with no request to answer
-            elif kind == Kind.RESPONSE:
+            elif kind == _RESPONSE:
                 response, head_length, extras = decode_response(payload)
                 request.head_sent = True
                 request.status = _status_code(response[:3].tobytes())
                 request.sent += len(response) - head_length
                 if not request.answered and not request.sink.client_gone:
                     request.sink.send_response(response)
-                self._ended(request, Kind.END, extras)
-            elif kind == Kind.BODY:
+                self._ended(request, _END, extras)
+            elif kind == _BODY:
                 request.sent += len(payload)
                 if not request.answered and not request.sink.client_gone:
                     request.sink.send_body(payload)
@@ -293,13 +299,13 @@ class Relay(asyncio.Protocol):
         if len(requests) >= threads:
             # The thread that ran it takes the first request still waiting in the channel.
             requests[threads - 1].started_at = self.busy_since = self._clock()
-        elif not requests and self.state is State.BUSY:
-            self.state = State.IDLE
+        elif not requests and self.state is _BUSY:
+            self.state = _IDLE
         if not request.answered:
-            self._finish(request, kind == Kind.ABORT, extras)
-        if self.state is State.IDLE:
+            self._finish(request, kind == _ABORT, extras)
+        if self.state is _IDLE:
             self.scheduler.lane_idle(self)
-        elif self.state is State.BUSY:
+        elif self.state is _BUSY:
             self.scheduler.lane_has_room(self)
 
     def _finish(self, request: Request, aborted: bool, extras: bytes) -> None:

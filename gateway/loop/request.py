@@ -8,7 +8,6 @@ dispatch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.loop.spool import RequestBody
@@ -57,37 +56,64 @@ def respond_error(sink: ResponseSink, status: str, extra_headers: str = "") -> N
     sink.finish()
 
 
-@dataclass(slots=True, eq=False)
 class Request:
-    """A request whose params and whole body have arrived."""
+    """A request whose params and whole body have arrived.
 
-    params: dict[str, str]
-    body: RequestBody
-    sink: ResponseSink
-    protocol: str
-    received_at: float
-    #: Filled by before-dispatch hooks (sessions), read by after-response hooks; never sent to the worker.
-    state: dict[str, Any] = field(default_factory=dict)
+    A plain class, not a slotted dataclass: what the pool, the hooks and the budget set on a request keeps its
+    default on the class until they set it, so a request costs the five assignments of its arrival, and the
+    state and cleanups that most requests never have are made on first use. Identity is its equality (it is a
+    key of the budget's ``waiting``).
+    """
+
     #: The session the worker gets: (id, data) as loaded, (None, None) for none yet; None when sessions are off.
     session: tuple[str | None, dict[str, Any] | None] | None = None
-    #: Run once when the request is over, however it ended (a session lock's release, for instance).
-    cleanups: list[Callable[[], None]] = field(default_factory=list)
     # What the worker pool keeps per request once a worker holds it (one worker runs several with --threads):
     #: Its number on the worker's channel (1, 2, ...): what CANCEL and SELECT frames name.
-    number: int = 0
+    number = 0
     #: When it started running on a worker's thread (the loop's clock); 0 while it waits in the worker's channel.
-    started_at: float = 0.0
+    started_at = 0.0
     #: Already answered on the pool's behalf (504 past --timeout): the worker's late output is dropped.
-    answered: bool = False
+    answered = False
     #: Its response's head went out (a failure can only cut it short now); status and body bytes, for the log.
-    head_sent: bool = False
-    status: int = 0
-    sent: int = 0
+    head_sent = False
+    status = 0
+    sent = 0
+    _state: dict[str, Any] | None = None
+    _cleanups: list[Callable[[], None]] | None = None
+
+    def __init__(
+        self, params: dict[str, str], body: RequestBody, sink: ResponseSink, protocol: str, received_at: float
+    ) -> None:
+        self.params = params
+        self.body = body
+        self.sink = sink
+        self.protocol = protocol
+        self.received_at = received_at
+
+    def __repr__(self) -> str:
+        return f"<Request {self.params.get('REQUEST_METHOD', '-')} {self.params.get('REQUEST_URI', '-')}>"
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Filled by before-dispatch hooks (sessions), read by after-response hooks; never sent to the worker."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
+
+    @property
+    def cleanups(self) -> list[Callable[[], None]]:
+        """Run once when the request is over, however it ended (a session lock's release, for instance)."""
+        cleanups = self._cleanups
+        if cleanups is None:
+            cleanups = self._cleanups = []
+        return cleanups
 
     def release(self) -> None:
         """The request is over: remove its body's temporary file, if any, and run its cleanups."""
         self.body.discard()
-        if self.cleanups:
-            cleanups, self.cleanups = self.cleanups, []
+        cleanups = self._cleanups
+        if cleanups:
+            self._cleanups = None
             for cleanup in cleanups:
                 cleanup()

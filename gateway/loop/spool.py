@@ -129,6 +129,32 @@ class RequestBody:
         self._tail = bytearray()
 
 
+class EmptyBody(RequestBody):
+    """The body of a request that has none, shared by all of them: nothing to set up, spool or remove.
+
+    Most requests (a GET) have no body; each used to cost a RequestBody of its own, made when its head arrived
+    and discarded when it ended. A front hands out ``EMPTY_BODY`` until body bytes arrive, and makes a real
+    body (``FrontContext.new_body``) with the first of them, so this one is never written.
+    """
+
+    __slots__ = ()
+
+    def write(self, data: bytes | memoryview) -> None:
+        raise AssertionError("EMPTY_BODY is shared: a body that receives bytes is made with FrontContext.new_body")
+
+    def spool(self) -> None:
+        pass
+
+    def finish(self) -> list[bytes | bytearray | memoryview]:
+        return []
+
+    def discard(self) -> None:
+        pass
+
+
+EMPTY_BODY = EmptyBody(0, None)
+
+
 class OutputBuffer:
     """Writes to a transport with flow control, holding what the client has not taken yet.
 

@@ -7,7 +7,7 @@ import logging
 from gateway.loop.filesend import FileSegment
 from gateway.loop.front import FrontConnection, FrontContext
 from gateway.loop.request import Request
-from gateway.loop.spool import RequestBody
+from gateway.loop.spool import EMPTY_BODY, RequestBody
 from gateway.protocols.errors import RemoteProtocolError
 from gateway.protocols.uwsgi import (
     BodyData,
@@ -27,6 +27,14 @@ class UwsgiConnection(FrontConnection):
     """Also the ResponseSink of its single request."""
 
     protocol_name = "uwsgi"
+    # Class defaults, shadowed per instance once set: one request per connection, so most are set at most once.
+    params: dict[str, str] | None = None
+    #: The body being received; None until body bytes arrive (a request without any gets ``EMPTY_BODY``).
+    body: RequestBody | None = None
+    request: Request | None = None
+    http_version = b"HTTP/1.1 "
+    #: A whole response, written together with the close when the request finishes.
+    response: bytes | None = None
 
     def __init__(self, context: FrontContext) -> None:
         super().__init__(context)
@@ -39,52 +47,48 @@ class UwsgiConnection(FrontConnection):
                 max_body_size=config.max_body_size,
             )
         self.codec = ServerConnection(limits)
-        self.params: dict[str, str] | None = None
-        self.body: RequestBody | None = None
-        self.request: Request | None = None
-        self.http_version = b"HTTP/1.1 "
-        #: A whole response, written together with the close when the request finishes.
-        self.response: bytes | None = None
 
     # -- input -------------------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        codec = self.codec
         try:
-            events = self.codec.receive_data(data)
+            events = codec.receive_data(data)
         except RemoteProtocolError as err:
             self.protocol_error(err)
             return
-        self.track_input(self.codec.input_pending, self.codec.head_pending)
+        now = self.track_input(codec.input_pending, codec.head_pending)
         for event in events:
             event_type = type(event)
-            if event_type is BodyData:
-                assert isinstance(event, BodyData)
-                if self.body is not None:
-                    self.body.write(event.data)
-            elif event_type is RequestHead:
+            if event_type is RequestHead:
                 assert isinstance(event, RequestHead)
-                self.params = event.params
-                if self.codec.unframed_length:
-                    self._unframed_length(self.codec.unframed_length)
-                if event.params.get("SERVER_PROTOCOL") == "HTTP/1.0":
+                params = self.params = event.params
+                if codec.unframed_length:
+                    self._unframed_length(codec.unframed_length)
+                if params.get("SERVER_PROTOCOL") == "HTTP/1.0":
                     self.http_version = b"HTTP/1.0 "
-                self.body = self.context.new_body()
             elif event_type is RequestComplete:
                 assert self.params is not None
-                assert self.body is not None
-                request = self.request = Request(self.params, self.body, self, "uwsgi", self.context.clock())
-                if self.body.size:
+                body = self.body
+                request = self.request = Request(self.params, body or EMPTY_BODY, self, "uwsgi", now)
+                if body is not None and body.size:
                     self.context.budget.wait(request)  # its body, if in memory, counts until the request ends
                 self.context.dispatcher.submit(request)
+            elif event_type is BodyData:
+                assert isinstance(event, BodyData)
+                body = self.body
+                if body is None:
+                    body = self.body = self.context.new_body()
+                body.write(event.data)
             elif event_type is Ping:
                 self.write(encode_pong())
                 self.finish()
             elif event_type is BodyTooLarge:
                 assert isinstance(event, BodyTooLarge)
                 self.body_too_large(self, event.limit)
-        held = self.codec.buffered
+        held = codec.buffered
         if self.request is None:
             body = self.body
-            if body is not None and self.codec.input_pending:
+            if body is not None and codec.input_pending:
                 held += body.memory
         if held != self.held:
             self.account(held)
@@ -125,9 +129,13 @@ class UwsgiConnection(FrontConnection):
             self.body.discard()
 
     # -- ResponseSink ------------------------------------------------------------------------------------------
-    @property
-    def client_gone(self) -> bool:
-        return self.closed
+    #: The connection is lost (set with ``closed``). A plain attribute, not a property: the relay reads it for
+    #: every frame.
+    client_gone = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client_gone = True
+        super().connection_lost(exc)
 
     def send_head(self, head: bytes) -> None:
         self.write(self.http_version + head)
