@@ -252,6 +252,11 @@ class Supervisor:
         relay.files = files_parent
         await loop.connect_accepted_socket(lambda: relay, parent)
         self._background(self._reap(self.workers[relay]))
+        if not self.running:
+            # Its spawn began before ``stop`` and ended after ``stop`` told every worker it knew of to leave (a
+            # replacement for a worker recycled just before SIGTERM): told now, or nothing ever would.
+            relay.retiring = True
+            relay.close()
 
     def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coroutine)
@@ -391,7 +396,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signal.SIGKILL)
                 await worker.process.wait()
-        if self._tasks:
+        while self._tasks:  # spawns that end now start their worker's reap: wait for those too
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.preloader is not None:
             await self.preloader.stop()
