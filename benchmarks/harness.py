@@ -16,10 +16,11 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from benchmarks.core import ROOT, BenchError, log
 from benchmarks.peers import CHARTS_PACKAGE, PEERS_VENV, Peers, ensure_peers
@@ -31,6 +32,26 @@ from devstack.processes import GatewayProcess, StackError, stop_process
 
 APP = "benchmarks.apps:app"
 T = TypeVar("T")
+
+
+class NamedScenario(typing.Protocol):
+    """What the round runner and the results data need of a benchmark's scenario."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+
+class RoundCell(typing.Protocol):
+    """A measurement the round runner files under its round."""
+
+    round: int
+
+
+S = TypeVar("S", bound=NamedScenario)
+C = TypeVar("C", bound=RoundCell)
 
 
 @dataclass
@@ -147,6 +168,75 @@ def servers_and_gaps(
     if problems:
         lines += ["### Not measured", "", *problems, ""]
     return lines
+
+
+def unusable_cells(
+    stack: Stack,
+    running: Sequence[ServerSpec],
+    scenarios: Sequence[S],
+    check: Callable[[Stack, ServerSpec, S], str | None],
+) -> dict[tuple[str, str], str]:
+    """Why each (server, scenario) whose check request fails is left out, before anything is measured."""
+    skipped: dict[tuple[str, str], str] = {}
+    for spec in running:
+        for scenario in scenarios:
+            reason = check(stack, spec, scenario)
+            if reason is not None:
+                skipped[spec.name, scenario.name] = reason
+                log(f"  {spec.name} / {scenario.name}: {reason}; skipped")
+    return skipped
+
+
+def interleaved_rounds(
+    stack: Stack,
+    running: Sequence[ServerSpec],
+    scenarios: Sequence[S],
+    rounds: int,
+    skipped: Mapping[tuple[str, str], str],
+    measure: Callable[[ServerSpec, S], C | None],
+    describe: Callable[[ServerSpec, S, C], str],
+) -> dict[tuple[str, str], list[C]]:
+    """Every cell once per round, servers interleaved and the order rotated each round (so no server always runs
+    right after the same neighbour), a progress line per cell; the cells by (server, scenario)."""
+    cells: dict[tuple[str, str], list[C]] = {}
+    total = rounds * len(scenarios) * len(running)
+    done = 0
+    for round_number in range(1, rounds + 1):
+        shift = (round_number - 1) % max(len(running), 1)
+        order = [*running[shift:], *running[:shift]]
+        for scenario in scenarios:
+            for spec in order:
+                if (spec.name, scenario.name) in skipped or spec.name in stack.unavailable:
+                    continue
+                if not stack.ensure_alive(spec):
+                    continue
+                cell = measure(spec, scenario)
+                done += 1
+                if cell is None:
+                    continue
+                cell.round = round_number
+                cells.setdefault((spec.name, scenario.name), []).append(cell)
+                log(f"[{done}/{total}] round {round_number} {scenario.name:<9} {describe(spec, scenario, cell)}")
+    return cells
+
+
+def section_data(
+    title: str,
+    specs: Sequence[ServerSpec],
+    scenarios: Sequence[NamedScenario],
+    rows: Mapping[tuple[str, str], Any],
+    unavailable: Mapping[str, str],
+    skipped: Mapping[tuple[str, str], str],
+) -> dict[str, Any]:
+    """The JSON a results section keeps beside its table (``publish`` writes it): rows are dataclasses."""
+    return {
+        "title": title,
+        "servers": [spec.name for spec in specs],
+        "scenarios": [{"name": scenario.name, "label": scenario.label} for scenario in scenarios],
+        "rows": [vars(row) for row in rows.values()],
+        "unavailable": dict(unavailable),
+        "skipped": {f"{server}/{scenario}": why for (server, scenario), why in skipped.items()},
+    }
 
 
 def select_named(known: Mapping[str, T], names: Sequence[str] | None, what: str) -> list[T]:

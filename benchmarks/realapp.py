@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.core import log
 from benchmarks.harness import (
     THREADS,
     Options,
@@ -24,9 +23,12 @@ from benchmarks.harness import (
     Stack,
     begin,
     http_get,
+    interleaved_rounds,
     running_stack,
+    section_data,
     select_named,
     servers_and_gaps,
+    unusable_cells,
 )
 from benchmarks.procstats import cpu_seconds, pss_bytes, tree_pids
 from benchmarks.report import fmt, median, publish
@@ -193,45 +195,23 @@ def run(options: Options) -> Path:
     scenario_names = options.scenarios or (list(QUICK_SCENARIOS) if options.quick else None)
     scenarios = select_named({scenario.name: scenario for scenario in SCENARIOS}, scenario_names, "scenario")
     bench = begin(options, "realapp", specs, extra_packages=[APP_PACKAGE])
-    cells: dict[tuple[str, str], list[Cell]] = {}
-    skipped: dict[tuple[str, str], str] = {}
     with running_stack(bench.scratch, specs, options.workers, bench.peers, app=APP) as stack:
         running = stack.running()
-        for spec in running:
-            for scenario in scenarios:
-                reason = _check(stack, spec, scenario)
-                if reason is not None:
-                    skipped[spec.name, scenario.name] = reason
-                    log(f"  {spec.name} / {scenario.name}: {reason}; skipped")
-        total = options.rounds * len(scenarios) * len(running)
-        done = 0
-        for round_number in range(1, options.rounds + 1):
-            shift = (round_number - 1) % max(len(running), 1)
-            order = running[shift:] + running[:shift]
-            for scenario in scenarios:
-                for spec in order:
-                    if (spec.name, scenario.name) in skipped or not stack.ensure_alive(spec):
-                        continue
-                    cell = _measure(stack, bench.wrk, spec, scenario, options)
-                    done += 1
-                    if cell is None:
-                        continue
-                    cell.round = round_number
-                    cells.setdefault((spec.name, scenario.name), []).append(cell)
-                    log(
-                        f"[{done}/{total}] round {round_number} {scenario.name:<9} {spec.name:<17} "
-                        f"{cell.wrk.rps:8.0f} req/s  p99 {cell.wrk.p99_ms:7.2f} ms  "
-                        f"cpu {cell.cpu / max(cell.wrk.requests, 1) * 1000:.2f} ms/req  pss {cell.pss >> 20} MiB"
-                    )
+        skipped = unusable_cells(stack, running, scenarios, _check)
+
+        def measure(spec: ServerSpec, scenario: Scenario) -> Cell | None:
+            return _measure(stack, bench.wrk, spec, scenario, options)
+
+        def describe(spec: ServerSpec, scenario: Scenario, cell: Cell) -> str:
+            return (
+                f"{spec.name:<17} {cell.wrk.rps:8.0f} req/s  p99 {cell.wrk.p99_ms:7.2f} ms  "
+                f"cpu {cell.cpu / max(cell.wrk.requests, 1) * 1000:.2f} ms/req  pss {cell.pss >> 20} MiB"
+            )
+
+        cells = interleaved_rounds(stack, running, scenarios, options.rounds, skipped, measure, describe)
         unavailable = dict(stack.unavailable)
     rows = {key: _aggregate(value) for key, value in cells.items()}
-    data = {
-        "title": f"Real app, {options.workers} workers, wrk -c{options.concurrency} (median of {options.rounds})",
-        "servers": [spec.name for spec in specs],
-        "scenarios": [{"name": scenario.name, "label": scenario.label} for scenario in scenarios],
-        "rows": [vars(row) for row in rows.values()],
-        "unavailable": unavailable,
-        "skipped": {f"{server}/{scenario}": why for (server, scenario), why in skipped.items()},
-    }
+    title = f"Real app, {options.workers} workers, wrk -c{options.concurrency} (median of {options.rounds})"
+    data = section_data(title, specs, scenarios, rows, unavailable, skipped)
     body = report_body(options, specs, scenarios, rows, skipped, unavailable)
     return publish(bench, data, body, "real-app chart")

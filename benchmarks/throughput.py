@@ -20,10 +20,13 @@ from benchmarks.harness import (
     Stack,
     begin,
     http_get,
+    interleaved_rounds,
     running_stack,
+    section_data,
     select_named,
     select_servers,
     servers_and_gaps,
+    unusable_cells,
 )
 from benchmarks.procstats import PeakRss, cpu_seconds
 from benchmarks.report import fmt, median, publish
@@ -194,58 +197,35 @@ def run(options: Options) -> Path:
     scenarios = select_scenarios(options.scenarios)
     bench = begin(options, "throughput", specs)
     wrk = bench.wrk
-    cells: dict[tuple[str, str], list[Cell]] = {}
-    skipped: dict[tuple[str, str], str] = {}
     with running_stack(bench.scratch, specs, options.workers, bench.peers) as stack:
         running = stack.running()
-        for spec in running:
-            for scenario in scenarios:
-                reason = _check(stack, spec, scenario)
-                if reason is not None:
-                    skipped[spec.name, scenario.name] = reason
-                    log(f"  {spec.name} / {scenario.name}: {reason}; skipped")
+        skipped = unusable_cells(stack, running, scenarios, _check)
         warm = min(2.0, options.duration)
         log(f"warming up every server ({warm:g} s of hello each)")
         for spec in running:
             run_wrk(wrk, stack.url(spec, "/hello"), connections=4, duration=warm)
-        total = options.rounds * len(scenarios) * len(running)
-        done = 0
-        for round_number in range(1, options.rounds + 1):
-            shift = (round_number - 1) % max(len(running), 1)
-            order = running[shift:] + running[:shift]
-            for scenario in scenarios:
-                for spec in order:
-                    if (spec.name, scenario.name) in skipped or spec.name in stack.unavailable:
-                        continue
-                    if not stack.ensure_alive(spec):
-                        continue
-                    cell = _measure(stack, wrk, spec, scenario, options)
-                    done += 1
-                    if cell is None:
-                        continue
-                    cell.round = round_number
-                    cells.setdefault((spec.name, scenario.name), []).append(cell)
-                    log(
-                        f"[{done}/{total}] round {round_number} {scenario.name:<9} {spec.name:<15} "
-                        f"{cell.wrk.rps:9.0f} req/s  p99 {cell.wrk.p99_ms:7.2f} ms  errors {cell.wrk.error_count}"
-                    )
+
+        def measure(spec: ServerSpec, scenario: Scenario) -> Cell | None:
+            return _measure(stack, wrk, spec, scenario, options)
+
+        def describe(spec: ServerSpec, scenario: Scenario, cell: Cell) -> str:
+            return (
+                f"{spec.name:<15} {cell.wrk.rps:9.0f} req/s  p99 {cell.wrk.p99_ms:7.2f} ms  "
+                f"errors {cell.wrk.error_count}"
+            )
+
+        cells = interleaved_rounds(stack, running, scenarios, options.rounds, skipped, measure, describe)
         unavailable = dict(stack.unavailable)
         for backend in stack.backends.values():
             if backend.restarts:
                 unavailable.setdefault(f"{backend.name} (note)", f"died and was restarted {backend.restarts} time(s)")
     rows = {key: _aggregate(value) for key, value in cells.items()}
-    data = {
-        "title": f"Throughput, {options.workers} workers, wrk -c{options.concurrency} (median of {options.rounds})",
-        "servers": [spec.name for spec in specs],
-        "scenarios": [{"name": scenario.name, "label": scenario.label} for scenario in scenarios],
-        "rows": [vars(row) for row in rows.values()],
-        "cells": [
-            {**{key: value for key, value in vars(cell).items() if key != "wrk"}, "wrk": vars(cell.wrk)}
-            for group in cells.values()
-            for cell in group
-        ],
-        "unavailable": unavailable,
-        "skipped": {f"{server}/{scenario}": why for (server, scenario), why in skipped.items()},
-    }
+    title = f"Throughput, {options.workers} workers, wrk -c{options.concurrency} (median of {options.rounds})"
+    data = section_data(title, specs, scenarios, rows, unavailable, skipped)
+    data["cells"] = [
+        {**{key: value for key, value in vars(cell).items() if key != "wrk"}, "wrk": vars(cell.wrk)}
+        for group in cells.values()
+        for cell in group
+    ]
     body = report_body(options, specs, scenarios, rows, skipped, unavailable)
     return publish(bench, data, body, "throughput chart")
