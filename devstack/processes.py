@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -329,6 +330,14 @@ class GatewayProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def listening_port(self, protocol: str) -> int:
+        """The port its first ``protocol`` listener on 127.0.0.1 took, as its log says (``127.0.0.1:0`` lets the
+        kernel choose one)."""
+        match = re.search(rf"listening for {protocol} on 127\.0\.0\.1:(\d+)", self.log_text())
+        if match is None:
+            raise StackError(f"no {protocol} listener in the gateway's log:\n{self.log_text()}")
+        return int(match.group(1))
 
     def open_files(self) -> int:
         """The master's open descriptors that are not sockets: a file response or a static file left open shows

@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -121,13 +120,6 @@ class Load:
                 self.failures.append(repr(err)[:200])
 
 
-def _port(gateway: GatewayProcess) -> int:
-    """The port the kernel gave the gateway's ``--uwsgi 127.0.0.1:0``, as its log says."""
-    match = re.search(r"listening for uwsgi on 127\.0\.0\.1:(\d+)", gateway.log_text())
-    assert match, gateway.log_text()
-    return int(match.group(1))
-
-
 def _pid(gateway: GatewayProcess) -> int:
     assert gateway.process is not None
     return gateway.process.pid
@@ -160,7 +152,7 @@ def test_fastrouter_balances_subscribed_gateways(tmp_path: Path, router: FastRou
             time.sleep(1.0)
             before = load.served_by[_pid(first)]
             assert before > 0
-            terminated, terminated_port = _pid(first), _port(first)
+            terminated, terminated_port = _pid(first), first.listening_port("uwsgi")
             assert first.stop(signal.SIGTERM) == 0
             served_after_stop = sum(load.served_by.values())
             time.sleep(1.0)
@@ -175,14 +167,14 @@ def test_fastrouter_balances_subscribed_gateways(tmp_path: Path, router: FastRou
 
         # A third gateway on port 0 joins and serves within one interval of being ready.
         third.start()
-        assert _port(third) != 0
+        assert third.listening_port("uwsgi") != 0
         joined = _until_served_by(nginx, "foo.test", {_pid(third)}, timeout=INTERVAL * 5)
         assert joined <= INTERVAL, f"served after {joined:.2f} s"
 
         # SIGKILL one: no unsubscription. The router still lists it; uWSGI's FastRouter (2.0) then meets a refused
         # connection, marks the node failed and passes the request to the next node at once, so clients see
         # nothing at all (measured here), and the node is dropped for good after the tolerance.
-        killed, killed_port = _pid(second), _port(second)
+        killed, killed_port = _pid(second), second.listening_port("uwsgi")
         assert second.process is not None
         second.process.kill()
         second.process.wait()

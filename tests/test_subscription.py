@@ -9,7 +9,6 @@ input (a name that does not resolve, a router that is down, no uwsgi listener).
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import time
@@ -69,12 +68,6 @@ class Router:
         self.sock.close()
 
 
-def _listening_port(log: str) -> int:
-    match = re.search(r"listening for uwsgi on 127\.0\.0\.1:(\d+)", log)
-    assert match, log
-    return int(match.group(1))
-
-
 def test_announced_at_ready_every_interval_kept_on_hup_withdrawn_first_on_term(tmp_path: Path) -> None:
     router = Router()
     interval = 0.4
@@ -86,7 +79,7 @@ def test_announced_at_ready_every_interval_kept_on_hup_withdrawn_first_on_term(t
     )  # fmt: skip
     try:
         gateway.start()
-        port = _listening_port(gateway.log_text())
+        port = gateway.listening_port("uwsgi")
         assert port != 0
         modifier2, announced, first = router.next(5)
         assert modifier2 == SUBSCRIBE
@@ -156,6 +149,6 @@ def test_router_down_costs_one_warning_per_interval(tmp_path: Path) -> None:
         elapsed = time.monotonic() - started
         # One per interval: four warnings need at least three intervals (the first comes one interval in).
         assert elapsed >= 3 * interval
-        assert uwsgi_get(_listening_port(gateway.log_text()), "/hello")[0] == 200  # serving regardless
+        assert uwsgi_get(gateway.listening_port("uwsgi"), "/hello")[0] == 200  # serving regardless
     finally:
         assert gateway.stop() == 0
