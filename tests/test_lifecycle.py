@@ -238,7 +238,7 @@ def test_pool_grows_under_load_and_shrinks_when_idle(tmp_path: Path) -> None:
     gateway, port = _start(tmp_path, "--workers", "1:3", "--scale-down-after", "1")
     try:
         assert len(children(_pid(gateway))) == 1
-        with load(port, "/sleep?s=0.5", concurrency=4, seconds=4) as result:
+        with load(port, "/sleep?s=0.5", concurrency=4, seconds=15) as result:  # until the pool has grown
             wait_for(lambda: len(children(_pid(gateway))) == 3, 10, "the pool to grow to its maximum")
             result.stop()
         assert result.failures == 0, (result.statuses, result.errors[:3])

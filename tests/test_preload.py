@@ -276,8 +276,15 @@ def test_the_pool_grows_and_shrinks_by_forks_with_preload(tmp_path: Path) -> Non
     with stack:
         (template,) = stack.templates()
         wait_for(lambda: len(stack.workers()) == 1, 10, "one forked worker")
-        with load(stack.uwsgi, "/sleep?0.5", concurrency=4, seconds=4) as result:
-            wait_for(lambda: len(stack.workers()) == 3, 10, "the pool to grow to its maximum")
+        # The load lasts until the pool has grown (bounded), not a fixed 4 s a busy machine may need for the forks.
+        with load(stack.uwsgi, "/sleep?0.5", concurrency=4, seconds=15) as result:
+            try:
+                wait_for(lambda: len(stack.workers()) == 3, 10, "the pool to grow to its maximum")
+            except AssertionError as err:  # say what the load got and what the gateway did
+                raise AssertionError(
+                    f"{err}: {result.statuses} {result.errors[:3]}\n{stack.gateway.log_text()[-3000:]}"
+                ) from err
+            result.stop()
         assert result.failures == 0, (result.statuses, result.errors[:3])
         wait_for(lambda: len(stack.workers()) == 1, 10, "the pool to shrink back to its minimum")
         assert stack.templates() == {template}
