@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import cast
 
@@ -26,7 +27,7 @@ from gateway.contract.channel import (
     encode_frame,
     encode_response,
 )
-from gateway.worker.process import Channel
+from gateway.worker.process import CANCEL_POLL_AFTER, Channel
 from gateway.worker.wsgi import run_app
 
 FRAMES = [(Kind.HEAD, b"200 OK\r\n\r\n"), (Kind.BODY, b"x" * 70000), (Kind.BODY, b""), (Kind.END, b"")]
@@ -248,11 +249,13 @@ class _ScriptedSocket:
         self.sent: list[bytes] = []
         #: Whether the loop closed its end: then an empty socket reads as the end of input even without blocking.
         self.closed = False
+        self.polls = 0  # reads that must not block
 
     def more(self, data: bytes) -> None:
         self.chunks.append(data)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
+        self.polls += bool(flags & socket.MSG_DONTWAIT)
         if not self.chunks:
             if flags & socket.MSG_DONTWAIT and not self.closed:
                 raise BlockingIOError
@@ -274,9 +277,9 @@ class _ScriptedSocket:
         self.sent.append(data)
 
 
-def _channel(chunks: Iterable[bytes]) -> tuple[Channel, _ScriptedSocket]:
+def _channel(chunks: Iterable[bytes], clock: Callable[[], float] = time.monotonic) -> tuple[Channel, _ScriptedSocket]:
     sock = _ScriptedSocket(chunks)
-    return Channel(cast(socket.socket, sock)), sock
+    return Channel(cast(socket.socket, sock), clock=clock), sock
 
 
 def _cut(stream: bytes, cuts: Iterable[int]) -> list[bytes]:
@@ -365,6 +368,35 @@ def test_a_cancel_read_with_the_request_it_names_skips_that_request() -> None:
     assert following is not None and following[0] == 3 and _number_of(following[1]) == "3"
     skipped = [frame for frame in FrameDecoder().feed(b"".join(sock.sent)) if frame[0] == Kind.END]
     assert len(skipped) == 2  # request 1's end, and request 2 ended without running
+
+
+def test_a_request_that_waited_less_than_the_poll_delay_runs_without_a_socket_read() -> None:
+    one, two, three = _requests(1, 2, 3)
+    now = [100.0]
+    channel, sock = _channel([one + two + encode_cancel(3) + three], clock=lambda: now[0])
+    assert channel.next_request() is not None
+    channel.finish(Kind.END)
+    now[0] += CANCEL_POLL_AFTER / 2  # request 1 took half the delay: 2 waited that long since the read
+    sock.more(encode_cancel(2))  # the loop's CANCEL for 2, sent meanwhile, stays unread
+    second = channel.next_request()
+    assert second is not None and _number_of(second[1]) == "2" and sock.polls == 0
+    channel.finish(Kind.END)
+    # 3's CANCEL came in the same read as 3: honoured without a read (the next request is the one after it)
+    assert channel.next_request() is None and sock.polls == 0
+
+
+def test_a_request_that_waited_the_poll_delay_is_polled_and_skipped_when_its_client_left() -> None:
+    one, two, three = _requests(1, 2, 3)
+    now = [100.0]
+    channel, sock = _channel([one + two + three], clock=lambda: now[0])
+    assert channel.next_request() is not None
+    channel.finish(Kind.END)
+    now[0] += CANCEL_POLL_AFTER * 1.5  # request 1 ran for longer than the delay
+    sock.more(encode_cancel(2))
+    following = channel.next_request()
+    assert following is not None and _number_of(following[1]) == "3" and sock.polls == 1
+    # the poll read the socket: 3 has waited only since then, so it is not polled again
+    assert [frame[0] for frame in FrameDecoder().feed(b"".join(sock.sent))].count(Kind.END) == 2
 
 
 def test_a_cancel_for_the_running_request_is_polled_without_blocking_and_later_requests_keep_their_order() -> None:

@@ -16,8 +16,10 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -48,6 +50,11 @@ _FRAME_HEADER_SIZE = FRAME_HEADER.size
 _READ_SIZE = 1 << 16
 #: A frame with more than this still to come is received in place (see FrameDecoder.complete_in_place).
 _RECEIVE_IN_PLACE = 1 << 16
+#: A request that waited in this worker at least this long (seconds since the read that brought it) has the socket
+#: polled for a CANCEL before it runs. A shorter wait is not worth the system call (and the BlockingIOError it
+#: usually ends in): its client leaving in that time is treated as leaving just after the request started, whose
+#: response the loop drops. Polling after 1 ms costs at most a few µs per ms waited.
+CANCEL_POLL_AFTER = 0.001
 
 
 class AppImportError(Exception):
@@ -90,10 +97,13 @@ class Channel(ResponseFrames):
     when its turn comes (the loop may have handed it to us ahead of time, while we ran another).
 
     Frames are cut out of what the socket gives by the loop's own FrameDecoder; those decoded ahead of their turn
-    (the loop may send ahead: ``--pipeline``) wait in ``_frames``, in order.
+    (the loop may send ahead: ``--pipeline``) wait in ``_frames``, in order. A request that waited there is checked
+    for a CANCEL first: among the frames already read always, on the socket only once it waited CANCEL_POLL_AFTER.
     """
 
-    def __init__(self, sock: socket.socket, files: socket.socket | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, files: socket.socket | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self.sock = sock
         #: The files socket, over which file responses' descriptors go to the loop (None: not given one).
@@ -103,6 +113,9 @@ class Channel(ResponseFrames):
         self._frames: deque[tuple[int, Payload]] = deque()
         self.number = 0
         self._cancelled: set[int] = set()
+        self._clock = clock
+        #: When the socket was last read (the clock's time): every CANCEL the loop sent before then is in ``_frames``.
+        self._read_at = 0.0
 
     @property
     def has_pending_input(self) -> bool:
@@ -128,6 +141,7 @@ class Channel(ResponseFrames):
                 chunk = self.sock.recv(_READ_SIZE)
             if not chunk:
                 return None
+            self._read_at = self._clock()
             frames.extend(decoder.feed(chunk))
         return frames.popleft()
 
@@ -146,8 +160,11 @@ class Channel(ResponseFrames):
             if kind != Kind.REQUEST:
                 continue
             self.number += 1
-            if waited:
-                self._poll_cancels()  # its client may have left while it waited
+            if waited:  # its client may have left while it waited
+                if self._clock() - self._read_at >= CANCEL_POLL_AFTER:
+                    self._poll_cancels()
+                else:
+                    self._take_cancels()  # only those read with it
             if self._cancelled:
                 if self.number in self._cancelled:
                     self._cancelled.discard(self.number)
@@ -168,12 +185,17 @@ class Channel(ResponseFrames):
         try:
             chunk = self.sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            pass  # nothing new; the frames read before may still hold one
+            self._read_at = self._clock()  # nothing new; the frames read before may still hold one
         else:
             if not chunk:
                 self._cancelled.add(self.number)  # the loop itself is gone
                 return
+            self._read_at = self._clock()
             self._frames.extend(self._decoder.feed(chunk))
+        self._take_cancels()
+
+    def _take_cancels(self) -> None:
+        """Note the CANCEL frames among those already read, and take them out of the queue."""
         frames = self._frames
         if not frames:
             return
