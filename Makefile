@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILT := $(VENV)/.built
-# setup.py compiles these with mypyc; a change to one rebuilds them before anything runs.
+# setup.py compiles these with mypyc; a change to one rebuilds them before anything runs. HOT_SOURCES: the worker's
+# per-request path, as gateway/compiled.py lists it (tests/test_build.py checks the two agree).
 CODEC_SOURCES := $(filter-out %/__init__.py,$(wildcard protocols/*.py protocols/*/*.py))
+HOT_SOURCES := gateway/contract/channel.py gateway/worker/frames.py gateway/worker/process.py gateway/worker/threads.py gateway/worker/wsgi.py
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
 .PHONY: run test lint build bench bench-slow fuzz system-deps bench-deps test-deps peers clean
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # mypyc needs a C compiler and the Python headers.
-$(BUILT): $(STAMP) setup.py $(CODEC_SOURCES)
+$(BUILT): $(STAMP) setup.py gateway/compiled.py $(CODEC_SOURCES) $(HOT_SOURCES)
 	@{ command -v cc && $(PY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; } >/dev/null \
 		|| { $(APT_GET) update && $(APT_GET) install gcc python3-dev; }
 	$(PY) setup.py -q build_ext --inplace --force  # also when mypyc writes the same C again
@@ -52,10 +54,11 @@ run: $(BUILT) system-deps
 peers: $(STAMP)
 	$(PY) -m benchmarks.peers
 
-# The whole suite on the compiled codecs, then the codec tests again on their interpreted sources.
+# The whole suite on the compiled build, then the codec and worker tests again on their interpreted sources.
 test: $(BUILT) test-deps peers lint
 	$(PY) -m pytest $(PYTEST_ARGS)
-	$(PY) -m pytest -q -p tests.pure_python tests/test_fastcgi_codec.py tests/test_uwsgi_codec.py tests/test_build.py
+	$(PY) -m pytest -q -p tests.pure_python tests/test_fastcgi_codec.py tests/test_uwsgi_codec.py tests/test_build.py \
+		tests/test_wsgi.py tests/test_channel.py
 
 # Tools run as modules of the venv's Python: a console script's shebang may name another interpreter when pip
 # installs it from a prebuilt wheel (seen on these machines), and that interpreter lacks our dependencies.

@@ -1,7 +1,10 @@
-"""Build script: the protocol codecs are compiled with mypyc; everything else installs as plain Python.
+"""Build script: the protocol codecs and a worker's per-request path are compiled with mypyc; everything else
+installs as plain Python.
 
 The codecs (``protocols/``) parse every request the event loop receives; compiled, the loop spends less CPU per
-request (measured A/B in benchmarks/RESULTS.md). mypyc compiles the same type-checked sources to C
+request (measured A/B in benchmarks/RESULTS.md). The worker's per-request modules (``gateway/compiled.py`` lists
+them and says why) are compiled as a second group, so a codec change does not recompile them. mypyc compiles the
+same type-checked sources to C
 extensions (as black and mypy ship), so there is one codebase, not a Python one and a C one. Where they cannot be
 compiled (``GATEWAY_PURE_PYTHON=1``, no C compiler or Python headers, mypyc refusing the sources) the same sources
 install uncompiled, with a warning here and another each time the gateway starts.
@@ -9,11 +12,13 @@ install uncompiled, with a warning here and another each time the gateway starts
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
 import sysconfig
 from pathlib import Path
+from types import ModuleType
 from typing import cast
 
 from setuptools import Extension, setup
@@ -33,6 +38,21 @@ def compiled_modules() -> list[str]:
         for path in package.rglob("*.py")
         if path.name != "__init__.py"
     )
+
+
+def _load_compiled_list() -> ModuleType:
+    """gateway/compiled.py by its path: the package itself is not importable before it is installed."""
+    spec = importlib.util.spec_from_file_location("gateway_compiled_list", ROOT / "gateway" / "compiled.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit("setup.py: cannot load gateway/compiled.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def hot_modules() -> list[str]:
+    """The worker's per-request modules compiled beside the codecs (gateway/compiled.py)."""
+    return list(_load_compiled_list().HOT_MODULES)
 
 
 def missing_build_tools() -> str | None:
@@ -56,14 +76,19 @@ def extensions() -> list[Extension]:
         from mypyc.build import mypycify  # noqa: PLC0415 (a build requirement, needed only when compiling)
 
         os.chdir(ROOT)  # mypyc names modules from paths relative to the working directory
+        codecs, hot = compiled_modules(), hot_modules()
+        groups: list[tuple[list[str], str | None]] = [(codecs, "gateway.protocols"), (hot, "gateway.hotpath")]
         # distutils Extension objects, which setuptools accepts as its own
-        return cast("list[Extension]", mypycify(compiled_modules(), opt_level="3", group_name="gateway.protocols"))
+        return cast("list[Extension]", mypycify([*codecs, *hot], opt_level="3", separate=groups))
     except (Exception, SystemExit) as err:  # mypyc missing, or refusing the sources (it exits on type errors)
         return _interpreted(f"mypyc failed: {err!r}")
 
 
 def _interpreted(reason: str) -> list[Extension]:
-    print(f"WARNING: the protocol codecs are installed interpreted, not compiled: {reason}", file=sys.stderr)
+    print(
+        f"WARNING: the protocol codecs and the worker's hot path are installed interpreted, not compiled: {reason}",
+        file=sys.stderr,
+    )
     return []
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+import gateway.compiled
 import gateway.protocols
+import gateway.worker.frames
 from devstack.nginx import Nginx
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
@@ -32,12 +34,12 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Refuse to test other code than the sources: a stale compiled codec, or the wrong build for the pass."""
     if session.config.pluginmanager.has_plugin("tests.pure_python"):
-        if gateway.protocols.compiled():
-            pytest.exit("tests.pure_python is loaded but the compiled codecs were imported", returncode=4)
+        if gateway.protocols.compiled() or not gateway.worker.frames.__file__.endswith(".py"):
+            pytest.exit("tests.pure_python is loaded but compiled modules were imported", returncode=4)
         return
-    stale = gateway.protocols.stale_sources()
+    stale = gateway.protocols.stale_sources() + gateway.compiled.stale_sources()
     if stale:
-        pytest.exit(f"{', '.join(stale)} changed after the codecs were compiled: run `make build`", returncode=4)
+        pytest.exit(f"{', '.join(stale)} changed after they were compiled: run `make build`", returncode=4)
     if os.environ.get("CI") == "true" and not gateway.protocols.compiled():
         pytest.exit("CI tests the compiled codecs, but they are not built: run `make build`", returncode=4)
 

@@ -1,8 +1,10 @@
-"""pytest plugin (``-p tests.pure_python``): import ``protocols/`` from its sources even where it was compiled.
+"""pytest plugin (``-p tests.pure_python``): import ``protocols/`` and the worker's hot path
+(``gateway/compiled.py``) from their sources even where they were compiled.
 
-``make test`` runs the whole suite on the compiled codecs (what an installed gateway runs), then the codec tests
-again through this plugin, so the interpreted fallback (``GATEWAY_PURE_PYTHON=1``) is tested as well. A path hook
-placed ahead of the default one gives the package's directories a finder that knows only ``.py`` and ``.pyc``.
+``make test`` runs the whole suite on the compiled build (what an installed gateway runs), then the codec and
+worker tests again through this plugin, so the interpreted fallback (``GATEWAY_PURE_PYTHON=1``) is tested as
+well. A path hook placed ahead of the default one gives those modules' directories a finder that knows only
+``.py`` and ``.pyc``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from importlib.abc import PathEntryFinder
 from importlib.machinery import BYTECODE_SUFFIXES, SOURCE_SUFFIXES, FileFinder, SourceFileLoader, SourcelessFileLoader
 from pathlib import Path
 
-PROTOCOLS = Path(__file__).resolve().parent.parent / "protocols"
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOLS = ROOT / "protocols"
+#: The directories of the compiled hot-path modules (gateway/compiled.py, read without importing gateway).
+HOT_DIRECTORIES = {ROOT / "gateway" / "contract", ROOT / "gateway" / "worker"}
 
 _sources_only: Callable[[str], PathEntryFinder] = FileFinder.path_hook(
     (SourceFileLoader, SOURCE_SUFFIXES), (SourcelessFileLoader, BYTECODE_SUFFIXES)
@@ -22,12 +27,13 @@ _sources_only: Callable[[str], PathEntryFinder] = FileFinder.path_hook(
 
 def _hook(path: str) -> PathEntryFinder:
     resolved = Path(path).resolve()
-    if resolved != PROTOCOLS and PROTOCOLS not in resolved.parents:
+    if resolved != PROTOCOLS and PROTOCOLS not in resolved.parents and resolved not in HOT_DIRECTORIES:
         raise ImportError  # not ours: the next hook (the default one) takes it
     return _sources_only(path)
 
 
-if any(name == "gateway.protocols" or name.startswith("gateway.protocols.") for name in sys.modules):
+_COVERED = ("gateway.protocols", "gateway.contract", "gateway.worker")
+if any(name == covered or name.startswith(covered + ".") for name in sys.modules for covered in _COVERED):
     raise RuntimeError("tests.pure_python must be loaded before anything imports protocols (pass it with -p)")
 sys.path_hooks.insert(0, _hook)
 sys.path_importer_cache.clear()

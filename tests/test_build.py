@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 
+import gateway.compiled
 import gateway.protocols
 from gateway.config.cli import build_parser
 from gateway.master import server
@@ -42,6 +43,40 @@ def test_every_codec_module_runs_the_build_of_this_pass(pytestconfig: pytest.Con
     for name in names:
         module_file = importlib.import_module(name).__file__ or ""
         assert module_file.endswith(".py") == interpreted, f"{name} loaded from {module_file}"
+
+
+def test_the_worker_hot_path_runs_the_build_of_this_pass(pytestconfig: pytest.Config) -> None:
+    interpreted = pytestconfig.pluginmanager.has_plugin("tests.pure_python")
+    if not interpreted and not gateway.compiled.compiled() and os.environ.get("CI") != "true":
+        pytest.skip("the worker's hot path is not built here (`make build`); CI refuses to run without it")
+    assert setup.hot_modules() == list(gateway.compiled.HOT_MODULES)
+    for name in gateway.compiled.HOT_MODULE_NAMES:
+        module_file = importlib.import_module(name).__file__ or ""
+        assert module_file.endswith(".py") == interpreted, f"{name} loaded from {module_file}"
+
+
+def test_the_makefile_rebuilds_when_a_hot_path_module_changes() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    line = next(line for line in makefile.splitlines() if line.startswith("HOT_SOURCES :="))
+    assert line.split(":=", 1)[1].split() == list(gateway.compiled.HOT_MODULES)
+
+
+def test_hot_path_stale_sources_names_modules_edited_after_their_build(tmp_path: Path) -> None:
+    for number, module in enumerate(gateway.compiled.HOT_MODULES):
+        source = tmp_path / module
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text("")
+        built = source.with_name(source.name.removesuffix(".py") + EXTENSION)
+        built.write_bytes(b"")
+        source_time, build_time = (300, 200) if number == 1 else (100, 200)
+        os.utime(source, (source_time, source_time))
+        os.utime(built, (build_time, build_time))
+    assert gateway.compiled.compiled(tmp_path)
+    assert gateway.compiled.stale_sources(tmp_path) == []  # no setup.py: not a checkout
+    (tmp_path / "setup.py").write_text("")
+    assert gateway.compiled.stale_sources(tmp_path) == [gateway.compiled.HOT_MODULES[1]]
+    built.unlink()
+    assert not gateway.compiled.compiled(tmp_path)
 
 
 def test_stale_sources_names_codecs_edited_after_their_build_in_a_checkout(
@@ -77,7 +112,7 @@ def test_startup_names_stale_codec_sources(monkeypatch: pytest.MonkeyPatch, capl
     monkeypatch.setattr(gateway.protocols, "stale_sources", lambda: ["protocols/cgi.py"])
     with caplog.at_level(logging.INFO, logger="gateway.server"):
         server.log_codec_build()
-    assert "protocols/cgi.py changed after the codecs were compiled" in caplog.text
+    assert "protocols/cgi.py changed after it was compiled" in caplog.text
     assert "make build" in caplog.text
 
 
@@ -87,7 +122,7 @@ def test_build_falls_back_to_interpreted_codecs_without_a_compiler(
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert setup.missing_build_tools() == "no C compiler (/nonexistent/cc)"
     assert setup.extensions() == []
-    assert "codecs are installed interpreted, not compiled: no C compiler" in capsys.readouterr().err
+    assert "installed interpreted, not compiled: no C compiler" in capsys.readouterr().err
 
 
 def test_build_compiles_every_codec_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:

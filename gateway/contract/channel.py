@@ -140,10 +140,20 @@ class WorkerRequest:
 
     @classmethod
     def decode(cls, payload: bytes | bytearray | memoryview) -> WorkerRequest:
-        (meta_length,) = _REQUEST_PREFIX.unpack_from(payload)
-        meta_end = _REQUEST_PREFIX.size + meta_length
-        environ, body_path, protocol, session = orjson.loads(payload[_REQUEST_PREFIX.size : meta_end])
-        return cls(environ, bytes(payload[meta_end:]), body_path, protocol, tuple(session) if session else None)
+        return cls(*decode_request(payload))
+
+
+#: A REQUEST payload's parts, in WorkerRequest's field order.
+RequestParts = tuple[dict[str, str], bytes, str | None, str, tuple[str | None, dict[str, Any] | None] | None]
+
+
+def decode_request(payload: bytes | bytearray | memoryview) -> RequestParts:
+    """A REQUEST payload as WorkerRequest's fields, without the WorkerRequest: a worker decodes one per request,
+    and a frozen dataclass costs several times a tuple to make (compiled or not; RESULTS.md, History)."""
+    (meta_length,) = _REQUEST_PREFIX.unpack_from(payload)
+    meta_end = _REQUEST_PREFIX.size + meta_length
+    environ, body_path, protocol, session = orjson.loads(payload[_REQUEST_PREFIX.size : meta_end])
+    return environ, bytes(payload[meta_end:]), body_path, protocol, tuple(session) if session else None
 
 
 def encode_request(

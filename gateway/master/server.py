@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import setproctitle
 
+import gateway.compiled
 import gateway.protocols
 from gateway.config.addresses import Address, Listen, ProtocolName, parse_networks
 from gateway.config.settings import Config, ConfigError
@@ -86,15 +87,16 @@ def log_codec_build() -> None:
             "Python headers (apt-get install gcc python3-dev) to compile them"
         )
         return
-    stale = gateway.protocols.stale_sources()
+    stale = gateway.protocols.stale_sources() + gateway.compiled.stale_sources()
     if stale:
         log.warning(
-            "%s changed after the codecs were compiled: the older compiled code is what runs; rebuild with "
+            "%s changed after it was compiled (mypyc): the older compiled code is what runs; rebuild with "
             "`make build` (or pip install again)",
             ", ".join(stale),
         )
     else:
-        log.info("protocol codecs: compiled (mypyc)")
+        hot = "compiled" if gateway.compiled.compiled() else "interpreted"
+        log.info("protocol codecs: compiled (mypyc); the worker's per-request path: %s", hot)
 
 
 def raise_file_limit() -> None:

@@ -31,7 +31,7 @@ from gateway.contract.channel import (
     FrameDecoder,
     Kind,
     Payload,
-    WorkerRequest,
+    decode_request,
 )
 from gateway.contract.exits import EXIT_APP_LOAD
 from gateway.contract.startup import WorkerSettings
@@ -231,13 +231,13 @@ def serve(channel: Channel, app: WSGIApp, settings: WorkerSettings) -> None:
 
 def run_request(channel: ResponseFrames, app: WSGIApp, settings: WorkerSettings, payload: bytes | memoryview) -> None:
     """One REQUEST frame through the app, its response sent on ``channel`` (or one thread's part of it)."""
-    request = WorkerRequest.decode(payload)
-    body = body_stream(request.body, request.body_path)
+    params, body_bytes, body_path, _, loaded_session = decode_request(payload)
+    body = body_stream(body_bytes, body_path)
     try:
-        environ = build_environ(request.environ, body, script_name=settings.script_name)
+        environ = build_environ(params, body, script_name=settings.script_name)
         session = None
-        if request.session is not None:
-            session = WorkerSession(request.session, settings.session, environ)
+        if loaded_session is not None:
+            session = WorkerSession(loaded_session, settings.session, environ)
             environ["gateway.session"] = session.session
         try:
             run_app(

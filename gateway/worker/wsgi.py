@@ -20,6 +20,8 @@ from html import escape
 from types import TracebackType
 from typing import IO, Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 log = logging.getLogger("gateway.worker")
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -61,6 +63,7 @@ class ResponseOutput(Protocol):
     def cancelled(self) -> bool: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # an app may subclass what environ["wsgi.file_wrapper"] gives it
 class FileWrapper:
     """``wsgi.file_wrapper``: iterates a file in large blocks and closes it with the response."""
 
@@ -146,9 +149,9 @@ class _Response:
         self.content_length: int | None = None
         self.sent = 0
 
-    def start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-    ) -> Callable[[bytes], None]:
+    # What the app calls is typed Any where the app may pass anything: the validation below names what is wrong,
+    # where a compiled build (setup.py) would otherwise raise its own TypeError for a str that is bytes.
+    def start_response(self, status: Any, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
                 if self.head_sent:
@@ -161,11 +164,11 @@ class _Response:
         self.status = status
         return self.write
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Any) -> None:
         """The legacy ``write()`` callable: sent at once, since the app may block before its next write."""
         self.send(data, flush=True)
 
-    def send(self, data: bytes, flush: bool) -> None:
+    def send(self, data: Any, flush: bool) -> None:
         if type(data) is not bytes:
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise InvalidResponse(f"the application yielded {type(data).__name__}, not bytes")
@@ -211,7 +214,7 @@ class _Response:
 _head_cache: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[bytes, int | None]] = {}
 
 
-def encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
+def encode_head(status: Any, headers: Any) -> tuple[bytes, int | None]:
     """Validate and encode a status and header list; returns the head block and the declared length.
 
     Validating and encoding cost a worker more than the rest of a small response, and an app repeats its heads
@@ -237,7 +240,7 @@ def encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int
     return _validate_and_encode(status, headers)
 
 
-def _validate_and_encode(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
+def _validate_and_encode(status: Any, headers: Any) -> tuple[bytes, int | None]:
     if type(status) is not str or not _STATUS.match(status):
         raise InvalidResponse(f"invalid status {status!r}: expected a str like '200 OK'")
     if type(headers) is not list:
@@ -286,7 +289,7 @@ def run_app(
     ``close()`` is always called; an exception from it is logged and never changes the response.
     """
     response = _Response(output, head_hook)
-    result: Iterable[bytes] | None = None
+    result: Any = None  # whatever the app returned, and its chunks: validated as they are sent
     try:
         try:
             result = app(environ, response.start_response)
