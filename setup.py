@@ -2,8 +2,9 @@
 installs as plain Python.
 
 The codecs (``protocols/``) parse every request the event loop receives; compiled, the loop spends less CPU per
-request (measured A/B in benchmarks/RESULTS.md). The worker's per-request modules (``gateway/compiled.py`` lists
-them and says why) are compiled as a second group, so a codec change does not recompile them. mypyc compiles the
+request (measured A/B in benchmarks/RESULTS.md). The per-request modules of a worker and of the loop
+(``gateway/compiled.py`` lists them and says why) are compiled as two more groups, so a codec change does not
+recompile them. mypyc compiles the
 same type-checked sources to C
 extensions (as black and mypy ship), so there is one codebase, not a Python one and a C one. Where they cannot be
 compiled (``GATEWAY_PURE_PYTHON=1``, no C compiler or Python headers, mypyc refusing the sources) the same sources
@@ -50,9 +51,14 @@ def _load_compiled_list() -> ModuleType:
     return module
 
 
+def hot_groups() -> list[tuple[list[str], str]]:
+    """The per-request modules compiled beside the codecs (gateway/compiled.py), as (sources, group name)."""
+    listed = _load_compiled_list()
+    return [(list(listed.WORKER_MODULES), "gateway.hotpath"), (list(listed.LOOP_MODULES), "gateway.hotloop")]
+
+
 def hot_modules() -> list[str]:
-    """The worker's per-request modules compiled beside the codecs (gateway/compiled.py)."""
-    return list(_load_compiled_list().HOT_MODULES)
+    return [module for modules, _ in hot_groups() for module in modules]
 
 
 def missing_build_tools() -> str | None:
@@ -76,10 +82,10 @@ def extensions() -> list[Extension]:
         from mypyc.build import mypycify  # noqa: PLC0415 (a build requirement, needed only when compiling)
 
         os.chdir(ROOT)  # mypyc names modules from paths relative to the working directory
-        codecs, hot = compiled_modules(), hot_modules()
-        groups: list[tuple[list[str], str | None]] = [(codecs, "gateway.protocols"), (hot, "gateway.hotpath")]
+        codecs = compiled_modules()
+        groups: list[tuple[list[str], str | None]] = [(codecs, "gateway.protocols"), *hot_groups()]
         # distutils Extension objects, which setuptools accepts as its own
-        return cast("list[Extension]", mypycify([*codecs, *hot], opt_level="3", separate=groups))
+        return cast("list[Extension]", mypycify([*codecs, *hot_modules()], opt_level="3", separate=groups))
     except (Exception, SystemExit) as err:  # mypyc missing, or refusing the sources (it exits on type errors)
         return _interpreted(f"mypyc failed: {err!r}")
 

@@ -1,10 +1,12 @@
-"""The modules beyond the codecs that ``setup.py`` compiles with mypyc: a worker's per-request path.
+"""The modules beyond the codecs that ``setup.py`` compiles with mypyc: the per-request path of both processes.
 
 A hello-world request costs a worker about as much Python as it costs the event loop (decode the REQUEST frame,
 build the environ, validate and encode the head, frame the response), and none of it is asyncio: plain classes
-and functions, which mypyc turns into native code (measured A/B in benchmarks/RESULTS.md, History). The channel
-framing is shared with the loop, which gets the same gain on it. The same sources run interpreted where they were
-not compiled (``GATEWAY_PURE_PYTHON=1``, no C compiler), as the codecs do; ``tests.pure_python`` tests that.
+and functions, which mypyc turns into native code. On the loop's side the plain-class modules a request passes
+through (the request, dispatch, the scheduler, the relay, the spool, the session hook) are compiled; the fronts,
+``asyncio.Protocol`` subclasses that mypyc could only compile as non-native classes, are not. What each measured
+is in benchmarks/RESULTS.md, History. The same sources run interpreted where they were not compiled
+(``GATEWAY_PURE_PYTHON=1``, no C compiler), as the codecs do; ``tests.pure_python`` tests that.
 
 Standard library only: ``setup.py`` loads this file by its path before anything is installed. Nothing here imports
 the modules it lists, so the master can ask about the build without loading the worker's code.
@@ -17,14 +19,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Paths from the project's root, as setup.py hands them to mypyc (and the Makefile's HOT_SOURCES lists them).
-HOT_MODULES = (
+#: Paths from the project's root, as setup.py hands them to mypyc. The worker's group holds the channel framing,
+#: which the loop imports too; the loop's group is never loaded by a worker (tests/test_layout.py).
+WORKER_MODULES = (
     "gateway/contract/channel.py",
     "gateway/worker/frames.py",
     "gateway/worker/process.py",
     "gateway/worker/threads.py",
     "gateway/worker/wsgi.py",
 )
+LOOP_MODULES = (
+    "gateway/loop/dispatch.py",
+    "gateway/loop/relay.py",
+    "gateway/loop/request.py",
+    "gateway/loop/scheduler.py",
+    "gateway/loop/session_hook.py",
+    "gateway/loop/spool.py",
+)
+#: Both groups, as the Makefile's HOT_SOURCES lists them.
+HOT_MODULES = WORKER_MODULES + LOOP_MODULES
 #: The package of each listed module, as its compiled extension is named.
 HOT_MODULE_NAMES = tuple(path.removesuffix(".py").replace("/", ".") for path in HOT_MODULES)
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import gateway.compiled
+import gateway.loop.relay
 import gateway.protocols
 import gateway.worker.frames
 from devstack.nginx import Nginx
@@ -34,7 +35,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Refuse to test other code than the sources: a stale compiled codec, or the wrong build for the pass."""
     if session.config.pluginmanager.has_plugin("tests.pure_python"):
-        if gateway.protocols.compiled() or not gateway.worker.frames.__file__.endswith(".py"):
+        hot = (gateway.worker.frames.__file__, gateway.loop.relay.__file__)
+        if gateway.protocols.compiled() or not all((path or "").endswith(".py") for path in hot):
             pytest.exit("tests.pure_python is loaded but compiled modules were imported", returncode=4)
         return
     stale = gateway.protocols.stale_sources() + gateway.compiled.stale_sources()

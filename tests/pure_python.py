@@ -1,8 +1,8 @@
-"""pytest plugin (``-p tests.pure_python``): import ``protocols/`` and the worker's hot path
+"""pytest plugin (``-p tests.pure_python``): import ``protocols/`` and the per-request modules
 (``gateway/compiled.py``) from their sources even where they were compiled.
 
-``make test`` runs the whole suite on the compiled build (what an installed gateway runs), then the codec and
-worker tests again through this plugin, so the interpreted fallback (``GATEWAY_PURE_PYTHON=1``) is tested as
+``make test`` runs the whole suite on the compiled build (what an installed gateway runs), then the codec, worker
+and loop unit tests again through this plugin, so the interpreted fallback (``GATEWAY_PURE_PYTHON=1``) is tested as
 well. A path hook placed ahead of the default one gives those modules' directories a finder that knows only
 ``.py`` and ``.pyc``.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOLS = ROOT / "protocols"
 #: The directories of the compiled hot-path modules (gateway/compiled.py, read without importing gateway).
-HOT_DIRECTORIES = {ROOT / "gateway" / "contract", ROOT / "gateway" / "worker"}
+HOT_DIRECTORIES = {ROOT / "gateway" / "contract", ROOT / "gateway" / "worker", ROOT / "gateway" / "loop"}
 
 _sources_only: Callable[[str], PathEntryFinder] = FileFinder.path_hook(
     (SourceFileLoader, SOURCE_SUFFIXES), (SourcelessFileLoader, BYTECODE_SUFFIXES)
@@ -32,7 +32,7 @@ def _hook(path: str) -> PathEntryFinder:
     return _sources_only(path)
 
 
-_COVERED = ("gateway.protocols", "gateway.contract", "gateway.worker")
+_COVERED = ("gateway.protocols", "gateway.contract", "gateway.worker", "gateway.loop")
 if any(name == covered or name.startswith(covered + ".") for name in sys.modules for covered in _COVERED):
     raise RuntimeError("tests.pure_python must be loaded before anything imports protocols (pass it with -p)")
 sys.path_hooks.insert(0, _hook)

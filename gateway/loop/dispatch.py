@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from gateway.loop.request import Request, respond_error
 
 log = logging.getLogger("gateway.dispatch")
@@ -65,6 +67,7 @@ class StaticServer(Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the front tests' FakeDispatcher takes requests instead
 class Dispatcher:
     def __init__(self, pool: Pool, hooks: Sequence[RequestHook] = (), static: StaticServer | None = None) -> None:
         self.pool = pool

@@ -216,7 +216,7 @@ class Relay(asyncio.Protocol):
 
     def _on_frames(self, frames: list[tuple[int, Payload]]) -> None:
         for kind, payload in frames:
-            request = self._selected
+            request: Request | None = self._selected
             if request is None and self.requests:
                 request = self.requests[0]
             if request is None:
