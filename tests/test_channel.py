@@ -399,6 +399,19 @@ def test_a_request_that_waited_the_poll_delay_is_polled_and_skipped_when_its_cli
     assert [frame[0] for frame in FrameDecoder().feed(b"".join(sock.sent))].count(Kind.END) == 2
 
 
+def test_a_poll_that_finds_nothing_still_counts_as_a_read_of_the_socket() -> None:
+    now = [100.0]
+    channel, sock = _channel([b"".join(_requests(1, 2, 3))], clock=lambda: now[0])
+    assert channel.next_request() is not None
+    channel.finish(Kind.END)
+    now[0] += CANCEL_POLL_AFTER * 1.5
+    assert channel.next_request() is not None and sock.polls == 1  # 2 waited: polled, nothing there
+    channel.finish(Kind.END)
+    now[0] += CANCEL_POLL_AFTER / 2  # 3 waited long since its read, but not since that poll
+    third = channel.next_request()
+    assert third is not None and _number_of(third[1]) == "3" and sock.polls == 1
+
+
 def test_a_cancel_for_the_running_request_is_polled_without_blocking_and_later_requests_keep_their_order() -> None:
     one, two, three = _requests(1, 2, 3)
     channel, sock = _channel([one])
