@@ -8,8 +8,9 @@ BUILT := $(VENV)/.built
 # path of a worker and of the loop, as gateway/compiled.py lists it (tests/test_build.py checks the two agree).
 CODEC_SOURCES := $(filter-out %/__init__.py,$(wildcard protocols/*.py protocols/*/*.py))
 HOT_SOURCES := gateway/contract/channel.py gateway/worker/frames.py gateway/worker/process.py gateway/worker/threads.py \
-	gateway/worker/wsgi.py gateway/loop/dispatch.py gateway/loop/relay.py gateway/loop/request.py gateway/loop/scheduler.py \
-	gateway/loop/session_hook.py gateway/loop/spool.py
+	gateway/worker/wsgi.py gateway/loop/front.py gateway/loop/fastcgi_front.py gateway/loop/uwsgi_front.py \
+	gateway/loop/http_front.py gateway/loop/dispatch.py gateway/loop/relay.py gateway/loop/request.py \
+	gateway/loop/scheduler.py gateway/loop/session_hook.py gateway/loop/spool.py
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
 .PHONY: run test lint build bench bench-slow fuzz system-deps bench-deps test-deps peers clean
@@ -61,7 +62,7 @@ test: $(BUILT) test-deps peers lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) -m pytest -q -p tests.pure_python tests/test_fastcgi_codec.py tests/test_uwsgi_codec.py tests/test_build.py \
 		tests/test_wsgi.py tests/test_channel.py tests/test_scheduler.py tests/test_front_fastcgi.py tests/test_front_uwsgi.py \
-		tests/test_spool.py tests/test_sessions_units.py
+		tests/test_front_http.py tests/test_spool.py tests/test_sessions_units.py tests/test_budget.py
 
 # Tools run as modules of the venv's Python: a console script's shebang may name another interpreter when pip
 # installs it from a prebuilt wheel (seen on these machines), and that interpreter lacks our dependencies.

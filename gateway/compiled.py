@@ -2,11 +2,11 @@
 
 A hello-world request costs a worker about as much Python as it costs the event loop (decode the REQUEST frame,
 build the environ, validate and encode the head, frame the response), and none of it is asyncio: plain classes
-and functions, which mypyc turns into native code. On the loop's side the plain-class modules a request passes
-through (the request, dispatch, the scheduler, the relay, the spool, the session hook) are compiled; the fronts,
-``asyncio.Protocol`` subclasses that mypyc could only compile as non-native classes, are not. What each measured
-is in benchmarks/RESULTS.md, History. The same sources run interpreted where they were not compiled
-(``GATEWAY_PURE_PYTHON=1``, no C compiler), as the codecs do; ``tests.pure_python`` tests that.
+and functions, which mypyc turns into native code. On the loop's side every module a request passes through is
+compiled: the fronts (FastCGI, uwsgi, HTTP and their base), the request, dispatch, the scheduler, the relay, the
+spool and the session hook. What each measured is in benchmarks/RESULTS.md, History. The same sources run
+interpreted where they were not compiled (``GATEWAY_PURE_PYTHON=1``, no C compiler), as the codecs do;
+``tests.pure_python`` tests that.
 
 Standard library only: ``setup.py`` loads this file by its path before anything is installed. Nothing here imports
 the modules it lists, so the master can ask about the build without loading the worker's code.
@@ -29,6 +29,10 @@ WORKER_MODULES = (
     "gateway/worker/wsgi.py",
 )
 LOOP_MODULES = (
+    "gateway/loop/front.py",
+    "gateway/loop/fastcgi_front.py",
+    "gateway/loop/uwsgi_front.py",
+    "gateway/loop/http_front.py",
     "gateway/loop/dispatch.py",
     "gateway/loop/relay.py",
     "gateway/loop/request.py",

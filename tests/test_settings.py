@@ -17,6 +17,7 @@ from gateway.contract.exits import EXIT_CONFIG
 from gateway.loop.fastcgi_front import FastCGIConnection
 from gateway.loop.front import FrontContext
 from gateway.loop.uwsgi_front import UwsgiConnection
+from tests.fakes import FakeDispatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,7 +201,7 @@ async def test_the_codecs_take_every_limit_from_config() -> None:
     # Values no codec uses as a default, so a limit the fronts forgot to pass would show.
     config = Config(max_params_size=4099, max_params=1009, max_body_size=(1 << 29) + 3, max_requests_per_connection=61)
     config = dataclasses.replace(config, max_connections=7919)
-    dispatcher = cast(Any, None)  # building a connection's codec never dispatches
+    dispatcher = FakeDispatcher()  # building a connection's codec never dispatches (a real type: compiled, checked)
     fastcgi = FrontContext(config=config, dispatcher=dispatcher, spool_dir="/tmp", label="test")
     FastCGIConnection(fastcgi)
     limits = dataclasses.asdict(cast(Any, fastcgi.codec_limits))

@@ -16,7 +16,7 @@ import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from gateway.config.addresses import IPNetwork
 from gateway.config.settings import Config
@@ -57,16 +57,18 @@ class FrontContext:
     corked: bool = False
     #: TLS served by the loop on this listener (HTTP with --certfile/--keyfile); None for plain text.
     tls: ssl.SSLContext | None = None
-    #: The listener's codec limits, built from the config by its first connection and shared by the rest.
-    codec_limits: object = None
+    #: The listener's codec limits, built from the config by its first connection and shared by the rest. (Any,
+    #: not object: compiled, a dataclass field annotated with a builtin other than the primitives fails at import.)
+    codec_limits: Any = None
     #: What incomplete requests may hold, loop-wide: one for every listener (the gateway passes it); made from the
     #: config when not given (a context of its own, as in-process tests build).
     shared_budget: MemoryBudget | None = None
     # The loop's bound methods, looked up once: asyncio.get_running_loop() costs a getpid() syscall per call.
     clock: Callable[[], float] = field(init=False)
     budget: MemoryBudget = field(init=False)
-    #: The budget's whole read buffer, where every read lands (``FrontConnection.buffer_updated``).
-    read_buffer: memoryview = field(init=False)
+    #: The budget's whole read buffer, where every read lands (``FrontConnection.buffer_updated``): a memoryview
+    #: (typed Any for mypyc, as ``codec_limits``).
+    read_buffer: Any = field(init=False)
     call_soon: Callable[..., object] = field(init=False)
 
     def new_body(self) -> RequestBody:
