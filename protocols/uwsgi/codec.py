@@ -49,32 +49,30 @@ class Limits:
     max_body_size: int
 
 
-# The events are not ``frozen``: see protocols/fastcgi/events.py (a frozen dataclass is built by Python code even
-# when compiled). Nothing changes an event after the codec made it.
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RequestHead:
     params: dict[str, str]
     modifier2: int
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BodyData:
     """Part of the body: the bytes fed to the codec, or a view of them (no copy)."""
 
     data: bytes | memoryview
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RequestComplete:
     """The whole body arrived; the request may be dispatched."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Ping:
     """A uWSGI ping (modifier1 100): answer ``encode_pong()`` and close."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BodyTooLarge:
     """CONTENT_LENGTH exceeds the limit; the body will be read and dropped."""
 
