@@ -51,9 +51,11 @@ class SlowMode:
     path: str
 
 
-#: A slow reader's response must outlast what the kernel absorbs: loopback autotuning lets a server write ~3 MB
-#: into one connection with a 4 KiB receive window before it blocks, about twice that through nginx.
-DIRECT_BIG = f"/big?size={4 << 20}"
+#: A slow reader's response must outlast what the kernel absorbs: loopback autotuning lets a server write up to
+#: ``tcp_wmem``'s maximum (4 MiB on these machines) into one connection with a 4 KiB receive window before it
+#: blocks, about twice that through nginx. At 4 MiB every byte of 200 direct responses sat in socket buffers
+#: (/proc/net/sockstat: 801 MiB) and no server buffered any of it; 8 MiB leaves each server half to hold.
+DIRECT_BIG = f"/big?size={8 << 20}"
 NGINX_BIG = f"/big?size={12 << 20}"
 #: Servers that buffer responses (ours spools past 1 MiB, waitress too, fcgisgi keeps them in memory) pay the rest
 #: of every such response for every slow reader: slow-reader cells open at most this many connections, so the
@@ -137,7 +139,9 @@ def counts_for(mode: str, counts: list[int]) -> list[int]:
     return sorted({min(count, MAX_SLOW_READERS) for count in counts})
 
 
-def _ramp(count: int) -> float:
+def ramp_for(count: int) -> float:
+    """Seconds over which a cell's slow connections open: spread out, so each trickles at its own instant of the
+    interval (as unsynchronised clients do) rather than all in one burst per interval."""
     return min(2.0, count / 500)
 
 
@@ -146,7 +150,7 @@ def _slow_config(stack: Stack, spec: ServerSpec, mode: SlowMode, count: int, opt
         port, path = stack.port, f"/s/{spec.name}{mode.path}"
     else:
         port, path = stack.backend_for(spec).ports[mode.protocol], mode.path
-    ramp = _ramp(count)
+    ramp = ramp_for(count)
     return slowloris.Config(
         mode=mode.mode,
         port=port,

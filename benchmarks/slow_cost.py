@@ -10,7 +10,7 @@ one core): on a small machine what the attacker burns is taken from the others (
 shows what its event loop changes).
 
     python -m benchmarks.slow_cost [--mode http-idle|http-headers|http-body|slow-reader] [--connections 1000]
-        [--pairs 3] [-d 4] [--attacker-loop uvloop|asyncio] [--gateway-args '--threads 4']
+        [--pairs 3] [-d 4] [--attacker-loop uvloop|asyncio] [--ramp S] [--gateway-args '--threads 4']
 
 Loopback only; bounded by ``--pairs`` x 2 cells of ``-d`` seconds plus the attack's ramp.
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 from benchmarks import slowloris
 from benchmarks.procstats import cpu_seconds
 from benchmarks.slow import DIRECT_BIG, MAX_SLOW_READERS
+from benchmarks.slow import ramp_for as slow_ramp
 from benchmarks.wrk import ensure_wrk, run_wrk
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess, stat_fields
@@ -38,7 +39,7 @@ from devstack.processes import GatewayProcess, stat_fields
 ROOT = Path(__file__).resolve().parent.parent
 #: Slow modes aimed straight at ``--http``, as ``make bench-slow``'s ``direct-*`` cells use them.
 MODES = ("http-idle", "http-headers", "http-body", "slow-reader")
-#: Seconds the attack has to open its connections and trickle once before wrk starts.
+#: Seconds the attack has, once its connections are open, to trickle before wrk starts.
 RAMP = 3.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -93,6 +94,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--attacker-loop", choices=slowloris.LOOPS, default="uvloop", help="the attacker's event loop")
     parser.add_argument("--gateway-args", default="", help="more options for the gateway, e.g. '--threads 4'")
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        help="seconds over which the attack opens its connections (default: make bench-slow's, min(2, N / 500)); "
+        "0 opens them at once, so every trickle lands in the same instant each interval",
+    )
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
     port = free_port()
@@ -103,11 +110,14 @@ def main(argv: list[str]) -> int:
     gateway = GatewayProcess(Path(tempfile.mkdtemp(prefix="slow-cost-")), gateway_args, env=env).start()
     url = f"http://127.0.0.1:{port}/hello"
     reader = args.mode == "slow-reader"
+    connections = min(args.connections, MAX_SLOW_READERS) if reader else args.connections
+    ramp = slow_ramp(connections) if args.ramp is None else args.ramp
     config = slowloris.Config(
         mode=args.mode,
         port=port,
-        connections=min(args.connections, MAX_SLOW_READERS) if reader else args.connections,
-        duration=RAMP + args.duration + 2,
+        connections=connections,
+        ramp=ramp,
+        duration=ramp + RAMP + args.duration + 2,
         path=DIRECT_BIG if reader else "/",
         protocol="http",
     )
@@ -119,7 +129,7 @@ def main(argv: list[str]) -> int:
             alone = _cell(wrk, url, gateway, args.duration, None)
             attacker = subprocess.Popen(attack, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                time.sleep(RAMP)
+                time.sleep(ramp + RAMP)
                 attacked = _cell(wrk, url, gateway, args.duration, attacker.pid)
             finally:
                 attacker.wait(timeout=args.duration + 60)
@@ -132,7 +142,7 @@ def main(argv: list[str]) -> int:
     cost = statistics.median(attacked.master_us / alone.master_us for alone, attacked in rows)
     share = statistics.median(attacked.attacker for _, attacked in rows)
     print(f"medians over {len(rows)} pairs: fast req/s x{rate:.2f} of unloaded, master CPU per request x{cost:.2f}, "
-          f"attacker {share:.1f}% of a core ({args.attacker_loop})")  # fmt: skip
+          f"attacker {share:.1f}% of a core ({args.attacker_loop}, ramp {ramp:g} s)")  # fmt: skip
     return 0
 
 

@@ -689,12 +689,13 @@ _FLAG_NAMES = {"owned_target": "--i-own-this-target"}
 def command_line(config: Config, *, loop: str = "uvloop") -> list[str]:
     """The arguments after ``python -m benchmarks.slowloris`` that run ``config`` (what differs from the
     defaults), with ``--json`` progress: how the benchmarks start an attack in a process of its own."""
-    args = ["--mode", config.mode, "--loop", loop, "--json"]
+    # --duration is required on the command line, whatever the default of the field.
+    args = ["--mode", config.mode, "--duration", str(config.duration), "--loop", loop, "--json"]
     defaults = Config(mode=config.mode)
     for item in fields(Config):
         name = item.name
         value = getattr(config, name)
-        if name == "mode" or value == getattr(defaults, name):
+        if name in ("mode", "duration") or value == getattr(defaults, name):
             continue
         if name == "reconnect":
             args.append("--no-reconnect")
