@@ -190,6 +190,7 @@ class _Attack:
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Future[None] | None = None
         self._errors = b""
+        self._cpu = 0.0
         self.summary: slowloris.Summary | None = None
 
     @property
@@ -197,10 +198,13 @@ class _Attack:
         return self._latest.open if self._latest is not None else 0
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the attacker's process has used so far."""
+        """User + system CPU the attacker's process has used so far (the last reading once it has exited: its
+        duration bound can pass while a stalled peer keeps wrk waiting)."""
         process = self._process
         fields = stat_fields(process.pid) if process is not None else None
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK if fields is not None else 0.0
+        if fields is not None:
+            self._cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return self._cpu
 
     async def _read(self) -> None:
         process = self._process
