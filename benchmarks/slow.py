@@ -177,10 +177,10 @@ class _Attack:
     """A slowloris run in a process of its own for the length of an ``async with``; ``open`` is its latest count
     of open connections, ``summary`` its final report once the block is left.
 
-    Its own process and uvloop, for every server alike: run in the harness's asyncio loop, the same attack cost
-    the fast clients of a server on this 2-core machine several times what it did from a uvloop process (see
-    RESULTS.md History, 2026-12-01 18:00), which measured the attacker's event loop more than the server.
-    ``cpu_seconds`` is what the attacker itself has used, reported beside each cell.
+    Its own process and uvloop, for every server alike: in the harness's own asyncio loop the same attack took
+    more of a 2-core machine from the fast clients than from a uvloop process (RESULTS.md History, 2026-12-01
+    18:00-18:55), so the cell measured the attacker's event loop as much as the server. ``cpu_seconds`` is what
+    the attacker itself has used, reported beside each cell.
     """
 
     def __init__(self, config: slowloris.Config, loop: str = "uvloop") -> None:
