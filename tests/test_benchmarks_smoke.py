@@ -26,7 +26,7 @@ import pytest
 
 from benchmarks import slowloris
 from benchmarks.core import BenchError
-from benchmarks.harness import QUICK_SERVERS, ensure_nginx
+from benchmarks.harness import OPTIONAL_SERVERS, QUICK_SERVERS, Backend, ensure_nginx, select_servers
 from benchmarks.realapp import QUICK_SERVERS as REALAPP_QUICK_SERVERS
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
@@ -334,3 +334,25 @@ def test_realapp_quick(tmp_path: Path) -> None:
         assert _first_number(row, 6) > 0, section  # PSS MiB
     assert (output.parent / "charts" / "realapp.png").read_bytes().startswith(PNG_MAGIC), log[-2000:]
     assert "_Not run yet._" in _section(output.read_text(), "throughput")
+
+
+def test_optional_rows_run_ours_with_threads_or_preload_only_when_named(tmp_path: Path) -> None:
+    """``--servers ours-t4-fcgi-keep`` (#21's slow-client target with threads on): our rows again with the
+    variant's options, never among the defaults (``make bench`` keeps its rows and its length)."""
+    default = {spec.name for spec in select_servers(None)}
+    assert not default & {spec.name for spec in OPTIONAL_SERVERS}
+    rows = {
+        spec.name: spec for spec in select_servers(["ours-t4-fcgi-keep", "ours-preload-http", "ours-preload-t4-uwsgi"])
+    }
+    expected = {
+        "ours-t4-fcgi-keep": ("fcgi", ("--threads", "4")),
+        "ours-preload-http": ("http", ("--preload",)),
+        "ours-preload-t4-uwsgi": ("uwsgi", ("--preload", "--threads", "4")),
+    }
+    for name, (protocol, options) in expected.items():
+        spec = rows[name]
+        assert spec.protocol == protocol and spec.direct == (protocol == "http")
+        backend = Backend(spec.backend, tmp_path, 2, {"fcgi": 1, "uwsgi": 2, "http": 3})
+        assert backend.base == "ours" and backend.variant_args == options, name
+    with pytest.raises(BenchError, match="ours-t9-fcgi"):
+        select_servers(["ours-t9-fcgi"])
