@@ -7,8 +7,9 @@ rewrite their own section of ``benchmarks/RESULTS.md`` (or ``--output``) plus a 
 ``--curves`` (opt-in) measures how cost grows instead: concurrency, memory against body size, worker count, and
 sessions (``benchmarks.curves``), in its own section after the throughput one.
 
-``--quick`` is the smoke-test size: our three rows and gunicorn, hello world only (``--slow``: the http-body mode
-with 20 slow connections), one round of 2 s cells at concurrency 8. Explicit options override what it picks.
+``--quick`` is the smoke-test size: our three rows behind nginx, ours over HTTP served directly (``ours-http``)
+and gunicorn, hello world only (``--slow``: the http-body mode, and direct-headers for ``ours-http``, with 20 slow
+connections), one round of 2 s cells at concurrency 8. Explicit options override what it picks.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import curves, realapp, slow, throughput
+from benchmarks import curves, realapp, slow, slowloris, throughput
 from benchmarks.core import BENCH_DIR, WORK_DIR, BenchError, log
-from benchmarks.harness import QUICK_SERVERS, SERVERS, Options
+from benchmarks.harness import OPTIONAL_SERVERS, QUICK_SERVERS, SERVERS, Options
 
 MAX_CELL_SECONDS = 3600.0
 MAX_CONCURRENCY = 10000
@@ -45,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog="Servers: " + ", ".join(spec.name for spec in SERVERS) + ". Scenarios: "
+        epilog="Servers: " + ", ".join(spec.name for spec in SERVERS) + "; when named: "
+        + ", ".join(spec.name for spec in OPTIONAL_SERVERS) + ". Scenarios: "
         + ", ".join(throughput.SCENARIO_NAMES) + ". Slow modes (--slow --scenarios): " + ", ".join(slow.MODES) + ".",
     )  # fmt: skip
     parser.add_argument("--slow", action="store_true", help="run the slow-client benchmark (make bench-slow)")
@@ -69,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="interleaved rounds, medians reported (default 3; --slow 1)")
     parser.add_argument("--slow-counts", type=_counts, help="slow connections per mode (default 50,1000; quick 20)")
     parser.add_argument("--slow-interval", type=float, default=1.0, help="seconds between slow trickles (1)")
+    parser.add_argument(
+        "--attacker-loop",
+        choices=slowloris.LOOPS,
+        default="uvloop",
+        help="--slow: the event loop of the slow clients' own process (uvloop; asyncio costs this machine more)",
+    )
     parser.add_argument(
         "--memory-connections", type=int, help="idle connections for the memory measurement (1000; quick 20; 0: off)"
     )
@@ -105,6 +113,7 @@ def options_from(argv: Sequence[str]) -> Options:
         slow_counts=args.slow_counts or ([20] if quick else [50, 1000]),
         slow_interval=args.slow_interval,
         memory_connections=args.memory_connections if args.memory_connections is not None else (20 if quick else 1000),
+        attacker_loop=args.attacker_loop,
     )
     if not 1 <= options.workers <= 64:
         parser.error("--workers must be 1..64")

@@ -11,6 +11,8 @@ Opt-in (not in ``make bench``), one measurement per point (no rounds: these are 
 - **workers**: the 2 ms CPU app at 1, 2, 4 workers (quick: 1, 2);
 - **sessions**: our gateway only (no peer has a session store in the server), a read and a write of
   ``environ["gateway.session"]`` per request, with the memory store and a private memcached.
+
+Rows served directly (``ours-http``) take the same curves at the server's own port instead of nginx's locations.
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.core import BenchError, log
-from benchmarks.harness import Options, ServerSpec, Stack, begin, running_stack, select_servers
+from benchmarks.harness import (
+    OPTIONAL_SERVERS,
+    SERVERS,
+    Options,
+    ServerSpec,
+    Stack,
+    backend_base,
+    begin,
+    running_stack,
+    select_servers,
+)
 from benchmarks.peers import Peers
 from benchmarks.procstats import PeakRss, rss_bytes, tree_pids
 from benchmarks.report import fmt, latency, publish
@@ -33,8 +45,11 @@ from devstack.ports import free_port
 from devstack.processes import StackError
 from devstack.servers import Memcached
 
-DEFAULT_SERVERS = ("ours-fcgi-keep", "uwsgi")
+#: ours-http: the HTTP listener served directly (wrk and the transfers at its own port, no nginx).
+DEFAULT_SERVERS = ("ours-fcgi-keep", "ours-http", "uwsgi")
 SESSION_SERVER = "ours-fcgi-keep"
+#: The rows served by our gateway, whose sessions are the gateway's own store (the peers' are their apps').
+OURS_ROWS = frozenset(spec.name for spec in (*SERVERS, *OPTIONAL_SERVERS) if backend_base(spec.backend) == "ours")
 CONCURRENCY, QUICK_CONCURRENCY = (1, 10, 100, 1000), (1, 10)
 BODY_SIZES, QUICK_BODY_SIZES = (1 << 20, 64 << 20, 1 << 30), (1 << 20,)
 WORKER_COUNTS, QUICK_WORKER_COUNTS = (1, 2, 4), (1, 2)
@@ -112,7 +127,7 @@ class Transfer:
 
 def _warm(wrk: str, stack: Stack, specs: Sequence[ServerSpec], duration: float) -> None:
     for spec in specs:
-        run_wrk(wrk, f"http://127.0.0.1:{stack.port}/t/{spec.name}/hello", connections=4, duration=duration)
+        run_wrk(wrk, stack.url(spec, "/hello"), connections=4, duration=duration)
 
 
 def concurrency_curve(wrk: str, stack: Stack, options: Options, counts: Sequence[int]) -> list[Point]:
@@ -121,7 +136,7 @@ def concurrency_curve(wrk: str, stack: Stack, options: Options, counts: Sequence
         for spec in stack.running():
             if not stack.ensure_alive(spec):
                 continue
-            url = f"http://127.0.0.1:{stack.port}/t/{spec.name}/hello"
+            url = stack.url(spec, "/hello")
             result = run_wrk(wrk, url, connections=count, duration=options.duration)
             points.append(Point(spec.name, count, result))
             log(
@@ -140,6 +155,7 @@ def memory_curve(stack: Stack, sizes: Sequence[int]) -> list[Transfer]:
                     continue
                 root = stack.backend_for(spec).pid
                 assert root is not None
+                port = stack.port_for(spec)  # nginx's unbuffered location, or the server's own port (direct)
                 time.sleep(0.3)  # let the previous transfer's memory settle before the baseline
                 baseline = rss_bytes(tree_pids(root))
                 master_before = rss_bytes([root])
@@ -148,11 +164,11 @@ def memory_curve(stack: Stack, sizes: Sequence[int]) -> list[Transfer]:
                 with PeakRss(root, interval=0.02) as peaks:
                     try:
                         if direction == "upload":
-                            status, body = upload(stack.port, f"/s/{spec.name}/upload", size)
+                            status, body = upload(port, stack.path(spec, "/upload", slow=True), size)
                             ok = status == 200 and body == f"{size}\n".encode()
                             note = "" if ok else f"HTTP {status} {body[:60]!r}"
                         else:
-                            status, got = download(stack.port, f"/s/{spec.name}/big?size={size}")
+                            status, got = download(port, stack.path(spec, f"/big?size={size}", slow=True))
                             ok = status == 200 and got == size
                             note = "" if ok else f"HTTP {status}, {got} of {size} bytes"
                     except OSError as err:
@@ -189,7 +205,7 @@ def workers_curve(
             unavailable.update(stack.unavailable)
             _warm(wrk, stack, stack.running(), min(1.0, options.duration))
             for spec in stack.running():
-                url = f"http://127.0.0.1:{stack.port}/t/{spec.name}/cpu"
+                url = stack.url(spec, "/cpu")
                 result = run_wrk(wrk, url, connections=options.concurrency, duration=options.duration)
                 points.append(Point(spec.name, count, result))
                 log(f"workers {count} cpu-2ms {spec.name:<15} {result.rps:9.0f} req/s  p99 {result.p99_ms:8.2f} ms")
@@ -262,8 +278,8 @@ def _session_run(wrk: str, port: int, path: str, cookies: list[str], options: Op
 def session_rows(wrk: str, scratch: Path, peers: Peers, specs: list[ServerSpec], options: Options) -> list[SessionRow]:
     """Our gateway's memory and memcached stores; with memcached, also each peer among ``specs``, whose app keeps
     the session in the same memcached itself (see ``benchmarks/apps.py``)."""
-    ours = select_servers([SESSION_SERVER])
-    app_level = [spec for spec in specs if spec.backend != "ours"]
+    ours = select_servers([SESSION_SERVER, *(spec.name for spec in specs if spec.name in OURS_ROWS)])
+    app_level = [spec for spec in specs if spec.name not in OURS_ROWS]
     rows = []
     for store in ("memory", "memcached"):
         servers = ours + (app_level if store == "memcached" else [])
@@ -289,23 +305,24 @@ def session_rows(wrk: str, scratch: Path, peers: Peers, specs: list[ServerSpec],
                 ]
                 _warm(wrk, stack, stack.running(), min(1.0, options.duration))
                 for spec in stack.running():
-                    rows += _session_server_rows(wrk, stack, spec.name, store, options)
+                    rows += _session_server_rows(wrk, stack, spec, store, options)
         except (BenchError, OSError, ValueError) as err:
             rows.append(SessionRow(SESSION_SERVER, store, "many", None, None, note=f"{type(err).__name__}: {err}"))
             log(f"session {store}: {err}")
     return rows
 
 
-def _session_server_rows(wrk: str, stack: Stack, server: str, store: str, options: Options) -> list[SessionRow]:
-    path = f"/t/{server}/session"
-    hello_url = f"http://127.0.0.1:{stack.port}/t/{server}/hello"
+def _session_server_rows(wrk: str, stack: Stack, spec: ServerSpec, store: str, options: Options) -> list[SessionRow]:
+    server, port = spec.name, stack.port_for(spec)
+    path = stack.path(spec, "/session")
+    hello_url = stack.url(spec, "/hello")
     try:
         hello = run_wrk(wrk, hello_url, connections=options.concurrency, duration=options.duration)
         count = SESSIONS_PER_CONNECTION * options.concurrency
-        many = [_session_cookie(stack.port, path) for _ in range(count)]
+        many = [_session_cookie(port, path) for _ in range(count)]
         rows = []
-        for mode, cookies in (("many", many), ("shared", [_session_cookie(stack.port, path)])):
-            session, stored = _session_run(wrk, stack.port, path, cookies, options)
+        for mode, cookies in (("many", many), ("shared", [_session_cookie(port, path)])):
+            session, stored = _session_run(wrk, port, path, cookies, options)
             rows.append(SessionRow(server, store, mode, session, hello, stored))
             log(
                 f"session {server} {store:<9} {mode:<6} {session.rps:9.0f} req/s  p99 {session.p99_ms:8.2f} ms  "
@@ -388,8 +405,9 @@ def report_body(
         "",
         f"### Sessions: a read and a write per request, {options.workers} workers, wrk `-c{options.concurrency}`",
         "",
-        f'`{SESSION_SERVER}`: every request reads and writes `environ["gateway.session"]` (increments a counter); '
-        "the event loop loads and stores the session. No peer has a session store in the server, so a peer's row "
+        f"`{SESSION_SERVER}` (and `ours-http`, the same gateway served directly): every request reads and writes "
+        '`environ["gateway.session"]` (increments a counter); the event loop loads and stores the session. No peer '
+        "has a session store in the server, so a peer's row "
         "is what its users run instead: the app itself reads the session id from a cookie, gets the session from "
         "the same memcached with pymemcache (one connection per worker process), increments the counter and sets "
         "it back as JSON (`benchmarks/apps.py`; plain get and set, no compare-and-set). The memory store has no "
@@ -411,7 +429,7 @@ def report_body(
             continue
         share = row.session.rps / row.hello.rps if row.hello.rps else 0.0
         kept = f"{row.stored} / {row.session.requests}"
-        store = row.store if row.server == SESSION_SERVER else f"{row.store} (in the app)"
+        store = row.store if row.server in OURS_ROWS else f"{row.store} (in the app)"
         lines.append(
             f"| {row.server} | {store} | {row.mode} | {row.session.rps:.0f} | "
             f"{latency(row.session, row.session.p99_ms)} | {_errors(row.session)} | {row.hello.rps:.0f} | "

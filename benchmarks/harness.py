@@ -76,6 +76,8 @@ class Options:
     memory_connections: int
     curves: bool = False
     realapp: bool = False
+    #: ``--slow``: the event loop of the attacker's own process (``benchmarks.slowloris --loop``).
+    attacker_loop: str = "uvloop"
 
 
 # -- the servers ------------------------------------------------------------------------------------------------
@@ -138,12 +140,34 @@ BACKEND_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+#: Our rows again, with ``--threads`` and ``--preload`` (issue #21): run only when named (``--servers
+#: ours-t4-fcgi-keep,ours-t4-uwsgi``), so the default runs keep their length. NAME: (backend, what it adds).
+OURS_VARIANTS: dict[str, tuple[str, str]] = {
+    f"t{THREADS}": ("ours-threads", f"--threads {THREADS}"),
+    "preload": ("ours-preload", "--preload"),
+    f"preload-t{THREADS}": ("ours-preload-threads", f"--preload --threads {THREADS}"),
+}
+OPTIONAL_SERVERS: tuple[ServerSpec, ...] = tuple(
+    replace(
+        spec,
+        name=spec.name.replace("ours-", f"ours-{tag}-", 1),
+        label=f"{spec.label}, {options}",
+        backend=backend,
+        note=f"{spec.note}; {options}",
+    )
+    for tag, (backend, options) in OURS_VARIANTS.items()
+    for spec in SERVERS
+    if spec.backend == "ours"
+)
+
+
 def backend_base(name: str) -> str:
     """The server a backend runs: ``ours-threads`` is ``ours``."""
     return BACKEND_VARIANTS.get(name, (name, ()))[0]
 
 
-QUICK_SERVERS = ("ours-fcgi-keep", "ours-fcgi", "ours-uwsgi", "gunicorn")
+#: ``--quick`` (the benchmark smoke): our rows behind nginx, our HTTP listener served directly, and one peer.
+QUICK_SERVERS = ("ours-fcgi-keep", "ours-fcgi", "ours-uwsgi", "ours-http", "gunicorn")
 
 
 def server_notes(specs: Sequence[ServerSpec], workers: int) -> list[str]:
@@ -251,7 +275,10 @@ def select_named(known: Mapping[str, T], names: Sequence[str] | None, what: str)
 
 
 def select_servers(names: Sequence[str] | None) -> list[ServerSpec]:
-    return select_named({spec.name: spec for spec in SERVERS}, names, "server")
+    """The named servers (``OPTIONAL_SERVERS`` among them), or every one of ``SERVERS`` when none is named."""
+    if not names:
+        return list(SERVERS)
+    return select_named({spec.name: spec for spec in (*SERVERS, *OPTIONAL_SERVERS)}, names, "server")
 
 
 def upstream_name(spec: ServerSpec) -> str:

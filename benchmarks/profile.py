@@ -7,6 +7,7 @@ functions where samples land (self time) and the ones under which they land (inc
 optimisations in RESULTS.md's history were found; run it before and after a change to the hot path.
 
     python -m benchmarks.profile --server ours-fcgi-keep --scenario hello -d 10
+    python -m benchmarks.profile --server ours-http --attack direct-headers   # beside 1,000 slow clients
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks import slowloris
 from benchmarks.core import WORK_DIR, BenchError, log
-from benchmarks.harness import ensure_nginx, fresh_scratch, select_servers
+from benchmarks.harness import ServerSpec, Stack, ensure_nginx, fresh_scratch, select_servers
 from benchmarks.peers import Peers, ensure_peers
 from benchmarks.procstats import machine_seconds, tree_pids
 from benchmarks.throughput import select_scenarios
@@ -133,6 +135,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--gateway-args", default="", help="extra options for our gateway, e.g. '--pipeline 0' (one string)"
     )
+    parser.add_argument(
+        "--attack",
+        metavar="SLOW_MODE",
+        help="meanwhile, a make bench-slow mode (direct-headers, fcgi-params, ...) from its own process",
+    )
+    parser.add_argument("--attack-connections", type=int, default=1000, help="its slow connections (readers: 200)")
     args = parser.parse_args(argv)
     try:
         (spec,) = select_servers([args.server])
@@ -149,6 +157,36 @@ def main(argv: list[str]) -> int:
         return 2
 
 
+def _start_attack(stack: Stack, spec: ServerSpec, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """``--attack``: the slow mode as ``make bench-slow`` aims it, from a process of its own, given the time to
+    open its connections and trickle once before the load starts."""
+    from benchmarks.slow import MAX_SLOW_READERS, MODES  # noqa: PLC0415 - keeps --help fast
+
+    mode = MODES.get(args.attack)
+    if mode is None:
+        raise BenchError(f"unknown slow mode {args.attack}; known: {', '.join(MODES)}")
+    if mode.via_nginx:
+        port, path = stack.port, stack.path(spec, mode.path, slow=True)
+    else:
+        port, path = stack.backend_for(spec).ports[mode.protocol], mode.path
+    count = min(args.attack_connections, MAX_SLOW_READERS) if mode.mode == "slow-reader" else args.attack_connections
+    ramp = min(2.0, count / 500)
+    config = slowloris.Config(
+        mode=mode.mode,
+        port=port,
+        connections=count,
+        duration=ramp + 3 + args.duration + 60,
+        path=path,
+        ramp=ramp,
+        protocol=mode.protocol,
+    )
+    command = [sys.executable, "-m", "benchmarks.slowloris", *slowloris.command_line(config), "--quiet"]
+    attacker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log(f"attack: {count} x {mode.name} ({mode.mode}) at port {port}, ramp {ramp:g} s")
+    time.sleep(ramp + 3)
+    return attacker
+
+
 def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers: Peers) -> int:  # type: ignore[no-untyped-def]
     from benchmarks.harness import running_stack  # noqa: PLC0415 - keeps --help fast
 
@@ -158,7 +196,8 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
         master = stack.backend_for(spec).pid
         assert master is not None
         workers = [pid for pid in tree_pids(master) if pid != master]
-        url = f"http://127.0.0.1:{stack.port}/t/{spec.name}{scenario.path}"
+        url = stack.url(spec, scenario.path)
+        attacker = _start_attack(stack, spec, args) if args.attack else None
         log(f"profiling {spec.name} / {scenario.name}: master {master}, workers {workers}, {args.duration} s")
         before = {pid: _ticks(pid) for pid in [master, *workers]}
         switches_before = {pid: _switches(pid) for pid in before}
@@ -196,6 +235,9 @@ def _run(args: argparse.Namespace, spec, scenario, wrk: str, py_spy: str, peers:
             starter.join()
             for _, recorder, _ in recorders:
                 recorder.wait(timeout=60)
+        if attacker is not None:
+            attacker.terminate()
+            attacker.wait(timeout=60)
     print(f"{spec.name} / {scenario.name}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
           f"p99 {result.p99_ms:.2f} ms, errors {result.error_count}")  # fmt: skip
     busy = machine_after[0] - machine_before[0]

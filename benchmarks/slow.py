@@ -16,12 +16,16 @@ measured on a freshly started gateway so memory freed by an earlier measurement 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import slowloris
-from benchmarks.core import log
+from benchmarks.core import ROOT, BenchError, log
 from benchmarks.harness import (
     Options,
     ServerSpec,
@@ -35,6 +39,7 @@ from benchmarks.harness import (
 from benchmarks.procstats import rss_bytes
 from benchmarks.report import fmt, latency, median, publish
 from benchmarks.wrk import WrkResult, parse_wrk, wrk_command, wrk_env
+from devstack.processes import stat_fields
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,11 @@ class SlowMode:
     path: str
 
 
-#: A slow reader's response must outlast what the kernel absorbs: loopback autotuning lets a server write ~3 MB
-#: into one connection with a 4 KiB receive window before it blocks, about twice that through nginx.
-DIRECT_BIG = f"/big?size={4 << 20}"
+#: A slow reader's response must outlast what the kernel absorbs: loopback autotuning lets a server write up to
+#: ``tcp_wmem``'s maximum (4 MiB on these machines) into one connection with a 4 KiB receive window before it
+#: blocks, about twice that through nginx. At 4 MiB every byte of 200 direct responses sat in socket buffers
+#: (/proc/net/sockstat: 801 MiB) and no server buffered any of it; 8 MiB leaves each server half to hold.
+DIRECT_BIG = f"/big?size={8 << 20}"
 NGINX_BIG = f"/big?size={12 << 20}"
 #: Servers that buffer responses (ours spools past 1 MiB, waitress too, fcgisgi keeps them in memory) pay the rest
 #: of every such response for every slow reader: slow-reader cells open at most this many connections, so the
@@ -83,11 +90,14 @@ BY_PROTOCOL: dict[str, tuple[str, ...]] = {
     "http": ("http-body", "http-slow-reader"),
     "direct": ("direct-headers", "direct-body", "direct-slow-reader", "direct-idle"),
 }
-#: ``--quick``: the one mode every protocol has.
-QUICK_MODES = ("http-body",)
+#: ``--quick``: the one mode every row behind nginx has, and the classic slowloris for the rows served directly.
+QUICK_MODES = ("http-body", "direct-headers")
 MEMORY_MODES = ("fcgi-params", "uwsgi-vars", "fcgi-body", "idle-keepalive")
 QUICK_MEMORY_MODES = ("fcgi-params",)
 SETTLE = 1.0
+#: Seconds a stopped attack has to close its connections and print its summary before it is killed.
+ATTACK_STOP_SECONDS = 30.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -101,6 +111,8 @@ class SlowCell:
     closed_by_server: int = 0
     failed: int = 0
     completed: int = 0
+    #: The attacker's own CPU while the fast clients ran, in cores (0.05: 5% of one core).
+    attacker_cpu: float = 0.0
 
 
 @dataclass
@@ -127,7 +139,9 @@ def counts_for(mode: str, counts: list[int]) -> list[int]:
     return sorted({min(count, MAX_SLOW_READERS) for count in counts})
 
 
-def _ramp(count: int) -> float:
+def ramp_for(count: int) -> float:
+    """Seconds over which a cell's slow connections open: spread out, so each trickles at its own instant of the
+    interval (as unsynchronised clients do) rather than all in one burst per interval."""
     return min(2.0, count / 500)
 
 
@@ -136,7 +150,7 @@ def _slow_config(stack: Stack, spec: ServerSpec, mode: SlowMode, count: int, opt
         port, path = stack.port, f"/s/{spec.name}{mode.path}"
     else:
         port, path = stack.backend_for(spec).ports[mode.protocol], mode.path
-    ramp = _ramp(count)
+    ramp = ramp_for(count)
     return slowloris.Config(
         mode=mode.mode,
         port=port,
@@ -160,31 +174,85 @@ async def _wrk(wrk: str, url: str, options: Options) -> WrkResult:
 
 
 class _Attack:
-    """A slowloris run in the background for the length of an ``async with``; ``open`` is its latest count of
-    open connections, ``summary`` its final report once the block is left."""
+    """A slowloris run in a process of its own for the length of an ``async with``; ``open`` is its latest count
+    of open connections, ``summary`` its final report once the block is left.
 
-    def __init__(self, config: slowloris.Config) -> None:
+    Its own process and uvloop, for every server alike: in the harness's own asyncio loop the same attack took
+    more of a 2-core machine from the fast clients than from a uvloop process (RESULTS.md History, 2026-12-01
+    18:00-18:55), so the cell measured the attacker's event loop as much as the server. ``cpu_seconds`` is what
+    the attacker itself has used, reported beside each cell.
+    """
+
+    def __init__(self, config: slowloris.Config, loop: str = "uvloop") -> None:
         self._config = config
+        self._loop = loop
         self._latest: slowloris.Summary | None = None
-        self._stop = asyncio.Event()
-        self._task: asyncio.Future[slowloris.Summary] | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Future[None] | None = None
+        self._errors = b""
+        self._cpu = 0.0
         self.summary: slowloris.Summary | None = None
 
     @property
     def open(self) -> int:
         return self._latest.open if self._latest is not None else 0
 
-    def _keep(self, summary: slowloris.Summary) -> None:
-        self._latest = summary
+    def cpu_seconds(self) -> float:
+        """User + system CPU the attacker's process has used so far (the last reading once it has exited: its
+        duration bound can pass while a stalled peer keeps wrk waiting)."""
+        process = self._process
+        fields = stat_fields(process.pid) if process is not None else None
+        if fields is not None:
+            self._cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return self._cpu
+
+    async def _read(self) -> None:
+        process = self._process
+        assert process is not None
+        assert process.stdout is not None
+        assert process.stderr is not None
+        errors = asyncio.ensure_future(process.stderr.read())
+        async for line in process.stdout:
+            data = json.loads(line)
+            summary = slowloris.summary_from(data)
+            if data.get("final"):
+                self.summary = summary
+            else:
+                self._latest = summary
+        self._errors = await errors
 
     async def __aenter__(self) -> _Attack:
-        self._task = asyncio.ensure_future(slowloris.run(self._config, stop=self._stop, on_progress=self._keep))
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.slowloris",
+            *slowloris.command_line(self._config, loop=self._loop),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        self._reader = asyncio.ensure_future(self._read())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._task is not None
-        self.summary = await self._task
+        process, reader = self._process, self._reader
+        assert process is not None
+        assert reader is not None
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)  # it closes its connections and prints its summary
+        try:
+            await asyncio.wait_for(reader, ATTACK_STOP_SECONDS)
+        except TimeoutError:
+            process.kill()
+        await process.wait()
+        if self.summary is None and exc[0] is None:
+            raise BenchError(
+                f"the slowloris process ended ({process.returncode}) without a summary: "
+                f"{self._errors.decode(errors='replace')[-1500:]}"
+            )
+        if self.summary is None:
+            self.summary = self._latest or slowloris.Summary(self._config.mode, self._config.target, 0)
 
 
 async def _cell(
@@ -194,11 +262,13 @@ async def _cell(
     if mode is None or count == 0:
         return SlowCell(spec.name, "none", 0, await _wrk(wrk, url, options))
     config = _slow_config(stack, spec, mode, count, options)
-    async with _Attack(config) as attack:
+    async with _Attack(config, options.attacker_loop) as attack:
         # Every connection open, and each has trickled (or read) at least once before the fast clients start.
         await asyncio.sleep(config.ramp + SETTLE + options.slow_interval)
         held = attack.open
+        cpu_before, started = attack.cpu_seconds(), time.monotonic()
         result = await _wrk(wrk, url, options)
+        attacker_cpu = (attack.cpu_seconds() - cpu_before) / (time.monotonic() - started)
         held_end = attack.open
     summary = attack.summary
     assert summary is not None
@@ -212,6 +282,7 @@ async def _cell(
         closed_by_server=summary.closed_by_server,
         failed=summary.failed,
         completed=summary.completed,
+        attacker_cpu=attacker_cpu,
     )
 
 
@@ -224,7 +295,7 @@ async def _memory(stack: Stack, spec: ServerSpec, mode: SlowMode, count: int, op
     await asyncio.sleep(1.0)
     before = rss_bytes([pid])
     config = _slow_config(stack, spec, mode, count, options)
-    async with _Attack(config) as attack:
+    async with _Attack(config, options.attacker_loop) as attack:
         deadline = time.monotonic() + config.ramp + 15
         while time.monotonic() < deadline and attack.open < count:
             await asyncio.sleep(0.25)
@@ -256,6 +327,7 @@ def _aggregate(cells: list[SlowCell]) -> SlowCell:
         closed_by_server=sum(cell.closed_by_server for cell in cells),
         failed=sum(cell.failed for cell in cells),
         completed=sum(cell.completed for cell in cells),
+        attacker_cpu=median([cell.attacker_cpu for cell in cells]),
     )
 
 
@@ -276,7 +348,9 @@ def report_body(
     lines = [
         f"Fast clients: wrk, 1 thread, {options.concurrency} connections, {options.duration:g} s, `hello` through "
         "nginx's unbuffered location. Slow clients: `benchmarks.slowloris`, one byte (or one read of 16 bytes "
-        f"from a 4 KiB receive buffer) every {options.slow_interval:g} s, reconnecting when closed; FastCGI and "
+        f"from a 4 KiB receive buffer) every {options.slow_interval:g} s, reconnecting when closed, run in a "
+        f"process of its own on {options.attacker_loop} (**attacker CPU %**: its own CPU while wrk ran, in % of "
+        "one core, on the same cores as wrk and the server); FastCGI and "
         "uwsgi modes straight to the server's port, HTTP modes through nginx with `*_request_buffering off` and "
         f"`*_buffering off`. {options.workers} workers everywhere, {options.rounds} round(s) (medians); in each "
         "round every server's cells start from a freshly started process, stopped again at the end of its cells, "
@@ -319,10 +393,10 @@ def report_body(
             f"### {spec.name}",
             "",
             "| slow mode | slow conns | held | failed | closed | fast req/s | vs unloaded | fast requests | p99 ms "
-            "| p99 vs unloaded | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| p99 vs unloaded | errors | attacker CPU % |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| none | 0 | - | - | - | {base.wrk.rps:.0f} | 1.00 | {base.wrk.requests} | "
-            f"{latency(base.wrk, base.wrk.p99_ms)} | 1.00 | {base.wrk.error_count} |",
+            f"{latency(base.wrk, base.wrk.p99_ms)} | 1.00 | {base.wrk.error_count} | - |",
         ]
         for mode in modes:
             for count in counts_for(mode, options.slow_counts):
@@ -334,7 +408,7 @@ def report_body(
                     f"{cell.wrk.rps:.0f} | {_share(cell.wrk.rps, base.wrk.rps)} | {cell.wrk.requests} | "
                     f"{latency(cell.wrk, cell.wrk.p99_ms)} | "
                     f"{_share(cell.wrk.p99_ms, base.wrk.p99_ms) if cell.wrk.requests else '-'} | "
-                    f"{cell.wrk.error_count} |"
+                    f"{cell.wrk.error_count} | {cell.attacker_cpu * 100:.1f} |"
                 )
         lines.append("")
     if memory:
@@ -388,7 +462,7 @@ async def _run_cells(stack: Stack, wrk: str, modes: list[str], options: Options)
                 log(
                     f"[{done}/{total}] round {round_number} {spec.name:<15} {cell.mode:<17} {count:5d} slow "
                     f"(held {cell.held:4d}, closed {cell.closed_by_server:5d}): {cell.wrk.rps:8.0f} req/s  "
-                    f"p99 {cell.wrk.p99_ms:8.2f} ms  errors {cell.wrk.error_count}"
+                    f"p99 {cell.wrk.p99_ms:8.2f} ms  errors {cell.wrk.error_count}  attacker {cell.attacker_cpu:.0%}"
                 )
                 if mode is not None and not options.quick:
                     # Let nginx, the server and the kernel finish with what the slow clients left (responses still

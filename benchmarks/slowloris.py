@@ -32,6 +32,9 @@ Safety bounds, enforced by :func:`run` as well as by the command line: at most 2
 
 Importable: ``await run(Config(mode="fcgi-params", port=9000, connections=50, duration=10))`` returns a
 :class:`Summary`; pass ``stop=`` an :class:`asyncio.Event` to end it early and ``on_progress=`` for the ticks.
+In a process of its own (how ``make bench-slow`` runs it, so the attacker's event loop is not the harness's):
+``command_line(config)`` gives the arguments, ``--json`` prints every tick and the summary as JSON lines
+(``summary_from`` reads them back), and SIGTERM or SIGINT ends the run early with its summary.
 """
 
 from __future__ import annotations
@@ -42,12 +45,13 @@ import contextlib
 import ipaddress
 import json
 import resource
+import signal
 import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from gateway.protocols.fastcgi import (
@@ -75,6 +79,7 @@ MODES: dict[str, str] = {
     "fcgi-pin": "FastCGI: many request ids of params that never end, at full speed, then sit",
 }
 PROTOCOLS = ("fcgi", "uwsgi", "http")
+LOOPS = ("uvloop", "asyncio")
 MAX_CONNECTIONS = 20000
 MAX_DURATION = 3600.0
 MIN_INTERVAL = 0.001
@@ -664,29 +669,76 @@ def _parser() -> argparse.ArgumentParser:
         "--i-own-this-target", dest="owned_target", metavar="HOST", help="allow a non-loopback --host: repeat it"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object a line: each progress tick ("final": false), then the summary ("final": true)',
+    )
+    parser.add_argument(
+        "--loop", choices=LOOPS, default="uvloop", help="the event loop (uvloop when installed; asyncio's own)"
+    )
     return parser
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when it is installed (it is, with our project): 20000 sockets cost less CPU there."""
+#: The command line's options that are not Config fields.
+_CLI_ONLY = ("quiet", "json", "loop")
+#: Config fields whose option is not their name with dashes.
+_FLAG_NAMES = {"owned_target": "--i-own-this-target"}
+
+
+def command_line(config: Config, *, loop: str = "uvloop") -> list[str]:
+    """The arguments after ``python -m benchmarks.slowloris`` that run ``config`` (what differs from the
+    defaults), with ``--json`` progress: how the benchmarks start an attack in a process of its own."""
+    # --duration is required on the command line, whatever the default of the field.
+    args = ["--mode", config.mode, "--duration", str(config.duration), "--loop", loop, "--json"]
+    defaults = Config(mode=config.mode)
+    for item in fields(Config):
+        name = item.name
+        value = getattr(config, name)
+        if name in ("mode", "duration") or value == getattr(defaults, name):
+            continue
+        if name == "reconnect":
+            args.append("--no-reconnect")
+            continue
+        args += [_FLAG_NAMES.get(name, "--" + name.replace("_", "-")), str(value)]
+    return args
+
+
+def _new_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed (it is, with our project) and asked for: 20000 sockets cost less CPU there,
+    and on a small machine the attacker's CPU is taken from the server it measures (benchmarks/RESULTS.md)."""
+    if kind == "uvloop":
+        try:
+            import uvloop  # noqa: PLC0415 - optional: the tool also runs on the standard loop
+        except ImportError:
+            return asyncio.new_event_loop()
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+async def _until_signalled(config: Config, on_progress: Callable[[Summary], None] | None) -> Summary:
+    """``run``, ended early (with its summary) by SIGTERM or SIGINT: how a benchmark stops an attack it started."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        import uvloop  # noqa: PLC0415 - optional: the tool also runs on the standard loop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        return await run(config, stop=stop, on_progress=on_progress)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    options = {key: value for key, value in vars(args).items() if key not in ("quiet", "json")}
+    options = {key: value for key, value in vars(args).items() if key not in _CLI_ONLY}
     config = Config(**options)
     try:
         config.validate()
     except ValueError as err:
         parser.error(str(err))
-    if not args.quiet:
+    if not args.quiet and not args.json:
         print(
             f"slowloris: {config.connections} x {config.mode} against {config.target} for {config.duration:g} s "
             f"(every {config.interval:g} s, ramp {config.ramp:g} s); Ctrl-C stops early",
@@ -694,22 +746,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     def progress(summary: Summary) -> None:
-        print(summary.progress_line(), flush=True)
+        if args.json:
+            print(json.dumps({**summary.as_dict(), "final": False}), flush=True)
+        else:
+            print(summary.progress_line(), flush=True)
 
     try:
-        with asyncio.Runner(loop_factory=_new_loop) as runner:
-            summary = runner.run(run(config, on_progress=None if args.quiet else progress))
+        with asyncio.Runner(loop_factory=lambda: _new_loop(args.loop)) as runner:
+            summary = runner.run(_until_signalled(config, None if args.quiet else progress))
     except TargetRefused as err:
         print(f"slowloris: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
         print(f"slowloris: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the handlers are in place
         print("slowloris: interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(summary.as_dict()) if args.json else summary.report(), flush=True)
+    print(json.dumps({**summary.as_dict(), "final": True}) if args.json else summary.report(), flush=True)
     return 0
+
+
+def summary_from(data: dict[str, Any]) -> Summary:
+    """A :class:`Summary` back from one of ``--json``'s lines."""
+    known = {item.name for item in fields(Summary)}
+    values = {key: value for key, value in data.items() if key in known}
+    values["errors"] = Counter(values.get("errors", {}))
+    return Summary(**values)
 
 
 if __name__ == "__main__":

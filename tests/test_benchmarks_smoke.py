@@ -12,9 +12,11 @@ run is given. A row the benchmark could not measure fails its test with the reas
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import pytest
 
 from benchmarks import slowloris
 from benchmarks.core import BenchError
-from benchmarks.harness import QUICK_SERVERS, ensure_nginx
+from benchmarks.harness import OPTIONAL_SERVERS, QUICK_SERVERS, Backend, ensure_nginx, select_servers
 from benchmarks.realapp import QUICK_SERVERS as REALAPP_QUICK_SERVERS
 from devstack.ports import free_port
 from devstack.processes import GatewayProcess
@@ -109,6 +111,14 @@ def test_slow_quick(tmp_path: Path) -> None:
         row = _row(summary, server)
         assert _first_number(row, 1) > 0, summary  # unloaded req/s
         assert row.split("|")[3].strip(), summary  # the http-body share is present
+    # The HTTP listener served directly: slow headers straight at its own port, no nginx in between.
+    header = next(line for line in summary.splitlines() if line.startswith("| server |"))
+    column = [name.strip() for name in header.split("|")[1:-1]].index("direct-headers")
+    assert _first_number(_row(summary, "ours-http"), column) >= 0, summary
+    ours_http = section.split("### ours-http", 1)[1].split("\n### ", 1)[0]
+    attacked = _row(ours_http, "direct-headers")
+    assert _first_number(attacked, 2) == 20, ours_http  # all 20 slow connections held
+    assert _first_number(attacked, 11) >= 0, ours_http  # the attacker's own CPU (its own process; 20 cost < 1 tick)
     memory = _row(section, "fcgi-params")
     assert _first_number(memory, 1) > 0, section  # connections held for the memory measurement
     assert (output.parent / "charts" / "slow.png").read_bytes().startswith(PNG_MAGIC), log[-2000:]
@@ -126,17 +136,24 @@ def test_curves_quick(tmp_path: Path) -> None:
     for heading in ("### Concurrency", "### Memory against body size", "### Workers", "### Sessions"):
         assert heading in section, section
     concurrency = section.split("### Concurrency", 1)[1].split("\n### ", 1)[0]
+    header = next(line for line in concurrency.splitlines() if line.startswith("| connections |"))
+    columns = [name.strip() for name in header.split("|")[1:-1]]
     for connections in (1, 10):
         row = [line for line in concurrency.splitlines() if line.startswith(f"| {connections} | ")]
-        assert row and _first_number(row[0], 1) > 0, concurrency  # ours-fcgi-keep's req/s
+        assert row, concurrency
+        for server in ("ours-fcgi-keep", "ours-http"):  # through nginx, and the HTTP listener served directly
+            assert _first_number(row[0], columns.index(f"{server} req/s")) > 0, concurrency
     memory = section.split("### Memory", 1)[1].split("\n### ", 1)[0]
-    for direction in ("upload", "download"):
-        rows = [line for line in memory.splitlines() if f"| ours-fcgi-keep | {direction} | 1 MiB | yes |" in line]
-        assert rows, memory
+    for server in ("ours-fcgi-keep", "ours-http"):
+        for direction in ("upload", "download"):
+            rows = [line for line in memory.splitlines() if f"| {server} | {direction} | 1 MiB | yes |" in line]
+            assert rows, memory
     workers = section.split("### Workers", 1)[1].split("\n### ", 1)[0]
     assert "| 1 | " in workers and "| 2 | " in workers, workers
     sessions = section.split("### Sessions", 1)[1].split("\n### ", 1)[0]
-    for server, store in (("ours-fcgi-keep", "memory"), ("ours-fcgi-keep", "memcached"), ("uwsgi", "memcached")):
+    stores = [("ours-fcgi-keep", "memory"), ("ours-fcgi-keep", "memcached"), ("uwsgi", "memcached")]
+    stores += [("ours-http", "memory"), ("ours-http", "memcached")]
+    for server, store in stores:
         # req/s of a session read and write per request: the gateway's stores, and uWSGI's app doing it itself
         rows = [line for line in sessions.splitlines() if line.startswith(f"| {server} | {store}")]
         assert rows and _first_number(rows[0], 3) > 0, sessions
@@ -199,6 +216,43 @@ def test_slowloris_cli(uwsgi_gateway: int) -> None:
     assert "slowloris summary" in result.stdout and "peak open             5" in result.stdout
 
 
+def test_slowloris_process_reports_json_ticks_and_stops_on_sigterm(uwsgi_gateway: int) -> None:
+    """How ``make bench-slow`` runs an attack: a process of its own started from ``command_line``, its open count
+    read from the JSON ticks, ended early by SIGTERM with its summary (never killed mid-count)."""
+    # duration is the field's default on purpose: the command line requires it all the same.
+    config = slowloris.Config(mode="uwsgi-vars", port=uwsgi_gateway, connections=7, interval=0.2)
+    command = [sys.executable, "-m", "benchmarks.slowloris", *slowloris.command_line(config)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        ticks = []
+        for line in process.stdout:
+            data = json.loads(line)
+            assert data["final"] is False, data
+            ticks.append(slowloris.summary_from(data))
+            if ticks[-1].open == config.connections:
+                break
+        process.send_signal(signal.SIGTERM)
+        final = json.loads(process.stdout.readline())
+        assert process.wait(timeout=30) == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    assert final["final"] is True, final
+    summary = slowloris.summary_from(final)
+    assert summary.peak_open == config.connections and summary.open_at_end == config.connections, final
+    assert summary.elapsed < config.duration, final  # stopped by the signal, not at --duration
+    # The arguments rebuild the same Config (what differs from the defaults, and nothing else).
+    parsed = vars(slowloris._parser().parse_args(slowloris.command_line(config, loop="asyncio")))
+    assert parsed["loop"] == "asyncio" and parsed["json"]
+    options = {key: value for key, value in parsed.items() if key not in ("quiet", "json", "loop")}
+    assert slowloris.Config(**options) == config
+
+
 def test_slowloris_refuses_unowned_remote_targets_and_unbounded_runs() -> None:
     tool = [sys.executable, "-m", "benchmarks.slowloris", "--mode", "fcgi-params", "--port", "9"]
     cases = [
@@ -242,11 +296,13 @@ def test_slow_cost_measures_both_cells_of_a_pair() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     pair = re.search(
-        r"alone\s+(\d+) req/s\s+([\d.]+) µs/request \| with 20 http-idle:\s+(\d+) req/s\s+([\d.]+)", result.stdout
+        r"alone\s+(\d+) req/s\s+([\d.]+) µs/request \(.*?\) \| with 20 http-idle:\s+(\d+) req/s\s+([\d.]+) µs/request "
+        r"\(master\s+\d+%, workers\s+\d+%, attacker\s+([\d.]+)%\)",
+        result.stdout,
     )
     assert pair, result.stdout
-    assert all(float(value) > 0 for value in pair.groups()), result.stdout
-    assert "medians over 1 pairs" in result.stdout
+    assert all(float(value) > 0 for value in pair.groups()[:4]), result.stdout
+    assert "medians over 1 pairs" in result.stdout and "attacker" in result.stdout
 
 
 def test_loop_cost_drives_every_mode_and_counts_both_sides() -> None:
@@ -278,3 +334,25 @@ def test_realapp_quick(tmp_path: Path) -> None:
         assert _first_number(row, 6) > 0, section  # PSS MiB
     assert (output.parent / "charts" / "realapp.png").read_bytes().startswith(PNG_MAGIC), log[-2000:]
     assert "_Not run yet._" in _section(output.read_text(), "throughput")
+
+
+def test_optional_rows_run_ours_with_threads_or_preload_only_when_named(tmp_path: Path) -> None:
+    """``--servers ours-t4-fcgi-keep`` (#21's slow-client target with threads on): our rows again with the
+    variant's options, never among the defaults (``make bench`` keeps its rows and its length)."""
+    default = {spec.name for spec in select_servers(None)}
+    assert not default & {spec.name for spec in OPTIONAL_SERVERS}
+    rows = {
+        spec.name: spec for spec in select_servers(["ours-t4-fcgi-keep", "ours-preload-http", "ours-preload-t4-uwsgi"])
+    }
+    expected = {
+        "ours-t4-fcgi-keep": ("fcgi", ("--threads", "4")),
+        "ours-preload-http": ("http", ("--preload",)),
+        "ours-preload-t4-uwsgi": ("uwsgi", ("--preload", "--threads", "4")),
+    }
+    for name, (protocol, options) in expected.items():
+        spec = rows[name]
+        assert spec.protocol == protocol and spec.direct == (protocol == "http")
+        backend = Backend(spec.backend, tmp_path, 2, {"fcgi": 1, "uwsgi": 2, "http": 3})
+        assert backend.base == "ours" and backend.variant_args == options, name
+    with pytest.raises(BenchError, match="ours-t9-fcgi"):
+        select_servers(["ours-t9-fcgi"])
