@@ -490,7 +490,7 @@ async def test_underscored_header_names_cannot_pass_for_dashed_ones(tmp_path: Pa
 
 async def test_tls_options_go_together_and_a_bad_certificate_names_them(tmp_path: Path) -> None:
     from gateway.config.errors import ConfigError
-    from gateway.loop.http_front import tls_context
+    from gateway.loop.tls import tls_context
 
     assert tls_context(Config(workers=1)) is None
     with pytest.raises(ConfigError, match="--certfile and --keyfile go together"):

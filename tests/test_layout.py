@@ -25,6 +25,17 @@ def test_the_master_never_loads_worker_or_wsgi_code() -> None:
     assert not {name for name in loaded if name.startswith(("gateway.worker", "devstack"))}
 
 
+def test_a_master_loads_the_http_front_and_static_files_only_when_it_serves_them() -> None:
+    # Each is memory in every master (the HTTP parser, MIME tables, HTTP dates): only a listener or --static needing
+    # it imports it.
+    serving = "import gateway.config.cli\nfrom gateway.loop.listeners import connection_class\n"
+    loaded = _modules_loaded_by(serving + "connection_class('fastcgi'), connection_class('uwsgi')")
+    assert {"gateway.loop.fastcgi_front", "gateway.loop.uwsgi_front", "gateway.loop.tls"} <= loaded
+    assert not loaded & {"gateway.loop.http_front", "gateway.protocols.http", "gateway.loop.static"}
+    with_http = _modules_loaded_by(serving + "connection_class('http')")
+    assert {"gateway.loop.http_front", "gateway.protocols.http"} <= with_http
+
+
 def test_a_worker_never_loads_the_event_loop_side() -> None:
     loaded = _modules_loaded_by("import gateway.worker.process")
     assert {"gateway.worker.wsgi", "gateway.contract.channel"} <= loaded

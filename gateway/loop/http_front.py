@@ -20,13 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 import time
 from collections import deque
 from email.utils import formatdate
 
-from gateway.config.errors import ConfigError
-from gateway.config.settings import Config
 from gateway.loop.counters import COUNTERS
 from gateway.loop.filesend import FileSegment
 from gateway.loop.forwarded import apply_forwarded, trusted
@@ -68,21 +65,6 @@ def date_header() -> bytes:
     header = _date_cache[1]
     assert isinstance(header, bytes)
     return header
-
-
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """The TLS context of the HTTP listeners (``--certfile``/``--keyfile``), or None for plain HTTP."""
-    if config.certfile is None and config.keyfile is None:
-        return None
-    if config.certfile is None or config.keyfile is None:
-        raise ConfigError("--certfile and --keyfile go together: give both, or neither")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(config.certfile, config.keyfile)
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(f"--certfile/--keyfile: cannot load {config.certfile} with {config.keyfile}: {err}") from None
-    context.set_alpn_protocols(["http/1.1"])
-    return context
 
 
 class _Exchange:

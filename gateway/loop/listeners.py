@@ -1,13 +1,17 @@
 """Binding listen sockets and serving a wire protocol on each.
 
-``PROTOCOLS`` maps a protocol name to its connection class; HTTP/1.1, the third wire protocol, was one more entry
-and one more class, with dispatch untouched (the one change to this seam: a listener's context may carry TLS).
+``PROTOCOLS`` maps a protocol name to the module and name of its connection class; HTTP/1.1, the third wire
+protocol, was one more entry and one more class, with dispatch untouched (the one change to this seam: a
+listener's context may carry TLS). A front's module is imported when a listener for it starts serving, so a
+master that speaks no HTTP never loads the HTTP parser and what its front imports (``benchmarks/RESULTS.md``,
+History: the master's memory).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import logging
 import os
 import socket
@@ -16,18 +20,22 @@ from dataclasses import dataclass
 
 from gateway.config.addresses import Address, Listen
 from gateway.config.errors import ConfigError
-from gateway.loop.fastcgi_front import FastCGIConnection
 from gateway.loop.front import FrontConnection, FrontContext
-from gateway.loop.http_front import HTTPConnection
-from gateway.loop.uwsgi_front import UwsgiConnection
 
 log = logging.getLogger("gateway.listeners")
 
-PROTOCOLS: dict[str, type[FrontConnection]] = {
-    "fastcgi": FastCGIConnection,
-    "uwsgi": UwsgiConnection,
-    "http": HTTPConnection,
+PROTOCOLS: dict[str, tuple[str, str]] = {
+    "fastcgi": ("gateway.loop.fastcgi_front", "FastCGIConnection"),
+    "uwsgi": ("gateway.loop.uwsgi_front", "UwsgiConnection"),
+    "http": ("gateway.loop.http_front", "HTTPConnection"),
 }
+
+
+def connection_class(protocol: str) -> type[FrontConnection]:
+    """The connection class serving ``protocol`` (one of ``PROTOCOLS``), its module imported on first use."""
+    module, name = PROTOCOLS[protocol]
+    found: type[FrontConnection] = getattr(importlib.import_module(module), name)
+    return found
 
 
 #: Protocols whose connections mostly carry one request (uwsgi always, FastCGI without keep-conn): their TCP
@@ -148,7 +156,7 @@ async def serve(listener: BoundListener, context: FrontContext, backlog: int) ->
     """Start accepting on ``listener``; callable again after ``pause`` to resume."""
     loop = asyncio.get_running_loop()
     protocol = listener.listen.protocol
-    connection_class = PROTOCOLS[protocol]
+    connection = connection_class(protocol)
     if context.tcp and protocol in CORKED_PROTOCOLS:
         context.corked = _cork(listener.sock)
     # The server gets a duplicate of the listening socket: closing the server (to pause accepting) closes only the
@@ -156,7 +164,7 @@ async def serve(listener: BoundListener, context: FrontContext, backlog: int) ->
     accepting = socket.socket(fileno=os.dup(listener.sock.fileno()))
     accepting.setblocking(False)
     listener.server = await loop.create_server(
-        lambda: connection_class(context),
+        lambda: connection(context),
         sock=accepting,
         backlog=backlog,
         ssl=context.tls,

@@ -34,12 +34,11 @@ from gateway.config.settings import Config, ConfigError
 from gateway.contract.exits import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_OK, EXIT_WORKERS_GONE
 from gateway.loop.accesslog import DEFAULT_FORMAT, AccessLog
 from gateway.loop.budget import MemoryBudget
-from gateway.loop.dispatch import Dispatcher
+from gateway.loop.dispatch import Dispatcher, StaticServer
 from gateway.loop.front import FrontContext
-from gateway.loop.http_front import tls_context
 from gateway.loop.listeners import BoundListener, adopt, bind, pause, serve
 from gateway.loop.session_hook import SessionHook
-from gateway.loop.static import StaticFiles
+from gateway.loop.tls import tls_context
 from gateway.master.cluster import ClusterServices, CountingStore, response_log
 from gateway.master.supervisor import AppLoadFailed, Supervisor
 from gateway.master.systemd import inherited_sockets, notify
@@ -76,6 +75,16 @@ def session_hook_for(config: Config) -> SessionHook | None:
     if config.stats or config.metrics:
         store = CountingStore(store)
     return SessionHook(store, config)
+
+
+def _static_files(config: Config) -> StaticServer | None:
+    """The ``--static`` mappings' server, or None. Imported only when configured: its MIME table and HTTP date
+    modules stay out of every other master's memory."""
+    if not config.static:
+        return None
+    from gateway.loop.static import StaticFiles  # noqa: PLC0415 (only with --static, see above)
+
+    return StaticFiles(config.static)
 
 
 def log_codec_build() -> None:
@@ -180,7 +189,7 @@ class Gateway:
             self.cluster.prepare(self.listeners)
             if config.access_log:
                 self.access_log = AccessLog(config.access_log, config.access_log_format or DEFAULT_FORMAT)
-            static = StaticFiles(config.static) if config.static else None
+            static = _static_files(config)
             self._drop_privileges()
             self._write_pidfile()
         except (ConfigError, ValueError, OSError) as err:
