@@ -105,7 +105,7 @@ def log_codec_build() -> None:
         )
     else:
         hot = "compiled" if gateway.compiled.compiled() else "interpreted"
-        log.info("protocol codecs: compiled (mypyc); the worker's per-request path: %s", hot)
+        log.info("protocol codecs: compiled (mypyc); the per-request path of the loop and the workers: %s", hot)
 
 
 def raise_file_limit() -> None:
