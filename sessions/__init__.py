@@ -15,6 +15,7 @@ Who does what (the gateway wires it up):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway.sessions.cookies import (
@@ -27,8 +28,6 @@ from gateway.sessions.cookies import (
 )
 from gateway.sessions.ids import is_valid_session_id, new_session_id
 from gateway.sessions.mapping import Session, SessionChanges
-from gateway.sessions.memcached import MemcachedStore
-from gateway.sessions.memory import MemoryStore
 from gateway.sessions.store import (
     SessionError,
     SessionLockTimeout,
@@ -38,6 +37,10 @@ from gateway.sessions.store import (
     SessionTooLarge,
     SessionValueError,
 )
+
+if TYPE_CHECKING:
+    from gateway.sessions.memcached import MemcachedStore
+    from gateway.sessions.memory import MemoryStore
 
 __all__ = [
     "CookieSettings",
@@ -65,6 +68,21 @@ __all__ = [
 _ACCEPTED = "'memory', 'memcached://HOST:PORT' or 'off'"
 
 
+def __getattr__(name: str) -> object:
+    """The stores, imported when first named: they run in the event loop (asyncio, aiomcache), while a worker
+    imports this package for the session mapping and the cookie rules and must not load them (asyncio alone is
+    about 7 MiB in every worker and in the --preload template; tests/test_layout.py)."""
+    if name == "MemcachedStore":
+        from gateway.sessions.memcached import MemcachedStore  # noqa: PLC0415 (loop side only, see above)
+
+        return MemcachedStore
+    if name == "MemoryStore":
+        from gateway.sessions.memory import MemoryStore  # noqa: PLC0415 (loop side only, see above)
+
+        return MemoryStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def open_store(
     url: str,
     *,
@@ -81,6 +99,9 @@ def open_store(
     """
     if url == "off":
         return None
+    from gateway.sessions.memcached import MemcachedStore  # noqa: PLC0415 (loop side only, see __getattr__)
+    from gateway.sessions.memory import MemoryStore  # noqa: PLC0415
+
     if url == "memory":
         return MemoryStore(idle_ttl=idle_ttl, max_age=max_age)
     try:

@@ -11,11 +11,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _modules_loaded_by(statement: str) -> set[str]:
-    """The project's modules a fresh interpreter holds after ``statement`` (run from the checkout)."""
+def _all_modules_loaded_by(statement: str) -> set[str]:
+    """Every module a fresh interpreter holds after ``statement`` (run from the checkout)."""
     probe = f"{statement}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
     output = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
-    return {name for name in json.loads(output.stdout) if name.split(".")[0] in ("gateway", "devstack")}
+    return set(json.loads(output.stdout))
+
+
+def _modules_loaded_by(statement: str) -> set[str]:
+    """The project's modules a fresh interpreter holds after ``statement``."""
+    return {name for name in _all_modules_loaded_by(statement) if name.split(".")[0] in ("gateway", "devstack")}
 
 
 def test_the_master_never_loads_worker_or_wsgi_code() -> None:
@@ -40,6 +45,17 @@ def test_a_worker_never_loads_the_event_loop_side() -> None:
     loaded = _modules_loaded_by("import gateway.worker.process")
     assert {"gateway.worker.wsgi", "gateway.contract.channel"} <= loaded
     assert not {name for name in loaded if name.startswith(("gateway.loop", "gateway.master", "gateway.config"))}
+
+
+def test_a_worker_and_the_preload_template_never_load_asyncio_or_the_session_stores() -> None:
+    # They run no event loop: the stores (asyncio, aiomcache) are the loop's, and asyncio alone is megabytes in
+    # every worker process.
+    loaded = _all_modules_loaded_by("import gateway.worker.process, gateway.worker.template")
+    assert {"gateway.worker.wsgi", "gateway.sessions.mapping", "gateway.sessions.cookies"} <= loaded
+    assert not loaded & {"asyncio", "aiomcache", "gateway.sessions.memcached", "gateway.sessions.memory"}
+    # The loop still finds them where it always did.
+    stores = _all_modules_loaded_by("from gateway.sessions import MemcachedStore, MemoryStore, open_store")
+    assert {"gateway.sessions.memcached", "gateway.sessions.memory", "aiomcache"} <= stores
 
 
 def test_everything_installed_is_under_the_one_package_gateway() -> None:
