@@ -7,6 +7,7 @@ FrontContext is built under a running loop; nothing in them awaits.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import struct
@@ -506,3 +507,26 @@ async def test_keepalive_timeout_waits_for_a_slow_reader(tmp_path: Path) -> None
     transport.take()
     connection.check_timeouts(harness.loop.advance(0))
     assert transport.is_closing()
+
+
+# -- memory ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("keep_conn", [True, False])
+async def test_an_answered_request_is_freed_by_its_reference_count_not_by_the_collector(
+    tmp_path: Path, keep_conn: bool
+) -> None:
+    """A request's sink is its exchange, and the exchange held the request: a cycle per request, which only the
+    garbage collector freed (benchmarks/RESULTS.md, History). Answered, nothing of it is left for the collector."""
+    harness = _harness(tmp_path)
+    connection, transport = harness.connect(FastCGIConnection)
+    gc.collect()
+    gc.disable()
+    try:
+        connection.data_received(encode_request(1, params("/hello"), keep_conn=keep_conn))
+        request = harness.dispatcher.submitted.pop()
+        _answer(request)
+        harness.loop.run_ready()
+        del request
+        assert gc.collect() == 0, "an answered request is still in a reference cycle"
+    finally:
+        gc.enable()
+    assert fastcgi_replies(transport.take())[0] == {1: STATUS_HEAD + b"hello"}

@@ -255,6 +255,10 @@ class FastCGIConnection(FrontConnection):
         if exchange.request is None:
             self.body_held -= exchange.body.memory
             exchange.body.discard()
+        else:
+            # The request's sink is this exchange: a reference cycle per request, which only the garbage
+            # collector would free (benchmarks/RESULTS.md, History: the master's collections).
+            exchange.request = None
         if self.closed:
             return
         codec = self.codec
@@ -289,5 +293,6 @@ class FastCGIConnection(FrontConnection):
             exchange.client_gone = True
             if exchange.request is not None:
                 self.context.dispatcher.cancel(exchange.request)
+                exchange.request = None
             else:
                 exchange.body.discard()

@@ -406,6 +406,10 @@ class HTTPConnection(FrontConnection):
         else:
             self.close_when_drained()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.codec.close()  # its parser's callbacks point back at it: freed now, not by the garbage collector
+
     def eof_received(self) -> bool | None:
         # A client may half-close once it has sent its requests: the complete ones are still answered.
         self.eof = True

@@ -97,6 +97,14 @@ class _State(Enum):
     ERROR = auto()
 
 
+class _NoCallbacks:
+    """The protocol of the parser a closed connection keeps: it has no callbacks, so it holds nothing."""
+
+
+#: What ``ServerConnection.close`` leaves in place of the connection's parser; never fed.
+_CLOSED_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+
+
 class ServerConnection:
     """One client connection; requests follow each other (pipelined ones come out in order, in one call)."""
 
@@ -149,6 +157,14 @@ class ServerConnection:
     def done(self) -> bool:
         """No further request will be read on this connection."""
         return self._state is _State.DONE or self._state is _State.ERROR
+
+    def close(self) -> None:
+        """The connection is gone: no further input is read, and the parser goes. Its callbacks are this
+        codec's methods, a reference cycle that only the garbage collector would otherwise free, once per
+        connection (benchmarks/RESULTS.md, History: the master's collections)."""
+        if self._state is not _State.ERROR:
+            self._state = _State.DONE
+        self._parser = _CLOSED_PARSER
 
     # -- input ------------------------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Event]:
