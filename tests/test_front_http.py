@@ -519,3 +519,13 @@ def test_a_closed_codec_reads_nothing_more_and_holds_no_reference_cycle() -> Non
         assert gc.collect() == 0, "the codec and its parser are still a reference cycle"
     finally:
         gc.enable()
+
+
+async def test_a_lost_connection_closes_its_codec(tmp_path: Path) -> None:
+    harness, connection, _ = _open(tmp_path)
+    connection.data_received(GET)
+    (request,) = harness.dispatcher.submitted
+    _answer(request)
+    assert not connection.codec.done  # kept alive: it reads the next request
+    connection.connection_lost(None)
+    assert connection.codec.done
