@@ -1,11 +1,10 @@
-"""Build script: the protocol codecs and a worker's per-request path are compiled with mypyc; everything else
-installs as plain Python.
+"""Build script: the protocol codecs and the per-request path of the loop and the workers are compiled with mypyc;
+everything else installs as plain Python.
 
 The codecs (``protocols/``) parse every request the event loop receives; compiled, the loop spends less CPU per
 request (measured A/B in benchmarks/RESULTS.md). The per-request modules of a worker and of the loop
 (``gateway/compiled.py`` lists them and says why) are compiled as two more groups, so a codec change does not
-recompile them. mypyc compiles the
-same type-checked sources to C
+recompile them. mypyc compiles the same type-checked sources to C
 extensions (as black and mypy ship), so there is one codebase, not a Python one and a C one. Where they cannot be
 compiled (``GATEWAY_PURE_PYTHON=1``, no C compiler or Python headers, mypyc refusing the sources) the same sources
 install uncompiled, with a warning here and another each time the gateway starts.
@@ -82,17 +81,18 @@ def extensions() -> list[Extension]:
         from mypyc.build import mypycify  # noqa: PLC0415 (a build requirement, needed only when compiling)
 
         os.chdir(ROOT)  # mypyc names modules from paths relative to the working directory
-        codecs = compiled_modules()
-        groups: list[tuple[list[str], str | None]] = [(codecs, "gateway.protocols"), *hot_groups()]
+        groups: list[tuple[list[str], str | None]] = [(compiled_modules(), "gateway.protocols"), *hot_groups()]
+        sources = [source for group, _ in groups for source in group]
         # distutils Extension objects, which setuptools accepts as its own
-        return cast("list[Extension]", mypycify([*codecs, *hot_modules()], opt_level="3", separate=groups))
+        return cast("list[Extension]", mypycify(sources, opt_level="3", separate=groups))
     except (Exception, SystemExit) as err:  # mypyc missing, or refusing the sources (it exits on type errors)
         return _interpreted(f"mypyc failed: {err!r}")
 
 
 def _interpreted(reason: str) -> list[Extension]:
     print(
-        f"WARNING: the protocol codecs and the worker's hot path are installed interpreted, not compiled: {reason}",
+        "WARNING: the protocol codecs and the per-request path of the loop and the workers are installed "
+        f"interpreted, not compiled: {reason}",
         file=sys.stderr,
     )
     return []

@@ -99,10 +99,9 @@ def open_store(
     """
     if url == "off":
         return None
-    from gateway.sessions.memcached import MemcachedStore  # noqa: PLC0415 (loop side only, see __getattr__)
-    from gateway.sessions.memory import MemoryStore  # noqa: PLC0415
-
     if url == "memory":
+        from gateway.sessions.memory import MemoryStore  # noqa: PLC0415 (loop side only, see __getattr__)
+
         return MemoryStore(idle_ttl=idle_ttl, max_age=max_age)
     try:
         parts = urlsplit(url)
@@ -120,6 +119,8 @@ def open_store(
         or parts.fragment
     ):
         raise ValueError(f"bad session store {url!r}: use {_ACCEPTED}")
+    from gateway.sessions.memcached import MemcachedStore  # noqa: PLC0415 (aiomcache: only for memcached)
+
     return MemcachedStore(
         host, port, idle_ttl=idle_ttl, max_age=max_age, timeout=timeout, prefix=prefix, pool_size=pool_size
     )
