@@ -160,30 +160,17 @@ def main(argv: list[str]) -> int:
 def _start_attack(stack: Stack, spec: ServerSpec, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     """``--attack``: the slow mode as ``make bench-slow`` aims it, from a process of its own, given the time to
     open its connections and trickle once before the load starts."""
-    from benchmarks.slow import MAX_SLOW_READERS, MODES  # noqa: PLC0415 - keeps --help fast
+    from benchmarks.slow import MODES, counts_for, slow_config  # noqa: PLC0415 - keeps --help fast
 
     mode = MODES.get(args.attack)
     if mode is None:
         raise BenchError(f"unknown slow mode {args.attack}; known: {', '.join(MODES)}")
-    if mode.via_nginx:
-        port, path = stack.port, stack.path(spec, mode.path, slow=True)
-    else:
-        port, path = stack.backend_for(spec).ports[mode.protocol], mode.path
-    count = min(args.attack_connections, MAX_SLOW_READERS) if mode.mode == "slow-reader" else args.attack_connections
-    ramp = min(2.0, count / 500)
-    config = slowloris.Config(
-        mode=mode.mode,
-        port=port,
-        connections=count,
-        duration=ramp + 3 + args.duration + 60,
-        path=path,
-        ramp=ramp,
-        protocol=mode.protocol,
-    )
+    (count,) = counts_for(mode.name, [args.attack_connections])
+    config = slow_config(stack, spec, mode, count, lasting=3 + args.duration + 60)
     command = [sys.executable, "-m", "benchmarks.slowloris", *slowloris.command_line(config), "--quiet"]
     attacker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log(f"attack: {count} x {mode.name} ({mode.mode}) at port {port}, ramp {ramp:g} s")
-    time.sleep(ramp + 3)
+    log(f"attack: {count} x {mode.name} ({mode.mode}) at port {config.port}, ramp {config.ramp:g} s")
+    time.sleep(config.ramp + 3)
     return attacker
 
 

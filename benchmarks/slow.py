@@ -145,9 +145,14 @@ def ramp_for(count: int) -> float:
     return min(2.0, count / 500)
 
 
-def _slow_config(stack: Stack, spec: ServerSpec, mode: SlowMode, count: int, options: Options) -> slowloris.Config:
+def slow_config(
+    stack: Stack, spec: ServerSpec, mode: SlowMode, count: int, *, lasting: float, interval: float = 1.0
+) -> slowloris.Config:
+    """The attack ``mode`` aims at ``spec``'s row (through nginx's unbuffered location, or at the server's own
+    port), its ``count`` connections opened over ``ramp_for(count)``; it ends ``lasting`` seconds after they are
+    open, a bound: the cell stops it as soon as wrk is done."""
     if mode.via_nginx:
-        port, path = stack.port, f"/s/{spec.name}{mode.path}"
+        port, path = stack.port, stack.path(spec, mode.path, slow=True)
     else:
         port, path = stack.backend_for(spec).ports[mode.protocol], mode.path
     ramp = ramp_for(count)
@@ -155,13 +160,17 @@ def _slow_config(stack: Stack, spec: ServerSpec, mode: SlowMode, count: int, opt
         mode=mode.mode,
         port=port,
         connections=count,
-        # A bound, never reached: the cell sets the stop event as soon as wrk is done.
-        duration=ramp + SETTLE + options.slow_interval + options.duration + 60,
-        interval=options.slow_interval,
+        duration=ramp + lasting,
+        interval=interval,
         path=path,
         ramp=ramp,
         protocol=mode.protocol,
     )
+
+
+def _slow_config(stack: Stack, spec: ServerSpec, mode: SlowMode, count: int, options: Options) -> slowloris.Config:
+    lasting = SETTLE + options.slow_interval + options.duration + 60
+    return slow_config(stack, spec, mode, count, lasting=lasting, interval=options.slow_interval)
 
 
 async def _wrk(wrk: str, url: str, options: Options) -> WrkResult:
