@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,45 @@ def _from_toml(tmp_path: Path, text: str, *extra: str) -> Config:
 def test_ini_and_toml_give_the_command_lines_config(tmp_path: Path, ini: str, argv: list[str], toml: str) -> None:
     expected = load(argv, environ=ACTIVATED).config
     assert expected != Config(), "the row must change something, or it proves nothing"
-    assert _from_ini(tmp_path, ini) == expected
+    # An ini is a uWSGI instance, whose default (no lazy-apps) imports the app once: test_an_ini_preloads_...
+    assert _from_ini(tmp_path, ini) == replace(expected, preload=True)
     assert _from_toml(tmp_path, toml) == expected
+
+
+@pytest.mark.parametrize(
+    ("lines", "preload"),
+    [
+        ("", True),
+        ("lazy-apps = true", False),
+        ("lazy-apps = 1", False),
+        ("lazy = 1", False),
+        ("lazy-apps = false", True),
+    ],
+)
+def test_an_ini_preloads_unless_it_says_lazy_apps(tmp_path: Path, lines: str, preload: bool) -> None:
+    """uWSGI imports the app once and forks its workers unless ``lazy-apps`` (or the older ``lazy``) is on: the
+    ini's workers share the app as they did under uWSGI."""
+    path = tmp_path / "app.ini"
+    path.write_text(f"[uwsgi]\nsocket = :3031\n{lines}\n")
+    loaded = load(["--ini", str(path)], environ=ACTIVATED)
+    assert loaded.config.preload is preload
+    key = lines.partition(" ")[0]
+    where = f"{path}, line 3 ({key})" if lines else f"{path} (no lazy-apps: uWSGI imports the app once"
+    assert str(loaded.origins["preload"]).startswith(f"ini {where}")
+
+
+def test_lazy_apps_must_be_a_switch_and_later_layers_still_decide(tmp_path: Path) -> None:
+    path = tmp_path / "app.ini"
+    path.write_text("[uwsgi]\nsocket = :3031\nlazy-apps = sometimes\n")
+    with pytest.raises(ConfigError) as raised:
+        load(["--ini", str(path)], environ=ACTIVATED)
+    assert str(raised.value) == (
+        f"{path}, line 3 (lazy-apps): 'sometimes' is not a switch (1, true, yes, on, or 0, false, no, off)"
+    )
+    path.write_text("[uwsgi]\nsocket = :3031\n")
+    (tmp_path / "gw.toml").write_text("preload = false\n")
+    config = load(["--ini", str(path), "--config", str(tmp_path / "gw.toml")], environ=ACTIVATED).config
+    assert config.preload is False
 
 
 def test_the_table_covers_every_mapped_uwsgi_option() -> None:
@@ -108,6 +146,7 @@ def test_the_table_covers_every_mapped_uwsgi_option() -> None:
     mapped = {key for key, meaning in UWSGI_OPTIONS.items() if isinstance(meaning, Part)}
     mapped |= {key for key, meaning in UWSGI_OPTIONS.items() if isinstance(meaning, Maps) and meaning.target in names}
     covered = {line.split("=")[0].strip() for ini, _, _ in ROWS for line in ini.splitlines()}
+    covered |= {"lazy-apps", "lazy"}  # test_an_ini_preloads_unless_it_says_lazy_apps: every ini has an answer
     assert mapped - covered == set()
 
 
@@ -268,13 +307,16 @@ def test_a_bad_file_is_one_error_line_and_exit_status_2(tmp_path: Path) -> None:
 
 def test_the_issues_ini_starts_a_gateway_that_serves_through_nginx(tmp_path: Path) -> None:
     """The ini as users keep it (only its port 0 made a known free port, for nginx to point at): ``wsgi = app``
-    imports ``app.py`` from the directory the gateway runs in, and nginx reaches it over uwsgi."""
+    imports ``app.py`` from the directory the gateway runs in, once, as uWSGI does without ``lazy-apps``, and
+    nginx reaches it over uwsgi."""
     port = free_port()
     (tmp_path / "uwsgi.ini").write_text(ISSUE_INI.replace("127.0.0.1:0", f"127.0.0.1:{port}"))
     (tmp_path / "app.py").write_text(
+        "import os\n"
+        "IMPORTED_BY = os.getpid()\n"
         "def application(environ, start_response):\n"
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
-        "    return [b'served from the ini']\n"
+        "    return [f'served from the ini {IMPORTED_BY} {os.getpid()}'.encode()]\n"
     )
     gateway = GatewayProcess(tmp_path / "gw", ["--ini", str(tmp_path / "uwsgi.ini")], cwd=tmp_path).start()
     nginx = Nginx(tmp_path / "nginx", free_port(), upstreams=[Upstream("ini", f"127.0.0.1:{port}")],
@@ -282,7 +324,9 @@ def test_the_issues_ini_starts_a_gateway_that_serves_through_nginx(tmp_path: Pat
     try:
         nginx.start()
         reply = request(nginx.url, "GET", "/")
-        assert (reply.status, reply.body) == (200, b"served from the ini")
+        prefix, imported_by, served_by = reply.body.decode().rsplit(" ", 2)
+        assert (reply.status, prefix) == (200, "served from the ini")
+        assert imported_by != served_by, "the worker imported the app itself: the ini did not preload"
     finally:
         nginx.stop()
         gateway.stop()

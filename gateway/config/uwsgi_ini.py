@@ -16,6 +16,11 @@ variables ``%d %p %s %n %e %c %x %k %h %%`` and ``$(VAR)`` (the environment) are
 - :class:`Part`: one piece of a setting made of several options (``module`` + ``callable``, ``cheaper`` +
   ``processes``), combined once the whole file is read.
 
+An ini means a uWSGI instance, so it also brings uWSGI's defaults where ours differ and its users count on them:
+without ``lazy-apps`` uWSGI imports the app once and forks its workers, so an ini turns ``--preload`` on unless it
+says ``lazy-apps = true`` (or ``lazy``). An app that loads a large model at import keeps one copy shared by the
+workers, as it had under uWSGI, instead of one per worker.
+
 Any other option gets one warning naming it; ``--strict-ini`` turns every warning into one error.
 """
 
@@ -160,7 +165,8 @@ UWSGI_OPTIONS: dict[str, Meaning] = {
     "plugin": Needless("Python WSGI is all the gateway serves; there are no plugins"),
     "heartbeat": Needless("the heartbeat is for uWSGI's Emperor; a process monitor watches the gateway"),
     "enable-threads": Needless("the app may start threads in any worker"),
-    "lazy-apps": Needless("each worker imports the app itself (unless --preload, which forks them after one import)"),
+    "lazy-apps": Part("lazy-apps"),
+    "lazy": Part("lazy-apps"),
     "single-interpreter": Needless("each worker runs one interpreter"),
     "thunder-lock": Needless("one event loop accepts every connection: there is no accept lock to take"),
     "auto-procname": Needless("process titles always name the role (gateway master, gateway worker)"),
@@ -277,15 +283,16 @@ def read_ini(spec: str, *, strict: bool = False, environ: Mapping[str, str] = os
             layered.set(target, parse_value(target, raw), occurrences[-1][1])
         except ConfigError as err:
             raise ConfigError(f"{occurrences[-1][1].where}: {err}") from None
-    _combine(parts, layered)
+    _combine(parts, layered, path)
     if problems and strict:
         raise ConfigError("--strict-ini: " + "; ".join(problems))
     layered.notes.extend(("warning", problem) for problem in problems)
     return layered
 
 
-def _combine(parts: Mapping[str, tuple[str, Origin]], layered: Layered) -> None:
-    """The settings several uWSGI options make together: the app, the mount prefix, the worker range."""
+def _combine(parts: Mapping[str, tuple[str, Origin]], layered: Layered, path: Path) -> None:
+    """The settings several uWSGI options make together: the app, the mount prefix, the worker range, and whether
+    the app is imported once (uWSGI's default) or by each worker (``lazy-apps``)."""
     module = parts.get("module")
     wsgi_file = parts.get("wsgi-file")
     mount = parts.get("mount")
@@ -316,3 +323,13 @@ def _combine(parts: Mapping[str, tuple[str, Origin]], layered: Layered) -> None:
     if workers is not None:
         text = f"{cheaper[0]}:{workers[0]}" if cheaper is not None and cheaper[0] != "0" else workers[0]
         layered.set("workers", parse_value("workers", text), workers[1])
+    lazy = parts.get("lazy-apps")
+    if lazy is None:
+        layered.set("preload", True, Origin("ini", f"{path} (no lazy-apps: uWSGI imports the app once and forks)"))
+    else:
+        text, origin = lazy
+        try:
+            lazy_apps = FLAG.from_text(text or "1")
+        except ValueError:
+            raise ConfigError(f"{origin.where}: {text!r} is not {FLAG.describe}") from None
+        layered.set("preload", not lazy_apps, origin)
